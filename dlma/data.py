@@ -1,0 +1,236 @@
+"""One loader for every input the method reads, returning validated `Example`s.
+
+Accepted rows (format detected per row):
+- HH-RLHF: `chosen` / `rejected` dialogue strings ("\\n\\nHuman: ...\\n\\nAssistant: ..."), split at the
+  last Assistant turn; both must share the context.
+- PKU-SafeRLHF: `prompt`, `response_0`, `response_1` and a label field (`safer_response_id` by default,
+  or `better_response_id`).
+- TRL preference: `prompt`, `chosen`, `rejected`, as strings or as message lists.
+- Query only: `prompt` (or `query`), a string or a message list.
+Any row may carry `id` and `pair` (the name of the prompt pair to generate it with).
+
+Sources: a local .jsonl / .json / .parquet file, the name of a shipped sample (`sample:queries`,
+`sample:pairs`), or a hub dataset id (`datasets`, offline cache only here).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from .errors import DLMAError, where
+from .prompts import PAIRS, get_pair
+
+SAMPLES = {"queries": "queries.jsonl", "pairs": "pairs.jsonl"}
+LABEL_FIELDS = ("safer_response_id", "better_response_id")
+_TURN = re.compile(r"\n\n(Human|Assistant):")
+
+
+@dataclass
+class Example:
+    id: str
+    turns: list[str]  # the context, user turn first, alternating, ending on a user turn
+    chosen: str | None = None  # the human-preferred response (None for query-only rows)
+    rejected: str | None = None
+    pair: str | None = None  # prompt pair for generation, if the row names one
+    source: str = field(default="", compare=False)  # "file:line", for error messages
+
+    @property
+    def labelled(self) -> bool:
+        return self.chosen is not None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None and k != "source"}
+
+
+def sample_path(name: str) -> Path:
+    if name not in SAMPLES:
+        raise DLMAError(f"unknown sample 'sample:{name}' (known: {', '.join('sample:' + s for s in SAMPLES)})")
+    return Path(str(resources.files("dlma") / "samples" / SAMPLES[name]))
+
+
+def read_rows(source: str | Path, split: str = "train") -> tuple[str, list[tuple[int, object]]]:
+    """(display name, [(line number, raw row)]) from a file, a sample or a hub dataset."""
+    source = str(source)
+    if source.startswith("sample:"):
+        source = str(sample_path(source.split(":", 1)[1]))
+    path = Path(source)
+    if path.suffix in (".jsonl", ".json", ".parquet") or path.exists():
+        if not path.exists():
+            raise DLMAError(f"{path}: no such file")
+        return str(path), _read_file(path)
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(source, split=split)
+    except Exception as e:  # hub id that is not cached offline, typo, ...
+        raise DLMAError(
+            f"{source}: not a local file, and the hub dataset could not be loaded ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); download it where there is network or give a local file"
+        ) from None
+    return source, list(enumerate(ds, start=1))
+
+
+def _read_file(path: Path) -> list[tuple[int, object]]:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return list(enumerate(pq.read_table(path).to_pylist(), start=1))
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DLMAError(f"{where(path, e.lineno)}: malformed JSON ({e.msg})") from None
+        if not isinstance(data, list):
+            raise DLMAError(f"{path}: a .json file must hold a list of rows")
+        return list(enumerate(data, start=1))
+    rows = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((n, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise DLMAError(f"{where(path, n)}: malformed JSON ({e.msg} at column {e.colno})") from None
+    return rows
+
+
+def load_examples(
+    source: str | Path,
+    limit: int | None = None,
+    require: str | None = None,
+    label_field: str = "safer_response_id",
+    on_invalid: str = "error",
+    split: str = "train",
+    skipped: list[str] | None = None,
+) -> list[Example]:
+    """Validated examples from `source`.
+
+    require: None, "labelled" (every row must have chosen/rejected) or "query".
+    on_invalid: "error" raises on the first bad row; "skip" leaves out rows whose *content* is bad
+    (an empty response, chosen/rejected with different contexts: real HH-RLHF has a few) and appends
+    their messages to `skipped`. Structural faults (malformed JSON, a missing field, an unknown
+    prompt pair) always raise.
+    `limit` counts valid examples.
+    """
+    if on_invalid not in ("error", "skip"):
+        raise DLMAError(f"on_invalid must be 'error' or 'skip', got '{on_invalid}'")
+    if label_field not in LABEL_FIELDS:
+        raise DLMAError(f"label_field must be one of {', '.join(LABEL_FIELDS)}, got '{label_field}'")
+    name, rows = read_rows(source, split)
+    out: list[Example] = []
+    for n, row in rows:
+        try:
+            ex = parse_row(row, name, n, label_field)
+            if require == "labelled" and not ex.labelled:
+                raise _Invalid(f"{where(name, n, 'chosen')}: missing (this stage needs labelled pairs)", True)
+        except _Invalid as e:
+            if e.structural or on_invalid == "error":
+                raise DLMAError(str(e)) from None
+            if skipped is not None:
+                skipped.append(str(e))
+            continue
+        out.append(ex)
+        if limit is not None and len(out) >= limit:
+            break
+    if not out:
+        raise DLMAError(f"{name}: no usable rows")
+    ids = [e.id for e in out]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise DLMAError(f"{name}: field 'id': duplicate id '{dup}'")
+    return out
+
+
+class _Invalid(Exception):
+    def __init__(self, msg: str, structural: bool = False):
+        super().__init__(msg)
+        self.structural = structural
+
+
+def parse_row(row: object, name: str, n: int, label_field: str = "safer_response_id") -> Example:
+    if not isinstance(row, dict):
+        raise _Invalid(f"{where(name, n)}: a row must be a JSON object, got {type(row).__name__}", True)
+    rid = str(row.get("id", row.get("test_index", n)))
+    pair = row.get("pair")
+    if pair is not None and pair not in PAIRS:
+        try:
+            get_pair(str(pair), where(name, n, "pair"))
+        except DLMAError as e:
+            raise _Invalid(str(e), True) from None
+
+    def text(key: str, value=None) -> str:
+        value = row.get(key) if value is None else value
+        if value is None:
+            raise _Invalid(f"{where(name, n, key)}: missing", True)
+        if not isinstance(value, str):
+            raise _Invalid(f"{where(name, n, key)}: expected a string, got {type(value).__name__}", True)
+        if not value.strip():
+            raise _Invalid(f"{where(name, n, key)}: empty response" if key != "prompt" else
+                           f"{where(name, n, key)}: empty prompt")
+        return value.strip()
+
+    if "chosen" in row or "rejected" in row:
+        if "prompt" not in row:  # HH-RLHF: whole dialogues
+            turns_c, resp_c = split_dialogue(text("chosen", row.get("chosen") or " "), name, n, "chosen")
+            turns_r, resp_r = split_dialogue(text("rejected", row.get("rejected") or " "), name, n, "rejected")
+            if turns_c != turns_r:
+                raise _Invalid(f"{where(name, n, 'rejected')}: its context differs from 'chosen''s")
+            for key, resp in (("chosen", resp_c), ("rejected", resp_r)):
+                if not resp:
+                    raise _Invalid(f"{where(name, n, key)}: empty response")
+            return Example(rid, turns_c, resp_c, resp_r, pair, f"{name}:{n}")
+        turns = _turns(row["prompt"], name, n, "prompt")  # TRL preference format
+        return Example(rid, turns, _last(row, "chosen", name, n), _last(row, "rejected", name, n), pair, f"{name}:{n}")
+    if "response_0" in row or "response_1" in row:  # PKU-SafeRLHF
+        if label_field not in row:
+            raise _Invalid(f"{where(name, n, label_field)}: missing", True)
+        label = row[label_field]
+        if label not in (0, 1):
+            raise _Invalid(f"{where(name, n, label_field)}: must be 0 or 1, got {label!r}", True)
+        r0, r1 = text("response_0"), text("response_1")
+        chosen, rejected = (r0, r1) if label == 0 else (r1, r0)
+        return Example(rid, [text("prompt")], chosen, rejected, pair, f"{name}:{n}")
+    key = "prompt" if "prompt" in row else "query"
+    if key not in row:
+        raise _Invalid(f"{where(name, n, 'prompt')}: missing (a row needs 'prompt', or 'chosen'/'rejected')", True)
+    return Example(rid, _turns(row[key], name, n, key), pair=pair, source=f"{name}:{n}")
+
+
+def split_dialogue(dialogue: str, name: str, n: int, key: str) -> tuple[list[str], str]:
+    """HH-RLHF dialogue -> (context turns, last assistant response)."""
+    parts = _TURN.split("\n\n" + dialogue.lstrip("\n") if not dialogue.startswith("\n\n") else dialogue)
+    # parts: ["", "Human", " text", "Assistant", " text", ...]
+    speakers, texts = parts[1::2], [p.strip() for p in parts[2::2]]
+    if not speakers or speakers[0] != "Human" or speakers[-1] != "Assistant":
+        raise _Invalid(f"{where(name, n, key)}: not an HH-RLHF dialogue (Human first, Assistant last)", True)
+    return texts[:-1], texts[-1]
+
+
+def _turns(value, name: str, n: int, key: str) -> list[str]:
+    if isinstance(value, str):
+        if not value.strip():
+            raise _Invalid(f"{where(name, n, key)}: empty prompt", True)
+        return [value.strip()]
+    if isinstance(value, list) and value and all(isinstance(m, dict) and "content" in m for m in value):
+        turns = [str(m["content"]).strip() for m in value if m.get("role") != "system"]
+        if turns:
+            return turns
+    raise _Invalid(f"{where(name, n, key)}: expected a string or a list of {{role, content}} messages", True)
+
+
+def _last(row: dict, key: str, name: str, n: int) -> str:
+    value = row.get(key)
+    if isinstance(value, list) and value and isinstance(value[-1], dict):
+        value = value[-1].get("content")
+    if value is None:
+        raise _Invalid(f"{where(name, n, key)}: missing", True)
+    if not isinstance(value, str):
+        raise _Invalid(f"{where(name, n, key)}: expected a string or messages", True)
+    if not value.strip():
+        raise _Invalid(f"{where(name, n, key)}: empty response")
+    return value.strip()

@@ -1,0 +1,134 @@
+"""Contrastive generation (SPEC section 2): o1 ~ pi(. | p+, q) and o2 ~ pi(. | p-, q), one sample each.
+
+Queries are cut into fixed batches by their position in the query list; each batch is seeded from
+(seed, batch index), generated p+ and p- side by side, left-padded, and appended to the output as soon
+as it is done. A rerun skips the batches already on disk, so an interrupted run ends with the same
+pairs, byte for byte, as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .artifacts import PartialJSONL
+from .data import Example
+from .errors import DLMAError
+from .prompts import get_pair, prompt_ids, render, stop_strings
+
+
+@dataclass
+class GenerateConfig:
+    pair: str = "harmless"  # default prompt pair; a query row's own `pair` field wins
+    rendering: str = "affix"  # affix (paper) or chat
+    temperature: float = 1.0  # released settings: do_sample, T=1, top-k 50, 200 new tokens
+    top_k: int = 50
+    top_p: float = 1.0
+    max_new_tokens: int = 200
+    max_query_words: int = 600  # longer queries are dropped, as in the released code
+    batch_size: int = 16  # queries per batch (2x sequences: p+ and p-)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.temperature <= 0:
+            raise DLMAError(f"temperature must be > 0 (sampling), got {self.temperature}")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise DLMAError("max_new_tokens and batch_size must be >= 1")
+        get_pair(self.pair, "generate: pair")
+
+
+def cut_response(tokens: list[int], tokenizer, eos_ids: set[int], stops: list[str]) -> tuple[list[int], str]:
+    """Cut generated ids at the first EOS, then before the token where a new turn starts.
+
+    The cut is always at a token boundary: the kept ids are a prefix of the generated ids, and the
+    text is their decoding. Returns (ids, why it ended: eos | turn | length).
+    """
+    why = "length"
+    for i, t in enumerate(tokens):
+        if t in eos_ids:
+            tokens, why = tokens[:i], "eos"
+            break
+    text = tokenizer.decode(tokens, skip_special_tokens=False)
+    hits = [text.find(s) for s in stops if s in text]
+    if hits:
+        cut_char = min(hits)
+        k = len(tokens)
+        while k > 0 and len(tokenizer.decode(tokens[:k], skip_special_tokens=False)) > cut_char:
+            k -= 1
+        tokens, why = tokens[:k], "turn"
+    return tokens, why
+
+
+def eos_token_ids(model, tokenizer) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    return ids | {tokenizer.eos_token_id}
+
+
+def batch_seed(seed: int, batch_index: int) -> int:
+    return (seed * 1_000_003 + batch_index) % (2**63)
+
+
+@torch.no_grad()
+def generate_batch(model, tokenizer, examples: list[Example], cfg: GenerateConfig, batch_index: int) -> list[dict]:
+    prompts, pairs = [], []
+    for ex in examples:
+        pair = get_pair(ex.pair or cfg.pair, f"{ex.source}: field 'pair'")
+        pairs.append(pair.name)
+        for side in ("pos", "neg"):
+            prompts.append(prompt_ids(render(ex.turns, pair, side, cfg.rendering, tokenizer), tokenizer, cfg.rendering))
+    width = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    device = next(model.parameters()).device
+    torch.manual_seed(batch_seed(cfg.seed, batch_index))
+    out = model.generate(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        do_sample=True,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+        max_new_tokens=cfg.max_new_tokens,
+        pad_token_id=pad,
+        stop_strings=stop_strings(cfg.rendering) or None,
+        tokenizer=tokenizer,
+    )[:, width:].tolist()
+    eos, stops = eos_token_ids(model, tokenizer), stop_strings(cfg.rendering)
+    rows = []
+    for k, ex in enumerate(examples):
+        (o1, why1), (o2, why2) = (cut_response(out[2 * k + j], tokenizer, eos, stops) for j in (0, 1))
+        rows.append({
+            "id": ex.id,
+            "turns": ex.turns,
+            "pair": pairs[k],
+            "rendering": cfg.rendering,
+            "o1": tokenizer.decode(o1, skip_special_tokens=True).strip(),  # under p+
+            "o2": tokenizer.decode(o2, skip_special_tokens=True).strip(),  # under p-
+            "o1_tokens": len(o1),
+            "o2_tokens": len(o2),
+            "o1_end": why1,
+            "o2_end": why2,
+            "batch": batch_index,
+        })
+    return rows
+
+
+def generate_pairs(model, tokenizer, examples: list[Example], cfg: GenerateConfig, out_path: str | Path) -> list[dict]:
+    """Generate (o1, o2) for every query into `out_path` (JSONL), resuming what is already there."""
+    examples = [ex for ex in examples if sum(len(t.split()) for t in ex.turns) <= cfg.max_query_words]
+    store = PartialJSONL(out_path)
+    if store.finished:
+        return store.rows
+    batches = [examples[i : i + cfg.batch_size] for i in range(0, len(examples), cfg.batch_size)]
+    todo = [(b, batch) for b, batch in enumerate(batches) if not all(ex.id in store.done for ex in batch)]
+    with tqdm(total=len(examples), initial=len(examples) - sum(len(b) for _, b in todo), desc="generate") as bar:
+        for b, batch in todo:
+            store.append(generate_batch(model, tokenizer, batch, cfg, b))
+            bar.update(len(batch))
+    store.finish()
+    return store.rows

