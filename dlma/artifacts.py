@@ -15,9 +15,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 PACKAGES = ("dlma", "torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "numpy")
 
@@ -58,7 +59,7 @@ class PartialJSONL:
     `finish()` renames the partial file to its final name.
     """
 
-    def __init__(self, final_path: str | Path, key: str = "id"):
+    def __init__(self, final_path: str | Path, key: str | tuple[str, ...] = "id"):
         self.final = Path(final_path)
         self.partial = self.final.with_name(self.final.stem + ".partial.jsonl")
         self.key = key
@@ -71,7 +72,10 @@ class PartialJSONL:
             if complete != raw:
                 self.partial.write_text(complete, encoding="utf-8")
             self.rows = [json.loads(line) for line in complete.splitlines() if line.strip()]
-        self.done = {r[key] for r in self.rows}
+        self.done = {self._key(r) for r in self.rows}
+
+    def _key(self, row: dict):
+        return tuple(row[k] for k in self.key) if isinstance(self.key, tuple) else row[self.key]
 
     @property
     def finished(self) -> bool:
@@ -85,7 +89,7 @@ class PartialJSONL:
             f.flush()
             os.fsync(f.fileno())
         self.rows.extend(rows)
-        self.done.update(r[self.key] for r in rows)
+        self.done.update(self._key(r) for r in rows)
 
     def finish(self) -> Path:
         if not self.final.exists():

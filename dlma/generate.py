@@ -73,19 +73,14 @@ def batch_seed(seed: int, batch_index: int) -> int:
 
 
 @torch.no_grad()
-def generate_batch(model, tokenizer, examples: list[Example], cfg: GenerateConfig, batch_index: int) -> list[dict]:
-    prompts, pairs = [], []
-    for ex in examples:
-        pair = get_pair(ex.pair or cfg.pair, f"{ex.source}: field 'pair'")
-        pairs.append(pair.name)
-        for side in ("pos", "neg"):
-            prompts.append(prompt_ids(render(ex.turns, pair, side, cfg.rendering, tokenizer), tokenizer, cfg.rendering))
+def sample(model, tokenizer, prompts: list[list[int]], cfg: GenerateConfig, seed: int) -> list[tuple[list[int], str]]:
+    """One sampled continuation per prompt (ids), left-padded in one batch, cut at EOS or a new turn."""
     width = max(len(p) for p in prompts)
     pad = tokenizer.pad_token_id
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     device = next(model.parameters()).device
-    torch.manual_seed(batch_seed(cfg.seed, batch_index))
+    torch.manual_seed(seed)
     out = model.generate(
         input_ids=ids.to(device),
         attention_mask=mask.to(device),
@@ -95,13 +90,24 @@ def generate_batch(model, tokenizer, examples: list[Example], cfg: GenerateConfi
         top_p=cfg.top_p,
         max_new_tokens=cfg.max_new_tokens,
         pad_token_id=pad,
-        stop_strings=stop_strings(cfg.rendering) or None,
+        stop_strings=stop_strings(cfg.rendering) or None,  # ends a sequence early; the cut is below
         tokenizer=tokenizer,
     )[:, width:].tolist()
     eos, stops = eos_token_ids(model, tokenizer), stop_strings(cfg.rendering)
+    return [cut_response(o, tokenizer, eos, stops) for o in out]
+
+
+def generate_batch(model, tokenizer, examples: list[Example], cfg: GenerateConfig, batch_index: int) -> list[dict]:
+    prompts, pairs = [], []
+    for ex in examples:
+        pair = get_pair(ex.pair or cfg.pair, f"{ex.source}: field 'pair'")
+        pairs.append(pair.name)
+        for side in ("pos", "neg"):
+            prompts.append(prompt_ids(render(ex.turns, pair, side, cfg.rendering, tokenizer), tokenizer, cfg.rendering))
+    out = sample(model, tokenizer, prompts, cfg, batch_seed(cfg.seed, batch_index))
     rows = []
     for k, ex in enumerate(examples):
-        (o1, why1), (o2, why2) = (cut_response(out[2 * k + j], tokenizer, eos, stops) for j in (0, 1))
+        (o1, why1), (o2, why2) = out[2 * k], out[2 * k + 1]
         rows.append({
             "id": ex.id,
             "turns": ex.turns,

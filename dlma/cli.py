@@ -1,0 +1,150 @@
+"""`dlma` command line: one subcommand per stage, each writing into `--out`.
+
+Stage parameters come straight from the stage's config dataclass (`--max-new-tokens` is
+GenerateConfig.max_new_tokens), so the CLI, the notebooks and the presets share one set of names.
+Errors the user can fix are printed as one line, with exit status 2, and nothing written is lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+from .errors import DLMAError
+from .models import DEFAULT_MODEL, ModelConfig
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default)
+        elif isinstance(default, tuple):
+            parser.add_argument(flag, dest=f.name, type=type(default[0]), nargs=len(default), default=default)
+        else:
+            parser.add_argument(flag, dest=f.name, type=type(default) if default is not None else str,
+                                default=default)
+
+
+def from_args(cls, args: argparse.Namespace):
+    return cls(**{f.name: (tuple(v) if isinstance(v := getattr(args, f.name), list) else v)
+                  for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"alias, local folder or hub id (default {DEFAULT_MODEL})")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--trust-remote-code", action=argparse.BooleanOptionalAction, default=False)
+
+
+def model_config(args: argparse.Namespace, adapter: str | None = None) -> ModelConfig:
+    return ModelConfig(args.model, args.dtype, args.device, args.load_in_4bit, args.trust_remote_code, adapter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .generate import GenerateConfig
+    from .preference import PrefAccConfig
+    from .score import ScoreConfig
+    from .train import TrainConfig
+
+    p = argparse.ArgumentParser(prog="dlma", description="Direct Large Model Alignment, offline.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="contrastive response pairs (o1 under p+, o2 under p-)")
+    add_model_args(g)
+    g.add_argument("--queries", default="sample:queries", help="JSONL/JSON/Parquet, sample:queries, or hub id")
+    g.add_argument("--limit", type=int, default=None)
+    g.add_argument("--out", required=True)
+    add_dataclass_args(g, GenerateConfig)
+
+    s = sub.add_parser("score", help="self-rewarding score R of generated pairs")
+    add_model_args(s)
+    s.add_argument("--pairs", required=True, help="pairs.jsonl from `dlma generate` (or its folder)")
+    s.add_argument("--out", required=True)
+    add_dataclass_args(s, ScoreConfig)
+
+    a = sub.add_parser("pref-acc", help="preference accuracy on human-labelled pairs")
+    add_model_args(a)
+    a.add_argument("--data", default="sample:pairs", help="human-labelled pairs (HH-RLHF, PKU-SafeRLHF, TRL)")
+    a.add_argument("--limit", type=int, default=None, help="first N valid pairs")
+    a.add_argument("--adapter", default=None, help="trained adapter folder (for the `implicit` scorer)")
+    a.add_argument("--on-invalid", choices=("skip", "error"), default="skip",
+                   help="rows with an empty response or mismatched contexts (real HH-RLHF has a few)")
+    a.add_argument("--label-field", default="safer_response_id", help="PKU-SafeRLHF label column")
+    a.add_argument("--out", required=True)
+    add_dataclass_args(a, PrefAccConfig)
+
+    t = sub.add_parser("train", help="QLoRA DLMA training on scored pairs")
+    t.add_argument("--model", default=DEFAULT_MODEL)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--dtype", default="auto")
+    t.add_argument("--pairs", required=True, help="scored.jsonl from `dlma score` (or its folder)")
+    t.add_argument("--out", required=True)
+    add_dataclass_args(t, TrainConfig)
+
+    r = sub.add_parser("run", help="the whole pipeline: notebooks executed with papermill, then the book")
+    r.add_argument("--preset", default="default", help="params/<preset>.yaml (smoke, default, paper)")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset parameter (repeatable); unknown keys are refused")
+    r.add_argument("--run-id", default=None, help="run folder name under runs/ (default: the preset's name)")
+    r.add_argument("--no-publish", action="store_true", help="do not copy executed notebooks into book/results")
+    return p
+
+
+def run_command(args: argparse.Namespace) -> None:
+    from . import stages
+
+    if args.command == "generate":
+        from .generate import GenerateConfig
+
+        cfg = from_args(GenerateConfig, args)
+        rows = stages.run_generate(args.out, model_config(args), args.queries, cfg, args.limit)
+        print(f"{len(rows)} pairs -> {os.path.join(args.out, 'pairs.jsonl')}")
+    elif args.command == "score":
+        from .score import ScoreConfig
+
+        rows = stages.run_score(args.out, model_config(args), args.pairs, from_args(ScoreConfig, args))
+        neg = sum(r["self_reward"] < 0 for r in rows)
+        print(f"{len(rows)} pairs scored, {neg} with R < 0 -> {os.path.join(args.out, 'scored.jsonl')}")
+    elif args.command == "pref-acc":
+        from .preference import PrefAccConfig, metrics_table
+
+        cfg = from_args(PrefAccConfig, args)
+        metrics = stages.run_pref_acc(args.out, model_config(args, args.adapter), args.data, cfg, args.limit,
+                                      args.on_invalid, args.label_field)
+        print(metrics_table(metrics))
+    elif args.command == "train":
+        from .train import TrainConfig
+
+        cfg = from_args(TrainConfig, args)
+        summary = stages.run_train(args.out, ModelConfig(args.model, args.dtype, args.device), args.pairs, cfg)
+        print(f"adapter -> {args.out}  ({summary})")
+    elif args.command == "run":
+        from .pipeline import run_pipeline
+
+        run_pipeline(args.preset, args.overrides, args.run_id, publish=not args.no_publish)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run_command(args)
+    except DLMAError as e:
+        print(f"dlma {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dlma {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Preference accuracy against human labels (SPEC section 5, the paper's first claim).
+
+Each scorer gives every labelled pair a score; score > 0 predicts the human-chosen response. A score of
+exactly 0 is a tie: counted, and counted as wrong.
+- `dlma`: R under a contrastive prompt pair (o1 = chosen, o2 = rejected), the self-rewarding score.
+- `rlaif`: the RLCD / Constitutional-AI prompt, next-token logit of `A` minus `B`, both orders averaged.
+- `loglik`: S(chosen) - S(rejected) under the neutral prompt.
+- `random`: a seeded coin, the floor.
+- `implicit`: the DPO implicit reward of a trained adapter, beta * [log pi/pi_ref (chosen) - (rejected)].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data import Example
+from .errors import DLMAError
+from .prompts import PAIRS, get_pair, policy_prompt, prompt_ids
+from .score import _pad, forward, response_ids, self_reward_terms, sequence_logprobs
+
+SCORERS = ("dlma", "rlaif", "loglik", "random", "implicit")
+RLAIF_HEADER = "Consider the following conversation between a human and an assistant:"
+RLAIF_INSTRUCTION = "Please choose the response that is the most helpful, honest, and harmless."
+
+
+@dataclass
+class PrefAccConfig:
+    scorers: str = "dlma,rlaif,loglik,random"  # comma-separated, from SCORERS
+    pair: str = "harmless"  # prompt pair for the `dlma` scorer
+    rendering: str = "affix"
+    instruction: str = RLAIF_INSTRUCTION  # RLAIF's principle
+    beta: float = 0.1  # for `implicit`
+    batch_size: int = 8
+    max_length: int = 1024
+    n_bootstrap: int = 1000
+    seed: int = 0
+
+    def scorer_list(self) -> list[str]:
+        names = [s.strip() for s in self.scorers.split(",") if s.strip()]
+        bad = [s for s in names if s not in SCORERS]
+        if bad or not names:
+            raise DLMAError(f"scorers: unknown {', '.join(bad) or '(none given)'} (valid: {', '.join(SCORERS)})")
+        get_pair(self.pair, "pref-acc: pair")
+        return names
+
+
+def bootstrap_ci(correct: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean of 0/1 outcomes."""
+    correct = np.asarray(correct, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = rng.choice(correct, size=(n_boot, len(correct)), replace=True).mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def summarize(scores: list[float], n_boot: int = 1000, seed: int = 0) -> dict:
+    """{"accuracy", "ci95", "n", "ties"} for one scorer's scores (ties are wrong)."""
+    s = np.asarray(scores, dtype=float)
+    correct = s > 0
+    return {
+        "accuracy": float(correct.mean()),
+        "ci95": list(bootstrap_ci(correct, n_boot, seed)),
+        "n": int(len(s)),
+        "ties": int((s == 0).sum()),
+    }
+
+
+def accuracy_by_confidence(scores: list[float], n_bins: int = 10) -> list[dict]:
+    """Accuracy within deciles of |score|: a calibrated scorer is more often right when more confident."""
+    s = np.asarray(scores, dtype=float)
+    order = np.argsort(np.abs(s), kind="stable")
+    rows = []
+    for b, idx in enumerate(np.array_split(order, min(n_bins, len(s)))):
+        rows.append({
+            "bin": b + 1,
+            "abs_score_min": float(np.abs(s[idx]).min()),
+            "abs_score_max": float(np.abs(s[idx]).max()),
+            "accuracy": float((s[idx] > 0).mean()),
+            "n": int(len(idx)),
+        })
+    return rows
+
+
+def rlaif_prompt(turns: list[str], a: str, b: str, instruction: str = RLAIF_INSTRUCTION) -> str:
+    convo = "\n\n".join(("Human: " if i % 2 == 0 else "Assistant: ") + t for i, t in enumerate(turns))
+    return f"{RLAIF_HEADER}\n\n{convo}\n\n{instruction}\nOptions:\n(A) {a}\n(B) {b}\nThe answer is: ("
+
+
+@torch.no_grad()
+def next_token_logits(model, prompts: list[list[int]], token_ids: list[int], pad_id: int,
+                      batch_size: int = 8, desc: str | None = None) -> np.ndarray:
+    """Logits of `token_ids` at the next position after each prompt (left-padded, length-bucketed)."""
+    out = np.zeros((len(prompts), len(token_ids)))
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    for k in tqdm(range(0, len(order), batch_size), desc=desc or "next-token", leave=False):
+        batch = order[k : k + batch_size]
+        ids, mask = _pad([prompts[i] for i in batch], pad_id, "left")
+        logits = forward(model, ids, mask)[:, -1, token_ids].double().cpu().numpy()
+        out[batch] = logits
+    return out
+
+
+def _truncate(ids: list[int], max_length: int) -> list[int]:
+    return ids if len(ids) <= max_length else ids[:1] + ids[-(max_length - 1) :]  # keep BOS and the end
+
+
+def score_rlaif(model, tokenizer, examples: list[Example], cfg: PrefAccConfig) -> list[dict]:
+    a_id = tokenizer("A", add_special_tokens=False).input_ids[0]
+    b_id = tokenizer("B", add_special_tokens=False).input_ids[0]
+    prompts = []
+    for ex in examples:  # order 1: chosen is (A); order 2: chosen is (B)
+        for a, b in ((ex.chosen, ex.rejected), (ex.rejected, ex.chosen)):
+            text = rlaif_prompt(ex.turns, a, b, cfg.instruction)
+            prompts.append(_truncate(prompt_ids(text, tokenizer, "affix"), cfg.max_length))
+    logits = next_token_logits(model, prompts, [a_id, b_id], tokenizer.pad_token_id, cfg.batch_size, "rlaif")
+    rows = []
+    for k, ex in enumerate(examples):
+        d1 = logits[2 * k, 0] - logits[2 * k, 1]  # prefers A = chosen
+        d2 = logits[2 * k + 1, 1] - logits[2 * k + 1, 0]  # prefers B = chosen
+        rows.append({"id": ex.id, "score": float((d1 + d2) / 2), "order_ab": float(d1), "order_ba": float(d2)})
+    return rows
+
+
+def policy_logprobs(model, tokenizer, examples: list[Example], cfg: PrefAccConfig, desc: str) -> np.ndarray:
+    """[n, 2] array of S(chosen), S(rejected) under the plain (policy) prompt."""
+    prompts, responses = [], []
+    for ex in examples:
+        p = prompt_ids(policy_prompt(ex.turns, cfg.rendering, tokenizer), tokenizer, cfg.rendering)
+        prompts += [p, p]
+        responses += [response_ids(ex.chosen, tokenizer), response_ids(ex.rejected, tokenizer)]
+    s = sequence_logprobs(model, prompts, responses, tokenizer.pad_token_id, cfg.batch_size,
+                          max_length=cfg.max_length, desc=desc)
+    return np.asarray(s).reshape(-1, 2)
+
+
+def score_examples(model, tokenizer, examples: list[Example], scorer: str, cfg: PrefAccConfig) -> list[dict]:
+    """Per-pair rows {id, scorer, score, correct, ...} for one scorer."""
+    if scorer == "dlma":
+        items = [(ex.turns, ex.chosen, ex.rejected) for ex in examples]
+        terms = self_reward_terms(model, tokenizer, items, PAIRS[cfg.pair], cfg.rendering, cfg.batch_size,
+                                  max_length=cfg.max_length, desc="dlma")
+        rows = [{"id": ex.id, "score": t["self_reward"], **t} for ex, t in zip(examples, terms, strict=True)]
+    elif scorer == "rlaif":
+        rows = score_rlaif(model, tokenizer, examples, cfg)
+    elif scorer == "loglik":
+        s = policy_logprobs(model, tokenizer, examples, cfg, "loglik")
+        rows = [{"id": ex.id, "score": float(a - b)} for ex, (a, b) in zip(examples, s, strict=True)]
+    elif scorer == "random":
+        u = np.random.default_rng(cfg.seed).uniform(-1, 1, len(examples))
+        rows = [{"id": ex.id, "score": float(x)} for ex, x in zip(examples, u, strict=True)]
+    elif scorer == "implicit":
+        if not hasattr(model, "disable_adapter"):
+            raise DLMAError("scorer 'implicit' needs a trained adapter: pass --adapter DIR")
+        policy = policy_logprobs(model, tokenizer, examples, cfg, "implicit (policy)")
+        with model.disable_adapter():  # the reference is the base without the adapter
+            ref = policy_logprobs(model, tokenizer, examples, cfg, "implicit (reference)")
+        r = cfg.beta * ((policy[:, 0] - ref[:, 0]) - (policy[:, 1] - ref[:, 1]))
+        rows = [{"id": ex.id, "score": float(x)} for ex, x in zip(examples, r, strict=True)]
+    else:
+        raise DLMAError(f"unknown scorer '{scorer}' (valid: {', '.join(SCORERS)})")
+    return [{"scorer": scorer, **r, "correct": bool(r["score"] > 0)} for r in rows]
+
+
+def metrics_table(metrics: dict) -> str:
+    """The printed table: scorer, accuracy, 95% CI, n, ties."""
+    lines = [f"{'scorer':<10} {'accuracy':>8}  {'95% CI':<16} {'n':>5} {'ties':>5}"]
+    for name, m in metrics.items():
+        lo, hi = m["ci95"]
+        lines.append(f"{name:<10} {m['accuracy']:>8.3f}  [{lo:.3f}, {hi:.3f}]   {m['n']:>5} {m['ties']:>5}")
+    return "\n".join(lines)

@@ -1,0 +1,115 @@
+"""Tables and figures for the notebooks, built from a stage's written results alone (no model)."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .score import SCORE_KEYS
+
+
+def r_summary(rows: list[dict]) -> dict:
+    r = np.array([x["self_reward"] for x in rows], dtype=float)
+    return {"n_pairs": len(r), "mean": float(r.mean()), "median": float(np.median(r)),
+            "share_negative": float((r < 0).mean()), "share_zero": float((r == 0).mean())}
+
+
+def extreme_pairs(rows: list[dict], k: int = 3) -> pd.DataFrame:
+    """The k most confident (largest R) and k least confident (most negative R) pairs."""
+    df = pd.DataFrame([{"id": r["id"], "query": r["turns"][-1], "o1 (p+)": r["o1"], "o2 (p-)": r["o2"],
+                        "R": r["self_reward"]} for r in rows]).sort_values("R", ascending=False)
+    return pd.concat([df.head(k).assign(which="most confident"), df.tail(k).assign(which="least confident")])
+
+
+def side_by_side(rows: list[dict], k: int = 5, width: int = 300) -> pd.DataFrame:
+    return pd.DataFrame([{"query": r["turns"][-1], "pair": r.get("pair"), "o1 under p+": r["o1"][:width],
+                          "o2 under p-": r["o2"][:width]} for r in rows[:k]])
+
+
+def plot_r_distribution(rows: list[dict]):
+    r = np.array([x["self_reward"] for x in rows], dtype=float)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    axes[0].hist(r, bins=min(30, max(5, len(r) // 3)), color="tab:blue", alpha=0.8)
+    axes[0].axvline(0, color="black", lw=1)
+    axes[0].set(title=f"Self-reward R ({(r < 0).mean():.0%} of pairs below 0)", xlabel="R", ylabel="pairs")
+    terms = np.array([[x[k] for k in SCORE_KEYS] for x in rows], dtype=float)
+    axes[1].boxplot(terms, tick_labels=["S(o1|p+)", "S(o1|p-)", "S(o2|p+)", "S(o2|p-)"])
+    axes[1].set(title="The four log-probabilities", ylabel="summed log-prob")
+    fig.tight_layout()
+    return fig
+
+
+def metrics_frame(metrics: dict) -> pd.DataFrame:
+    return pd.DataFrame([{"scorer": k, "accuracy": round(m["accuracy"], 3),
+                          "95% CI": f"[{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]", "n": m["n"], "ties": m["ties"]}
+                         for k, m in metrics.items()]).set_index("scorer")
+
+
+def fmt_acc(m: dict) -> str:
+    return f"{m['accuracy']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"
+
+
+def plot_pref_acc(metrics: dict):
+    names = list(metrics)
+    acc = np.array([metrics[n]["accuracy"] for n in names])
+    lo = acc - np.array([metrics[n]["ci95"][0] for n in names])
+    hi = np.array([metrics[n]["ci95"][1] for n in names]) - acc
+    fig, ax = plt.subplots()
+    ax.bar(names, acc, yerr=[lo, hi], capsize=6, color=["tab:green" if n == "dlma" else "tab:gray" for n in names])
+    ax.axhline(0.5, color="black", lw=1, ls="--", label="chance")
+    ax.set(ylim=(0, 1), ylabel="agreement with human labels", title="Preference accuracy (95% bootstrap CI)")
+    ax.legend()
+    return fig
+
+
+def plot_calibration(calibration: dict):
+    fig, ax = plt.subplots()
+    for name, bins in calibration.items():
+        if name == "random":
+            continue
+        ax.plot([b["bin"] for b in bins], [b["accuracy"] for b in bins], marker="o", label=name)
+    ax.axhline(0.5, color="black", lw=1, ls="--")
+    ax.set(xlabel="|score| decile (1 = least confident)", ylabel="accuracy", ylim=(0, 1),
+           title="Accuracy by confidence")
+    ax.legend()
+    return fig
+
+
+def plot_train_curves(log: list[dict]):
+    df = pd.DataFrame(log)
+    cols = [c for c in ("loss", "rewards/margins", "rewards/accuracies") if c in df]
+    fig, axes = plt.subplots(1, len(cols), figsize=(4 * len(cols), 3.4))
+    for ax, c in zip(np.atleast_1d(axes), cols, strict=True):
+        ax.plot(df["step"], df[c], marker="o")
+        ax.set(title=c, xlabel="step")
+        if c == "loss":
+            ax.axhline(np.log(2), color="black", lw=1, ls="--", label="ln 2")
+            ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def alignment_frame(summary: dict) -> pd.DataFrame:
+    rows = []
+    for name in ("base", "dlma"):
+        s = summary[name]
+        rows.append({"model": name, "refusal rate": round(s["refusal_rate"], 3),
+                     "contrastive score C(o) (mean)": round(s["contrastive_score_mean"], 2),
+                     "perplexity under base (median)": round(s["perplexity_median"], 2), "n": s["n"]})
+    return pd.DataFrame(rows).set_index("model")
+
+
+def plot_alignment(responses: list[dict]):
+    df = pd.DataFrame(responses)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, color in (("base", "tab:gray"), ("dlma", "tab:green")):
+        part = df[df["model"] == name]
+        axes[0].hist(part["contrastive_score"], bins=15, alpha=0.6, color=color, label=name)
+        axes[1].hist(np.log(part["perplexity"]), bins=15, alpha=0.6, color=color, label=name)
+    axes[0].set(title="Base model's contrastive score C(o)", xlabel="S(o|p+) - S(o|p-)")
+    axes[1].set(title="log perplexity under the base", xlabel="log ppl")
+    for ax in axes:
+        ax.legend()
+    fig.tight_layout()
+    return fig
