@@ -1,5 +1,8 @@
 """`dlma run`: execute the stage notebooks in order with papermill into `runs/<run-id>/`.
 
+- Notebooks run with the repository root as working directory: relative paths in presets (such as
+  `../shared/data/...`) are relative to the root. (nbval runs them in `notebooks/`, hence the
+  notebooks' own `run_dir` default `../runs/nbval`.)
 - A preset (`params/<name>.yaml`) plus `--set key=value` overrides gives every notebook parameter; a
   key that no notebook declares is refused, not ignored.
 - Each stage's notebook is written to a temporary name and renamed only when it ran through; a failed
@@ -100,7 +103,7 @@ def run_pipeline(preset: str, overrides: list[str], run_id: str | None = None, p
         started = time.time()
         try:
             pm.execute_notebook(str(notebook_path(stage)), str(partial), parameters=nb_params,
-                                cwd=str(notebook_path(stage).parent), progress_bar=False, log_output=False)
+                                cwd=str(ROOT), progress_bar=False, log_output=False)
         except pm.PapermillExecutionError as e:
             failed = run_dir / f"{stage}.failed.ipynb"
             os.replace(partial, failed)
@@ -124,3 +127,25 @@ def publish_notebooks(run_dir: Path, stages: tuple[str, ...] = STAGES, book_dir:
         shutil.copyfile(run_dir / f"{stage}.ipynb", tmp)
         os.replace(tmp, book_dir / f"{stage}.ipynb")
     print(f"[dlma run] published {len(stages)} notebooks to {book_dir}")
+
+
+def parameter_table() -> str:
+    """Markdown table of every notebook parameter: its notebook(s), and its value in each preset."""
+    import papermill as pm
+
+    presets = {p.stem: load_preset(p.stem) for p in sorted((ROOT / "params").glob("*.yaml"))}
+    rows: dict[str, dict] = {}
+    for stage in STAGES:
+        for name, p in pm.inspect_notebook(str(notebook_path(stage))).items():
+            row = rows.setdefault(name, {"stages": [], "default": p["default"], "help": p["help"]})
+            row["stages"].append(stage[:2])
+    order = ["smoke"] + [n for n in presets if n != "smoke"]
+    head = "| parameter | notebooks | " + " | ".join(f"`{n}`" for n in order) + " | meaning |"
+    lines = [head, "|" + "---|" * (3 + len(order))]
+    for name, row in rows.items():
+        values = [row["default"] if n == "smoke" else presets[n].get(name, "(notebook default)") for n in order]
+        if name in SET_BY_PIPELINE:
+            values = ["set by `dlma run`"] * len(order)
+        cells = " | ".join(f"`{v}`" if not str(v).startswith(("(", "set by")) else str(v) for v in values)
+        lines.append(f"| `{name}` | {', '.join(row['stages'])} | {cells} | {row['help'].replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
