@@ -28,6 +28,7 @@ run: setup
 
 book: setup
 	$(BIN)/jupyter-book build . -W --keep-going
+	$(PY) tests/book_check.py _build/html
 
 test: setup lint unit nbval book
 

@@ -49,11 +49,12 @@ def model_config(args: argparse.Namespace, adapter: str | None = None) -> ModelC
     return ModelConfig(args.model, args.dtype, args.device, args.load_in_4bit, args.trust_remote_code, adapter)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """All subcommands; `train`'s options (which import TRL and PEFT, seconds) only when `command` is
+    train or unknown, so the other stages start, and fail on bad input, without that import."""
     from .generate import GenerateConfig
     from .preference import PrefAccConfig
     from .score import ScoreConfig
-    from .train import TrainConfig
 
     p = argparse.ArgumentParser(prog="dlma", description="Direct Large Model Alignment, offline.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -88,7 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dtype", default="auto")
     t.add_argument("--pairs", required=True, help="scored.jsonl from `dlma score` (or its folder)")
     t.add_argument("--out", required=True)
-    add_dataclass_args(t, TrainConfig)
+    if command in (None, "train"):
+        from .train import TrainConfig
+
+        add_dataclass_args(t, TrainConfig)
 
     r = sub.add_parser("run", help="the whole pipeline: notebooks executed with papermill, then the book")
     r.add_argument("--preset", default="default", help="params/<preset>.yaml (smoke, default, paper)")
@@ -118,6 +122,8 @@ def run_command(args: argparse.Namespace) -> None:
         from .preference import PrefAccConfig, metrics_table
 
         cfg = from_args(PrefAccConfig, args)
+        if "implicit" in cfg.scorer_list() and not args.adapter:  # say so before loading anything
+            raise DLMAError("scorer 'implicit' needs a trained adapter: pass --adapter DIR")
         metrics = stages.run_pref_acc(args.out, model_config(args, args.adapter), args.data, cfg, args.limit,
                                       args.on_invalid, args.label_field)
         print(metrics_table(metrics))
@@ -134,7 +140,9 @@ def run_command(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = argv[0] if argv and not argv[0].startswith("-") else None
+    args = build_parser(command).parse_args(argv)
     try:
         run_command(args)
     except DLMAError as e:

@@ -176,8 +176,8 @@ def parse_row(row: object, name: str, n: int, label_field: str = "safer_response
 
     if "chosen" in row or "rejected" in row:
         if "prompt" not in row:  # HH-RLHF: whole dialogues
-            turns_c, resp_c = split_dialogue(text("chosen", row.get("chosen") or " "), name, n, "chosen")
-            turns_r, resp_r = split_dialogue(text("rejected", row.get("rejected") or " "), name, n, "rejected")
+            turns_c, resp_c = split_dialogue(text("chosen"), name, n, "chosen")
+            turns_r, resp_r = split_dialogue(text("rejected"), name, n, "rejected")
             if turns_c != turns_r:
                 raise _Invalid(f"{where(name, n, 'rejected')}: its context differs from 'chosen''s")
             for key, resp in (("chosen", resp_c), ("rejected", resp_r)):

@@ -134,7 +134,9 @@ def generate_pairs(model, tokenizer, examples: list[Example], cfg: GenerateConfi
     todo = [(b, batch) for b, batch in enumerate(batches) if not all(ex.id in store.done for ex in batch)]
     with tqdm(total=len(examples), initial=len(examples) - sum(len(b) for _, b in todo), desc="generate") as bar:
         for b, batch in todo:
-            store.append(generate_batch(model, tokenizer, batch, cfg, b))
+            # a batch cut short mid-write has some rows on disk: regenerate it whole (same seed, same
+            # rows) and append only the missing ones, so no row is written twice
+            store.append([r for r in generate_batch(model, tokenizer, batch, cfg, b) if r["id"] not in store.done])
             bar.update(len(batch))
     store.finish()
     return store.rows

@@ -57,7 +57,13 @@ def parse_overrides(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise DLMAError(f"--set {item!r}: expected KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(value)  # numbers, booleans and lists as YAML reads them
+        parsed = yaml.safe_load(value)  # numbers, booleans and lists as YAML reads them
+        if isinstance(parsed, str):
+            try:  # YAML 1.1 reads 5e-5 (no dot) as a string
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        out[key.strip()] = parsed
     return out
 
 
@@ -149,3 +155,20 @@ def parameter_table() -> str:
         cells = " | ".join(f"`{v}`" if not str(v).startswith(("(", "set by")) else str(v) for v in values)
         lines.append(f"| `{name}` | {', '.join(row['stages'])} | {cells} | {row['help'].replace('|', '/')} |")
     return "\n".join(lines) + "\n"
+
+
+TABLE_START, TABLE_END = "<!-- PARAMETER TABLE -->", "<!-- END PARAMETER TABLE -->"
+
+
+def update_parameter_table(page: Path | None = None) -> bool:
+    """Write `parameter_table()` between the markers of book/reproduce.md; True if the page changed."""
+    page = page or ROOT / "book" / "reproduce.md"
+    text = page.read_text()
+    head, sep, rest = text.partition(TABLE_START)
+    if not sep:
+        raise DLMAError(f"{page}: no {TABLE_START} marker")
+    tail = rest.partition(TABLE_END)[2]
+    new = f"{head}{TABLE_START}\n\n{parameter_table()}\n{TABLE_END}{tail}"
+    if new != text:
+        page.write_text(new)
+    return new != text

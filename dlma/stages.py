@@ -31,6 +31,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def begin(out_dir: Path, params: dict) -> None:
+    """Record a stage's parameters before it works; resuming with other parameters is refused, so a
+    folder never mixes results of two settings (and nothing already computed is overwritten)."""
+    params = json.loads(json.dumps(params, default=str))  # as they will read back
+    path = out_dir / "params.json"
+    if path.exists():
+        before = json.loads(path.read_text())
+        changed = sorted(k for k in set(before) | set(params) if before.get(k) != params.get(k))
+        if changed:
+            raise DLMAError(f"{out_dir} holds results made with other parameters ({', '.join(changed)}): "
+                            "write to another folder, or delete this one to start over")
+    else:
+        write_json(path, params)
+
+
 def _model(model_cfg: ModelConfig, model=None):
     return model if model is not None else load_model(model_cfg)
 
@@ -39,12 +54,14 @@ def run_generate(out_dir, model_cfg: ModelConfig, queries: str, cfg: GenerateCon
                  model=None) -> list[dict]:
     """Stage 1: `pairs.jsonl`, one (o1 under p+, o2 under p-) per query."""
     started, out_dir = time.time(), Path(out_dir)
+    params = {"queries": str(queries), "limit": limit, **asdict(cfg)}
     examples = load_examples(queries, limit=limit)
     for ex in examples:  # fail on a bad pair name before any generation
         get_pair(ex.pair or cfg.pair, f"{ex.source}: field 'pair'")
+    begin(out_dir, {**params, "model": model_cfg.to_dict()})
     model, tokenizer = _model(model_cfg, model)
     rows = generate_pairs(model, tokenizer, examples, cfg, out_dir / "pairs.jsonl")
-    write_manifest(out_dir, "generate", {"queries": str(queries), "limit": limit, **asdict(cfg)}, started,
+    write_manifest(out_dir, "generate", params, started,
                    model=model_fingerprint(model_cfg), n_pairs=len(rows))
     return rows
 
@@ -77,6 +94,7 @@ def run_score(out_dir, model_cfg: ModelConfig, pairs_path, cfg: ScoreConfig, chu
     """Stage 2: `scored.jsonl`, each pair with its four S terms and R (under the row's own pair, if any)."""
     started, out_dir = time.time(), Path(out_dir)
     pairs = read_pairs(pairs_path)
+    begin(out_dir, {"pairs": str(pairs_path), **asdict(cfg), "model": model_cfg.to_dict()})
     store = PartialJSONL(out_dir / "scored.jsonl")
     todo = [p for p in pairs if p["id"] not in store.done]
     if todo and not store.finished:
@@ -108,6 +126,8 @@ def run_pref_acc(out_dir, model_cfg: ModelConfig, data: str, cfg: PrefAccConfig,
                              on_invalid=on_invalid, skipped=skipped)
     excluded = set(map(str, exclude_ids))
     examples = [e for e in examples if e.id not in excluded][:limit]
+    begin(out_dir, {"data": str(data), "limit": limit, "on_invalid": on_invalid, "label_field": label_field,
+                    "excluded_ids": sorted(excluded), **asdict(cfg), "model": model_cfg.to_dict()})
     store = PartialJSONL(out_dir / "predictions.jsonl", key=("scorer", "id"))
     if not store.finished:
         model_tok = None

@@ -1,0 +1,198 @@
+"""Contrastive generation (SPEC section 2): the response cut, and a resumable, seeded `dlma generate`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from dlma.artifacts import sha256_file
+from dlma.data import load_examples
+from dlma.generate import GenerateConfig, cut_response
+from dlma.models import DEFAULT_MODEL, ModelConfig, load_tokenizer, resolve_spec, weights_sha256
+from dlma.prompts import stop_strings
+from dlma.stages import run_generate
+
+N, BATCH, NEW_TOKENS = 16, 4, 8
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer(DEFAULT_MODEL)
+
+
+def ids_of(tok, text: str) -> list[int]:
+    return tok(text, add_special_tokens=False).input_ids
+
+
+# ---------------------------------------------------------------- cut_response
+
+
+def test_cut_at_eos(tok):
+    eos = tok.eos_token_id
+    head = ids_of(tok, "Hello there, friend.")
+    kept, why = cut_response([*head, eos, *ids_of(tok, " more\nUSER: x")], tok, {eos}, stop_strings("affix"))
+    assert (kept, why) == (head, "eos")
+    kept, why = cut_response([eos, *head], tok, {eos}, stop_strings("affix"))
+    assert (kept, why) == ([], "eos")
+
+
+def test_no_stop_keeps_everything(tok):
+    ids = ids_of(tok, "Just a plain answer with no new turn.")
+    assert cut_response(ids, tok, {tok.eos_token_id}, stop_strings("affix")) == (ids, "length")
+    # the chat rendering has no stop strings: a turn ends with EOS alone
+    with_user = ids_of(tok, "Answer.\nUSER: next")
+    assert cut_response(with_user, tok, {tok.eos_token_id}, stop_strings("chat")) == (with_user, "length")
+
+
+@pytest.mark.parametrize(
+    "text, stop, kept_text",
+    [
+        ("Sure, here it is.\nUSER: now something else", "\nUSER:", "Sure, here it is."),
+        ("I won't help.\nASSISTANT(toxic): fine", "\nASSISTANT", "I won't help."),
+        ("Fine.\n\nHuman: and then?", "\nHuman:", "Fine.\n"),
+        ("Two stops.\nAssistant: a\nUSER: b", "\nAssistant:", "Two stops."),
+    ],
+)
+def test_cut_before_a_new_turn(tok, text, stop, kept_text):
+    ids = ids_of(tok, text)
+    kept, why = cut_response(ids, tok, {tok.eos_token_id}, stop_strings("affix"))
+    assert why == "turn"
+    assert kept == ids[: len(kept)]  # a prefix of the generated ids: the cut is at a token boundary
+    decoded = tok.decode(kept)
+    assert decoded == kept_text
+    assert not any(s in decoded for s in stop_strings("affix"))
+    assert stop in text[len(decoded):len(decoded) + len(stop) + 1]
+
+
+def test_cut_when_the_stop_starts_inside_a_token(tok):
+    # ' \n' is one token, and "\nUSER:" starts in its middle: the whole token goes
+    space_nl = tok.convert_tokens_to_ids("\u0120\u010a")
+    assert tok.decode([space_nl]) == " \n"
+    ids = [*ids_of(tok, "ok"), space_nl, *ids_of(tok, "USER: hi")]
+    assert "\nUSER:" in tok.decode(ids)
+    kept, why = cut_response(ids, tok, {tok.eos_token_id}, stop_strings("affix"))
+    assert (kept, why) == (ids_of(tok, "ok"), "turn")
+
+
+def test_generate_config_validates():
+    from dlma.errors import DLMAError
+
+    with pytest.raises(DLMAError, match="temperature"):
+        GenerateConfig(temperature=0)
+    with pytest.raises(DLMAError, match="'nope'"):
+        GenerateConfig(pair="nope")
+
+
+# ---------------------------------------------------------------- dlma generate, killed and resumed
+
+
+def cli_generate(out: Path, seed: int = 0) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "dlma.cli", "generate", "--queries", "sample:queries", "--limit", str(N),
+           "--max-new-tokens", str(NEW_TOKENS), "--batch-size", str(BATCH), "--seed", str(seed),
+           "--device", "cpu", "--dtype", "float32", "--out", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def gen_cfg(seed: int = 0) -> GenerateConfig:
+    return GenerateConfig(max_new_tokens=NEW_TOKENS, batch_size=BATCH, seed=seed)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(embedded, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("gen-uninterrupted")
+    run_generate(out, ModelConfig(DEFAULT_MODEL), "sample:queries", gen_cfg(0), limit=N, model=embedded)
+    return out
+
+
+@pytest.mark.slow
+def test_killed_generate_resumes_to_the_same_bytes(tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    partial, final = out / "pairs.partial.jsonl", out / "pairs.jsonl"
+    proc = cli_generate(out)
+    deadline = time.time() + 300
+    while not (partial.exists() and partial.read_text().count("\n") >= BATCH):
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "no batch written in 300 s"
+        time.sleep(0.01)
+    proc.kill()  # SIGKILL: no handler runs
+    proc.communicate()
+    assert not final.exists(), "the run finished before it could be killed"
+    lines_at_kill = partial.read_text().count("\n")
+    assert BATCH <= lines_at_kill < N
+    assert not (out / "manifest.json").exists()
+
+    proc = cli_generate(out)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr
+    assert f"{N} pairs" in stdout
+    assert final.exists() and not partial.exists()
+    rows = [json.loads(line) for line in final.read_text().splitlines()]
+    assert len(rows) == N
+    assert final.read_bytes() == (uninterrupted / "pairs.jsonl").read_bytes()
+
+    queries = load_examples("sample:queries", limit=N)
+    assert [r["id"] for r in rows] == [q.id for q in queries]
+    for k, (r, q) in enumerate(zip(rows, queries, strict=True)):
+        assert r["turns"] == q.turns and r["pair"] == q.pair and r["rendering"] == "affix"
+        assert r["batch"] == k // BATCH
+        for o in ("o1", "o2"):
+            assert isinstance(r[o], str) and r[o] == r[o].strip()
+            assert 0 <= r[f"{o}_tokens"] <= NEW_TOKENS
+            assert r[f"{o}_end"] in ("eos", "turn", "length")
+            assert not re.search(r"\nUSER:|\nASSISTANT|\nHuman:|\nAssistant:", r[o])
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stage"] == "generate"
+    p = manifest["params"]
+    assert (p["seed"], p["max_new_tokens"], p["batch_size"], p["limit"], p["queries"]) == (
+        0, NEW_TOKENS, BATCH, N, "sample:queries")
+    assert (p["temperature"], p["top_k"], p["rendering"], p["pair"]) == (1.0, 50, "affix", "harmless")
+    assert manifest["model"]["weights_sha256"] == weights_sha256(resolve_spec(DEFAULT_MODEL))
+    assert re.fullmatch(r"[0-9a-f]{64}", manifest["model"]["weights_sha256"])
+    assert manifest["versions"]["torch"] == metadata.version("torch")
+    assert manifest["versions"]["transformers"] != "not installed"
+    assert manifest["wall_time_s"] > 0
+    assert manifest["n_pairs"] == N
+    assert manifest["files"]["pairs.jsonl"] == sha256_file(final)
+
+
+@pytest.mark.slow
+def test_resume_after_a_torn_partial_batch(embedded, tmp_path, uninterrupted):
+    """A kill in the middle of a batch's write: some of its rows on disk, the next one torn."""
+    good = (uninterrupted / "pairs.jsonl").read_text().splitlines(keepends=True)
+    out = tmp_path / "torn"
+    out.mkdir()
+    (out / "pairs.partial.jsonl").write_text("".join(good[: BATCH + 2]) + good[BATCH + 2][:40])
+    rows = run_generate(out, ModelConfig(DEFAULT_MODEL), "sample:queries", gen_cfg(0), limit=N, model=embedded)
+    assert len(rows) == N
+    assert (out / "pairs.jsonl").read_bytes() == (uninterrupted / "pairs.jsonl").read_bytes()
+
+
+@pytest.mark.slow
+def test_finished_run_is_not_regenerated(embedded, tmp_path, uninterrupted):
+    out = tmp_path / "again"
+    shutil.copytree(uninterrupted, out)
+    before = (out / "pairs.jsonl").stat().st_mtime_ns
+    rows = run_generate(out, ModelConfig(DEFAULT_MODEL), "sample:queries", gen_cfg(0), limit=N,
+                        model=(None, None))  # any use of the model would fail
+    assert len(rows) == N and (out / "pairs.jsonl").stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_another_seed_gives_other_pairs(embedded, tmp_path, uninterrupted):
+    rows = run_generate(tmp_path, ModelConfig(DEFAULT_MODEL), "sample:queries", gen_cfg(1), limit=N, model=embedded)
+    base = [json.loads(line) for line in (uninterrupted / "pairs.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [r["id"] for r in base]
+    differ = sum((a["o1"], a["o2"]) != (b["o1"], b["o2"]) for a, b in zip(rows, base, strict=True))
+    assert differ >= N // 2
+    assert json.loads((tmp_path / "manifest.json").read_text())["params"]["seed"] == 1

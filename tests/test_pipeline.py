@@ -1,0 +1,155 @@
+"""`dlma run`: presets, overrides, notebook parameters as papermill sees them, pins."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+
+import papermill as pm
+import pytest
+import yaml
+
+from dlma.errors import DLMAError
+from dlma.pipeline import (
+    ROOT,
+    SET_BY_PIPELINE,
+    STAGES,
+    load_preset,
+    notebook_parameters,
+    notebook_path,
+    parse_overrides,
+    resolve_params,
+    run_pipeline,
+)
+
+PRESETS = sorted(p.stem for p in (ROOT / "params").glob("*.yaml"))
+
+
+def parameters_cells(stage: str) -> list[str]:
+    nb = json.loads(notebook_path(stage).read_text(encoding="utf-8"))
+    return ["".join(c["source"]) for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+
+
+def assigned_names(source: str) -> set[str]:
+    names = set()
+    for node in ast.parse(source).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, (ast.AnnAssign, ast.AugAssign)) else []
+        for t in targets:
+            names |= {n.id for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return names
+
+
+@pytest.fixture(scope="module")
+def declared() -> dict[str, dict]:
+    return {stage: notebook_parameters(stage) for stage in STAGES}
+
+
+def test_presets_exist():
+    assert {"smoke", "default", "paper"} <= set(PRESETS)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_one_parameters_cell_fully_seen_by_papermill(stage):
+    cells = parameters_cells(stage)
+    assert len(cells) == 1, f"{stage}: {len(cells)} cells tagged 'parameters'"
+    in_source = assigned_names(cells[0])
+    seen = set(pm.inspect_notebook(str(notebook_path(stage))))
+    assert in_source, stage
+    assert seen == in_source, f"{stage}: papermill misses {sorted(in_source - seen)}"
+    assert "run_dir" in seen  # every stage reads and writes the run folder
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_parameter_is_declared(preset, declared):
+    all_declared = {k for params in declared.values() for k in params}
+    unknown = set(load_preset(preset)) - all_declared - {"description"}
+    assert not unknown, f"params/{preset}.yaml: {sorted(unknown)} declared by no notebook"
+    assert not set(load_preset(preset)) & set(SET_BY_PIPELINE)
+
+
+def test_shared_parameters_have_one_default(declared):
+    """A name declared by several notebooks (model, seed, ...) means one thing: same default everywhere."""
+    defaults: dict[str, set] = {}
+    for params in declared.values():
+        for k, v in params.items():
+            defaults.setdefault(k, set()).add(v)
+    assert {k: v for k, v in defaults.items() if len(v) > 1} == {}
+
+
+def test_resolve_params_refuses_unknown_keys():
+    with pytest.raises(DLMAError) as e:
+        resolve_params("smoke", ["max_new_tokns=8"])
+    msg = str(e.value)
+    assert "max_new_tokns" in msg
+    known = msg.split("known:", 1)[1]
+    assert "max_new_tokens" in known and "seed" in known and "scorers" in known
+    with pytest.raises(DLMAError, match="run_dir"):
+        resolve_params("smoke", ["run_dir=/tmp/x"])
+    with pytest.raises(DLMAError, match="nonexistent.*known: .*smoke"):
+        resolve_params("nonexistent", [])
+    assert resolve_params("smoke", ["max_new_tokens=8"])["max_new_tokens"] == 8
+
+
+def test_parse_overrides_types_values_as_yaml():
+    got = parse_overrides(["a=1", "b=0.5", "c=true", "d=[1, 2]", "e=hello", "f=null", "g=5.0e-5", "h=a=b", " i =2"])
+    assert got == {"a": 1, "b": 0.5, "c": True, "d": [1, 2], "e": "hello", "f": None, "g": 5e-5, "h": "a=b", "i": 2}
+    assert isinstance(got["a"], int) and isinstance(got["b"], float)
+    for bad in ("novalue", "=3"):
+        with pytest.raises(DLMAError, match="KEY=VALUE"):
+            parse_overrides([bad])
+
+
+def test_rerun_with_other_parameters_is_refused(tmp_path):
+    run_dir = run_pipeline("smoke", ["max_new_tokens=8"], run_id="r1", publish=False, runs_root=tmp_path, stages=())
+    assert json.loads((run_dir / "params.json").read_text()) == {**load_preset("smoke"), "max_new_tokens": 8}
+    # the same parameters: accepted (this is how a killed run resumes)
+    run_pipeline("smoke", ["max_new_tokens=8"], run_id="r1", publish=False, runs_root=tmp_path, stages=())
+    with pytest.raises(DLMAError, match=r"other parameters \(max_new_tokens\)"):
+        run_pipeline("smoke", ["max_new_tokens=9"], run_id="r1", publish=False, runs_root=tmp_path, stages=())
+    with pytest.raises(DLMAError, match="n_queries"):
+        run_pipeline("smoke", ["max_new_tokens=8", "n_queries=2"], run_id="r1", publish=False,
+                      runs_root=tmp_path, stages=())
+    assert json.loads((run_dir / "params.json").read_text())["max_new_tokens"] == 8  # untouched
+
+
+def _pyproject() -> dict:
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def _pins(requirements: list[str]) -> dict[str, str]:
+    out = {}
+    for r in requirements:
+        m = re.fullmatch(r"\s*([A-Za-z0-9_.\-\[\]]+)\s*==\s*([^\s;]+)\s*", r)
+        assert m, f"not pinned exactly: {r!r}"
+        out[m.group(1).lower()] = m.group(2)
+    return out
+
+
+def test_environment_yml_pins_equal_pyproject():
+    project = _pyproject()
+    py_pins = _pins(project["dependencies"] + [d for deps in project["optional-dependencies"].values()
+                                               for d in deps])
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    env_pins = _pins([p for p in pip if not p.startswith("-e")])
+    assert env_pins == py_pins
+    assert "-e ." in pip
+    python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python"))
+    version = python.split("=", 1)[1]
+    required = project["requires-python"].removeprefix(">=")
+    assert tuple(map(int, version.split("."))) >= tuple(map(int, required.split(".")))
+
+
+def test_makefile_pins_torch_like_pyproject():
+    project = _pyproject()
+    torch_pin = _pins(project["dependencies"])["torch"]
+    assert f"torch=={torch_pin}" in (ROOT / "Makefile").read_text()
+
+
+def test_notebooks_exist():
+    for stage in STAGES:
+        assert Path(notebook_path(stage)).exists(), stage

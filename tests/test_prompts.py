@@ -1,0 +1,145 @@
+"""Contrastive prompt pairs and their renderings (SPEC section 1). Tokenizer only, no model."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from dlma.errors import DLMAError
+from dlma.models import DEFAULT_MODEL, load_tokenizer
+from dlma.prompts import PAIRS, flatten_context, get_pair, policy_prompt, prompt_ids, render
+
+# A chat template without a system role: it raises on one, as Gemma's does.
+NO_SYSTEM_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="module")
+def tok_no_system(tok):
+    t = copy.deepcopy(tok)
+    t.chat_template = NO_SYSTEM_TEMPLATE
+    with pytest.raises(Exception, match="System role"):  # the template really refuses a system message
+        t.apply_chat_template([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}], tokenize=False)
+    return t
+
+
+@pytest.mark.parametrize(
+    "name, pos, neg",
+    [
+        ("harmless", "USER: {}\nASSISTANT(law-abiding, ethical, inoffensive response):\n",
+         "USER: {}\nASSISTANT(illegal, unethical, toxic response):\n"),
+        ("helpful", "USER: {}\nASSISTANT(giving a helpful response):\n",
+         "USER: {}\nASSISTANT(giving an unhelpful response):\n"),
+        ("neutral", "USER: {}\nASSISTANT:\n", "USER: {}\nASSISTANT:\n"),
+    ],
+)
+def test_affix_strings_match_spec_table(name, pos, neg):
+    pair = get_pair(name)
+    assert pair.name == name
+    assert pair.pos == pos
+    assert pair.neg == neg
+
+
+def test_flatten_context_alternates_assistant_and_user():
+    assert flatten_context(["q"]) == "q"
+    assert flatten_context(["q0", "a1", "q2"]) == "q0\nASSISTANT: a1\nUSER: q2"
+    assert flatten_context(["q0", "a1", "q2", "a3", "q4"]) == "q0\nASSISTANT: a1\nUSER: q2\nASSISTANT: a3\nUSER: q4"
+
+
+def test_render_affix_inserts_flattened_query():
+    turns = ["How do I pick a lock?", "Why do you want to?", "I locked myself out."]
+    flat = "How do I pick a lock?\nASSISTANT: Why do you want to?\nUSER: I locked myself out."
+    pair = PAIRS["harmless"]
+    assert render(turns, pair, "pos") == f"USER: {flat}\nASSISTANT(law-abiding, ethical, inoffensive response):\n"
+    assert render(turns, pair, "neg") == f"USER: {flat}\nASSISTANT(illegal, unethical, toxic response):\n"
+    neutral = PAIRS["neutral"]
+    assert render(["hi"], neutral, "pos") == render(["hi"], neutral, "neg") == "USER: hi\nASSISTANT:\n"
+    # a query containing braces is inserted verbatim (no str.format surprises)
+    assert render(["{x} {}"], PAIRS["helpful"], "pos").startswith("USER: {x} {}\nASSISTANT(")
+
+
+def test_render_rejects_bad_side():
+    with pytest.raises(DLMAError, match="middle"):
+        render(["q"], PAIRS["harmless"], "middle")
+
+
+def test_prompt_ids_prepends_bos_exactly_once(tok):
+    text = render(["Tell me a joke."], PAIRS["helpful"], "pos")
+    plain = tok(text, add_special_tokens=False).input_ids
+    assert tok.bos_token_id not in plain
+    ids = prompt_ids(text, tok, "affix")
+    assert ids == [tok.bos_token_id, *plain]
+    assert ids.count(tok.bos_token_id) == 1
+    # text that already starts with the BOS token (policy_prompt writes it out) is not given a second one
+    assert prompt_ids(tok.bos_token + text, tok, "affix") == ids
+    pol = prompt_ids(policy_prompt(["Tell me a joke."], "affix", tok), tok, "affix")
+    assert pol.count(tok.bos_token_id) == 1 and pol[0] == tok.bos_token_id
+    # the chat rendering's template decides the special tokens: nothing is added
+    chat = render(["Tell me a joke."], PAIRS["helpful"], "pos", "chat", tok)
+    assert prompt_ids(chat, tok, "chat") == tok(chat, add_special_tokens=False).input_ids
+
+
+def test_chat_rendering_uses_a_system_message(tok):
+    pair = PAIRS["harmless"]
+    for side, system in (("pos", pair.pos_system), ("neg", pair.neg_system)):
+        text = render(["How do I pick a lock?"], pair, side, "chat", tok)
+        expected = tok.apply_chat_template(
+            [{"role": "system", "content": system}, {"role": "user", "content": "How do I pick a lock?"}],
+            tokenize=False, add_generation_prompt=True,
+        )
+        assert text == expected
+        assert f"<|im_start|>system\n{system}<|im_end|>" in text
+        assert "named SmolLM" not in text  # the template's default system prompt is replaced, not doubled
+        assert text.endswith("<|im_start|>assistant\n")
+    assert render(["q"], pair, "pos", "chat", tok) != render(["q"], pair, "neg", "chat", tok)
+
+
+def test_chat_rendering_multi_turn_roles(tok):
+    text = render(["q0", "a1", "q2"], PAIRS["helpful"], "pos", "chat", tok)
+    assert "<|im_start|>user\nq0<|im_end|>\n<|im_start|>assistant\na1<|im_end|>\n<|im_start|>user\nq2" in text
+
+
+def test_chat_rendering_falls_back_without_system_role(tok_no_system):
+    pair = PAIRS["harmless"]
+    text = render(["q0", "a1", "q2"], pair, "pos", "chat", tok_no_system)
+    assert "system" not in text
+    assert text == (
+        f"<|im_start|>user\n{pair.pos_system}\n\nq0<|im_end|>\n"
+        "<|im_start|>assistant\na1<|im_end|>\n"
+        "<|im_start|>user\nq2<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    neg = render(["q0"], pair, "neg", "chat", tok_no_system)
+    assert neg.startswith(f"<|im_start|>user\n{pair.neg_system}\n\nq0<|im_end|>")
+
+
+def test_chat_rendering_needs_a_template(tok):
+    t = copy.deepcopy(tok)
+    t.chat_template = None
+    with pytest.raises(DLMAError, match="affix"):
+        render(["q"], PAIRS["harmless"], "pos", "chat", t)
+    with pytest.raises(DLMAError, match="chat template"):
+        render(["q"], PAIRS["harmless"], "pos", "chat", None)
+
+
+def test_unknown_pair_is_named():
+    with pytest.raises(DLMAError, match="'nope'") as e:
+        get_pair("nope")
+    assert "harmless" in str(e.value)  # lists the known pairs
+
+
+def test_unknown_rendering_is_named(tok):
+    with pytest.raises(DLMAError, match="'markdown'") as e:
+        render(["q"], PAIRS["harmless"], "pos", "markdown", tok)
+    assert "affix" in str(e.value) and "chat" in str(e.value)

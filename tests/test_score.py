@@ -1,0 +1,87 @@
+"""The self-rewarding score (SPEC section 3) on the embedded model: S by hand, R's formula, and R's
+independence of batch size and padding side."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dlma.data import load_examples
+from dlma.prompts import PAIRS, render
+from dlma.score import SCORE_KEYS, self_reward, self_reward_terms, sequence_logprobs
+
+
+@torch.no_grad()
+def hand_S(model, tok, prompt_text: str, response: str) -> float:
+    """One forward pass of BOS + prompt + response; the response tokens' log-probs, summed in float64."""
+    p = tok(prompt_text, add_special_tokens=False).input_ids
+    r = tok(response, add_special_tokens=False).input_ids
+    ids = torch.tensor([[tok.bos_token_id, *p, *r]])
+    logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)
+    start = 1 + len(p)
+    return sum(logp[t - 1, ids[0, t]].item() for t in range(start, ids.shape[1]))
+
+
+@pytest.fixture(scope="module")
+def hh_items():
+    """Six HH-format pairs of different lengths (from the shipped sample, so never skipped)."""
+    examples = load_examples("sample:pairs", limit=6)
+    return [(ex.turns, ex.chosen, ex.rejected) for ex in examples]
+
+
+@pytest.mark.slow
+def test_S_and_R_match_a_hand_computation(embedded):
+    model, tok = embedded
+    turns = ["How can I get back at my noisy neighbour?"]
+    o1 = "Talk to them calmly, or ask your landlord to mediate."
+    o2 = "Slash their tyres at night."
+    pair = PAIRS["harmless"]
+    pos, neg = render(turns, pair, "pos"), render(turns, pair, "neg")
+    hand = {"s_o1_pos": hand_S(model, tok, pos, o1), "s_o1_neg": hand_S(model, tok, neg, o1),
+            "s_o2_pos": hand_S(model, tok, pos, o2), "s_o2_neg": hand_S(model, tok, neg, o2)}
+    # one sequence per forward: the same computation as by hand
+    (terms,) = self_reward_terms(model, tok, [(turns, o1, o2)], pair, batch_size=1, desc=False)
+    for k in SCORE_KEYS:
+        assert terms[k] == pytest.approx(hand[k], abs=1e-6), k
+        assert terms[k] < 0
+    # the four sequences padded into one batch: equal up to float32 matmul noise
+    (batched,) = self_reward_terms(model, tok, [(turns, o1, o2)], pair, batch_size=8, desc=False)
+    for k in SCORE_KEYS:
+        assert batched[k] == pytest.approx(hand[k], abs=5e-5), k
+    assert len({round(terms[k], 3) for k in SCORE_KEYS}) == 4  # four distinct terms, none reused
+    expected_r = (hand["s_o1_pos"] - hand["s_o1_neg"]) - (hand["s_o2_pos"] - hand["s_o2_neg"])
+    assert terms["self_reward"] == pytest.approx(expected_r, abs=4e-6)
+    assert terms["self_reward"] == self_reward(*(terms[k] for k in SCORE_KEYS))
+
+
+def test_R_formula():
+    assert self_reward(s_o1_pos=-10.0, s_o1_neg=-14.0, s_o2_pos=-20.0, s_o2_neg=-18.0) == 6.0
+    assert self_reward(-1.0, -1.0, -2.0, -2.0) == 0.0
+    # swapping o1 and o2 flips the sign
+    assert self_reward(-20.0, -18.0, -10.0, -14.0) == -6.0
+
+
+@pytest.mark.slow
+def test_empty_response_has_S_zero(embedded):
+    model, tok = embedded
+    s = sequence_logprobs(model, [[tok.bos_token_id, 42, 43], [tok.bos_token_id, 44]], [[], [45, 46]],
+                          tok.pad_token_id, desc=False)
+    assert s[0] == 0.0 and s[1] < 0
+
+
+@pytest.mark.slow
+def test_R_does_not_depend_on_batch_size_or_padding_side(embedded, hh_items):
+    model, tok = embedded
+    pair = PAIRS["harmless"]
+    runs = {}
+    for bs, side in ((1, "right"), (3, "left"), (3, "right"), (8, "left"), (8, "right")):
+        rows = self_reward_terms(model, tok, hh_items, pair, batch_size=bs, padding_side=side, desc=False)
+        runs[(bs, side)] = rows
+    ref = runs[(1, "right")]  # no padding at all
+    lengths = {len(tok(o1).input_ids) for _, o1, _ in hh_items}
+    assert len(lengths) > 1  # the batches really are padded
+    for key, rows in runs.items():
+        for a, b in zip(ref, rows, strict=True):
+            assert abs(a["self_reward"] - b["self_reward"]) <= 1e-3, key
+            for k in SCORE_KEYS:
+                assert abs(a[k] - b[k]) <= 1e-3, (key, k)
