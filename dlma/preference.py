@@ -137,6 +137,16 @@ def policy_logprobs(model, tokenizer, examples: list[Example], cfg: PrefAccConfi
     return np.asarray(s).reshape(-1, 2)
 
 
+def implicit_and_loglik(model, tokenizer, examples: list[Example], cfg: PrefAccConfig) -> list[dict]:
+    """Per pair: beta-scaled implicit reward of the adapter, and S(chosen) - S(rejected) with and without it."""
+    policy = policy_logprobs(model, tokenizer, examples, cfg, "policy")
+    with model.disable_adapter():  # the reference: the same weights without the adapter
+        ref = policy_logprobs(model, tokenizer, examples, cfg, "reference")
+    implicit = cfg.beta * ((policy[:, 0] - ref[:, 0]) - (policy[:, 1] - ref[:, 1]))
+    return [{"id": ex.id, "implicit": float(i), "loglik_dlma": float(p[0] - p[1]), "loglik_base": float(r[0] - r[1])}
+            for ex, i, p, r in zip(examples, implicit, policy, ref, strict=True)]
+
+
 def score_examples(model, tokenizer, examples: list[Example], scorer: str, cfg: PrefAccConfig) -> list[dict]:
     """Per-pair rows {id, scorer, score, correct, ...} for one scorer."""
     if scorer == "dlma":
@@ -155,11 +165,7 @@ def score_examples(model, tokenizer, examples: list[Example], scorer: str, cfg: 
     elif scorer == "implicit":
         if not hasattr(model, "disable_adapter"):
             raise DLMAError("scorer 'implicit' needs a trained adapter: pass --adapter DIR")
-        policy = policy_logprobs(model, tokenizer, examples, cfg, "implicit (policy)")
-        with model.disable_adapter():  # the reference is the base without the adapter
-            ref = policy_logprobs(model, tokenizer, examples, cfg, "implicit (reference)")
-        r = cfg.beta * ((policy[:, 0] - ref[:, 0]) - (policy[:, 1] - ref[:, 1]))
-        rows = [{"id": ex.id, "score": float(x)} for ex, x in zip(examples, r, strict=True)]
+        rows = [{"id": r["id"], "score": r["implicit"]} for r in implicit_and_loglik(model, tokenizer, examples, cfg)]
     else:
         raise DLMAError(f"unknown scorer '{scorer}' (valid: {', '.join(SCORERS)})")
     return [{"scorer": scorer, **r, "correct": bool(r["score"] > 0)} for r in rows]

@@ -20,7 +20,7 @@ from .data import Example, load_examples
 from .errors import DLMAError, where
 from .generate import GenerateConfig, generate_pairs
 from .models import ModelConfig, load_model, model_fingerprint
-from .preference import PrefAccConfig, accuracy_by_confidence, score_examples, summarize
+from .preference import PrefAccConfig, accuracy_by_confidence, implicit_and_loglik, score_examples, summarize
 from .prompts import get_pair
 from .score import ScoreConfig, self_reward_terms
 
@@ -191,16 +191,18 @@ def run_alignment(out_dir, model_cfg: ModelConfig, adapter_dir, prompts: list[Ex
         responses += [{"id": ex.id, "model": name, "query": ex.turns[-1], "response": t, **j}
                       for ex, t, j in zip(prompts, texts, judged, strict=True)]
     write_jsonl(out_dir / "responses.jsonl", responses)
-    implicit = score_examples(model, tokenizer, pairs, "implicit", pref_cfg)
-    # the held-out generated pairs: does the policy now prefer o1 (the p+ response) over o2?
+    # Human pairs: log-probs under the policy (adapter on) and the reference (off) give at once the DPO
+    # implicit reward and each model's own likelihood preference (loglik) for base vs DLMA.
+    human = implicit_and_loglik(model, tokenizer, pairs, pref_cfg)
+    write_jsonl(out_dir / "human_pairs.jsonl", human)
+    summary = {k: summarize([r[k] for r in human], pref_cfg.n_bootstrap, pref_cfg.seed)
+               for k in ("implicit", "loglik_base", "loglik_dlma")}
+    # The held-out generated pairs: does the policy now prefer o1 (the p+ response) over o2?
     heldout_ex = [Example(str(r["id"]), r["turns"], r["o1"], r["o2"]) for r in heldout]
-    implicit_gen = score_examples(model, tokenizer, heldout_ex, "implicit", pref_cfg) if heldout_ex else []
-    loglik = score_examples(model, tokenizer, pairs, "loglik", pref_cfg)  # the trained policy's own likelihood
-    write_jsonl(out_dir / "implicit.jsonl", implicit + implicit_gen)
-    summary = {"implicit_human": summarize([r["score"] for r in implicit], pref_cfg.n_bootstrap, pref_cfg.seed),
-               "loglik_human_dlma": summarize([r["score"] for r in loglik], pref_cfg.n_bootstrap, pref_cfg.seed)}
-    if implicit_gen:
-        summary["implicit_heldout_generated"] = summarize([r["score"] for r in implicit_gen],
+    if heldout_ex:
+        generated = implicit_and_loglik(model, tokenizer, heldout_ex, pref_cfg)
+        write_jsonl(out_dir / "heldout_generated.jsonl", generated)
+        summary["implicit_heldout_generated"] = summarize([r["implicit"] for r in generated],
                                                           pref_cfg.n_bootstrap, pref_cfg.seed)
     for name in ("base", "dlma"):
         rows = [r for r in responses if r["model"] == name]
