@@ -36,7 +36,7 @@ lint: setup
 	$(BIN)/ruff check dlma tests
 
 unit: setup
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q -p no:cacheprovider tests
 
 nbval: setup
 	rm -rf runs/nbval
