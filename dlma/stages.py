@@ -171,11 +171,6 @@ def split_holdout(rows: list[dict], fraction: float = 0.05, seed: int = 0) -> tu
     return rows[k:], rows[:k]
 
 
-def examples_from_pairs(rows: list[dict]) -> list[Example]:
-    return [Example(str(r["id"]), r["turns"], pair=r.get("pair")) for r in rows]
-
-
-
 def run_alignment(out_dir, model_cfg: ModelConfig, adapter_dir, prompts: list[Example], pairs: list[Example],
                   heldout: list[dict], gen_cfg: GenerateConfig, pref_cfg: PrefAccConfig) -> dict:
     """Stage 5: base vs DLMA adapter. Writes `responses.jsonl`, `alignment.json`, `implicit.jsonl`."""

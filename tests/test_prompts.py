@@ -143,3 +143,18 @@ def test_unknown_rendering_is_named(tok):
     with pytest.raises(DLMAError, match="'markdown'") as e:
         render(["q"], PAIRS["harmless"], "pos", "markdown", tok)
     assert "affix" in str(e.value) and "chat" in str(e.value)
+
+
+def test_user_defined_pair_is_usable_by_name():
+    from dlma.prompts import PAIRS, PromptPair, get_pair, register_pair, render
+
+    pair = PromptPair("rlcd-ethical", "USER: {}\nASSISTANT(ethical response):\n",
+                      "USER: {}\nASSISTANT(toxic response):\n")
+    try:
+        register_pair(pair)
+        assert get_pair("rlcd-ethical") is pair
+        assert render(["Hi"], pair, "neg") == "USER: Hi\nASSISTANT(toxic response):\n"
+    finally:
+        PAIRS.pop("rlcd-ethical", None)
+    with pytest.raises(DLMAError, match="exactly one"):
+        PromptPair("bad", "no placeholder", "USER: {}")
