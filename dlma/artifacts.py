@@ -99,6 +99,22 @@ class PartialJSONL:
         return self.final
 
 
+def record_params(folder: str | Path, params: dict, hint: str) -> None:
+    """Write `params.json` in `folder`, or check it: a folder is never resumed with other parameters, so it
+    never mixes results of two settings and nothing computed is overwritten. `hint` says what to do."""
+    from .errors import DLMAError
+
+    params = json.loads(json.dumps(params, default=str))  # as they will read back
+    path = Path(folder) / "params.json"
+    if path.exists():
+        before = json.loads(path.read_text())
+        changed = sorted(k for k in set(before) | set(params) if before.get(k) != params.get(k))
+        if changed:
+            raise DLMAError(f"{folder} holds results made with other parameters ({', '.join(changed)}): {hint}")
+    else:
+        write_json(path, params)
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from .artifacts import write_json
+from .artifacts import record_params
 from .errors import DLMAError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,15 +85,7 @@ def run_pipeline(preset: str, overrides: list[str], run_id: str | None = None, p
     params = resolve_params(preset, overrides)
     run_dir = (runs_root or ROOT / "runs") / (run_id or preset)
     run_dir.mkdir(parents=True, exist_ok=True)
-    params_file = run_dir / "params.json"
-    if params_file.exists():
-        before = json.loads(params_file.read_text())
-        if before != params:
-            changed = sorted(k for k in set(before) | set(params) if before.get(k) != params.get(k))
-            raise DLMAError(f"{run_dir} was run with other parameters ({', '.join(changed)}): "
-                            "pass another --run-id, or delete the folder to start over")
-    else:
-        write_json(params_file, params)
+    record_params(run_dir, params, "pass another --run-id, or delete the folder to start over")
     for stage in stages:
         done = run_dir / stage / ".done"
         final = run_dir / f"{stage}.ipynb"

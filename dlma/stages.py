@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .artifacts import PartialJSONL, write_json, write_jsonl, write_manifest
+from .artifacts import PartialJSONL, record_params, write_json, write_jsonl, write_manifest
 from .data import Example, load_examples
 from .errors import DLMAError, where
 from .generate import GenerateConfig, generate_pairs
@@ -32,18 +32,7 @@ def seed_everything(seed: int) -> None:
 
 
 def begin(out_dir: Path, params: dict) -> None:
-    """Record a stage's parameters before it works; resuming with other parameters is refused, so a
-    folder never mixes results of two settings (and nothing already computed is overwritten)."""
-    params = json.loads(json.dumps(params, default=str))  # as they will read back
-    path = out_dir / "params.json"
-    if path.exists():
-        before = json.loads(path.read_text())
-        changed = sorted(k for k in set(before) | set(params) if before.get(k) != params.get(k))
-        if changed:
-            raise DLMAError(f"{out_dir} holds results made with other parameters ({', '.join(changed)}): "
-                            "write to another folder, or delete this one to start over")
-    else:
-        write_json(path, params)
+    record_params(out_dir, params, "write to another folder, or delete this one to start over")
 
 
 def _model(model_cfg: ModelConfig, model=None):
