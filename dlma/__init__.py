@@ -11,7 +11,10 @@
     stages     each stage as a function writing a run folder; `cli` and `pipeline` call these
 """
 
+from .quiet import quiet_libraries
+
 __version__ = "0.1.0"
+quiet_libraries()  # before torch, bitsandbytes or transformers are imported by any module of the package
 
 
 def setup(seed: int = 0) -> None:
@@ -21,11 +24,11 @@ def setup(seed: int = 0) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import matplotlib.pyplot as plt
-    import transformers
 
+    from .quiet import quiet_transformers
     from .stages import seed_everything
 
-    transformers.logging.set_verbosity_error()
+    quiet_transformers()
     plt.rcParams.update({"figure.dpi": 110, "figure.figsize": (7, 3.6), "axes.grid": True, "grid.alpha": 0.3,
                          "axes.spines.top": False, "axes.spines.right": False})
     seed_everything(seed)

@@ -40,7 +40,9 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    """Strict JSON: a NaN or infinity raises here instead of writing a file no JSON parser accepts."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
+                             + "\n")
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
@@ -99,20 +101,71 @@ class PartialJSONL:
         return self.final
 
 
-def record_params(folder: str | Path, params: dict, hint: str) -> None:
-    """Write `params.json` in `folder`, or check it: a folder is never resumed with other parameters, so it
-    never mixes results of two settings and nothing computed is overwritten. `hint` says what to do."""
+def check_out(folder: str | Path) -> None:
+    """An output folder that can be made or written, checked before any work starts."""
     from .errors import DLMAError
 
-    params = json.loads(json.dumps(params, default=str))  # as they will read back
-    path = Path(folder) / "params.json"
-    if path.exists():
-        before = json.loads(path.read_text())
-        changed = sorted(k for k in set(before) | set(params) if before.get(k) != params.get(k))
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DLMAError(f"{folder}: exists and is not a folder (--out names a folder)")
+    parent = folder
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise DLMAError(f"{parent}: is a file, so {folder} cannot be made under it")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DLMAError(f"{parent}: not writable, so {folder} cannot be made or written")
+
+
+def input_record(source: str | Path) -> dict:
+    """What params.json keeps of an input: its path as given and, for a local file, its content hash, so
+    that a rerun on changed data is refused rather than answered with stale results."""
+    from .data import resolve_source
+
+    path = resolve_source(source)
+    return {"path": str(source), "sha256": sha256_file(path) if path is not None else None}
+
+
+def record_params(folder: str | Path, params: dict, hint: str, inputs: dict[str, str | Path] | None = None,
+                  force: bool = False) -> None:
+    """Write `params.json` in `folder` (parameters, and the content hash of each input file), or check it.
+
+    A folder is never resumed with other parameters or changed inputs, so it never mixes results of two
+    settings and nothing computed is overwritten; `force` removes the earlier results (the folder's own
+    files) and starts over. A folder that holds only its params.json (a run that stopped before its first
+    result, e.g. on a typo) takes the new parameters. A folder holding files that no stage recorded is
+    refused. `hint` says what to do.
+    """
+    from .errors import DLMAError
+
+    folder = Path(folder)
+    record = json.loads(json.dumps({**params, "inputs": {k: input_record(v) for k, v in (inputs or {}).items()}},
+                                   default=str))  # as it will read back
+    path = folder / "params.json"
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")] if folder.is_dir() else []
+    if not path.exists() and entries:
+        names = ", ".join(sorted(p.name for p in entries)[:5])
+        raise DLMAError(f"{folder}: holds files that no dlma stage recorded here ({names}); "
+                        "choose an empty or new folder")
+    if path.exists() and force:
+        for p in entries:
+            if p.is_file():
+                p.unlink()
+        for p in folder.glob(".*.partial*"):
+            p.unlink()
+        entries = []
+    if path.exists() and [p.name for p in entries] != ["params.json"]:
+        before = json.loads(path.read_text(encoding="utf-8"))
+        stale = sorted(k for k in record["inputs"] if before.get("inputs", {}).get(k) != record["inputs"][k])
+        if stale:
+            k = stale[0]
+            raise DLMAError(f"{record['inputs'][k]['path']}: changed since {folder} was made from it (its content "
+                            "hash differs); rerun with --force to redo this stage, or write to another folder")
+        changed = sorted(k for k in set(before) | set(record) if k != "inputs" and before.get(k) != record.get(k))
         if changed:
             raise DLMAError(f"{folder} holds results made with other parameters ({', '.join(changed)}): {hint}")
-    else:
-        write_json(path, params)
+        return
+    write_json(path, record)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

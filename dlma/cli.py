@@ -49,6 +49,20 @@ def model_config(args: argparse.Namespace, adapter: str | None = None) -> ModelC
     return ModelConfig(args.model, args.dtype, args.device, args.load_in_4bit, args.trust_remote_code, adapter)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a wrong option reported as one line (argparse prints the usage block too)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_out_args(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--out", required=True, help=f"folder for {what} and manifest.json (created if missing)")
+    parser.add_argument("--force", action="store_true",
+                        help="redo the stage: remove the results already in --out (even if made from other "
+                             "parameters or inputs) and start over")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """All subcommands; `train`'s options (which import TRL and PEFT, seconds) only when `command` is
     train or unknown, so the other stages start, and fail on bad input, without that import."""
@@ -56,31 +70,31 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     from .preference import PrefAccConfig
     from .score import ScoreConfig
 
-    p = argparse.ArgumentParser(prog="dlma", description="Direct Large Model Alignment, offline.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = Parser(prog="dlma", description="Direct Large Model Alignment, offline.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     g = sub.add_parser("generate", help="contrastive response pairs (o1 under p+, o2 under p-)")
     add_model_args(g)
     g.add_argument("--queries", default="sample:queries", help="JSONL/JSON/Parquet, sample:queries, or hub id")
-    g.add_argument("--limit", type=int, default=None)
-    g.add_argument("--out", required=True)
+    g.add_argument("--limit", type=int, default=None, help="first N queries (>= 1; default all)")
+    add_out_args(g, "pairs.jsonl")
     add_dataclass_args(g, GenerateConfig)
 
     s = sub.add_parser("score", help="self-rewarding score R of generated pairs")
     add_model_args(s)
     s.add_argument("--pairs", required=True, help="pairs.jsonl from `dlma generate` (or its folder)")
-    s.add_argument("--out", required=True)
+    add_out_args(s, "scored.jsonl")
     add_dataclass_args(s, ScoreConfig)
 
     a = sub.add_parser("pref-acc", help="preference accuracy on human-labelled pairs")
     add_model_args(a)
     a.add_argument("--data", default="sample:pairs", help="human-labelled pairs (HH-RLHF, PKU-SafeRLHF, TRL)")
-    a.add_argument("--limit", type=int, default=None, help="first N valid pairs")
+    a.add_argument("--limit", type=int, default=None, help="first N valid pairs (>= 1; default all)")
     a.add_argument("--adapter", default=None, help="trained adapter folder (for the `implicit` scorer)")
     a.add_argument("--on-invalid", choices=("skip", "error"), default="skip",
                    help="rows with an empty response or mismatched contexts (real HH-RLHF has a few)")
     a.add_argument("--label-field", default="safer_response_id", help="PKU-SafeRLHF label column")
-    a.add_argument("--out", required=True)
+    add_out_args(a, "metrics.json, predictions.jsonl")
     add_dataclass_args(a, PrefAccConfig)
 
     t = sub.add_parser("train", help="QLoRA DLMA training on scored pairs")
@@ -88,7 +102,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto")
     t.add_argument("--dtype", default="auto")
     t.add_argument("--pairs", required=True, help="scored.jsonl from `dlma score` (or its folder)")
-    t.add_argument("--out", required=True)
+    add_out_args(t, "the adapter")
     if command in (None, "train"):
         from .train import TrainConfig
 
@@ -110,28 +124,28 @@ def run_command(args: argparse.Namespace) -> None:
         from .generate import GenerateConfig
 
         cfg = from_args(GenerateConfig, args)
-        rows = stages.run_generate(args.out, model_config(args), args.queries, cfg, args.limit)
+        rows = stages.run_generate(args.out, model_config(args), args.queries, cfg, args.limit, force=args.force)
         print(f"{len(rows)} pairs -> {os.path.join(args.out, 'pairs.jsonl')}")
     elif args.command == "score":
         from .score import ScoreConfig
 
-        rows = stages.run_score(args.out, model_config(args), args.pairs, from_args(ScoreConfig, args))
+        rows = stages.run_score(args.out, model_config(args), args.pairs, from_args(ScoreConfig, args),
+                                force=args.force)
         neg = sum(r["self_reward"] < 0 for r in rows)
         print(f"{len(rows)} pairs scored, {neg} with R < 0 -> {os.path.join(args.out, 'scored.jsonl')}")
     elif args.command == "pref-acc":
         from .preference import PrefAccConfig, metrics_table
 
         cfg = from_args(PrefAccConfig, args)
-        if "implicit" in cfg.scorer_list() and not args.adapter:  # say so before loading anything
-            raise DLMAError("scorer 'implicit' needs a trained adapter: pass --adapter DIR")
         metrics = stages.run_pref_acc(args.out, model_config(args, args.adapter), args.data, cfg, args.limit,
-                                      args.on_invalid, args.label_field)
+                                      args.on_invalid, args.label_field, force=args.force)
         print(metrics_table(metrics))
     elif args.command == "train":
         from .train import TrainConfig
 
         cfg = from_args(TrainConfig, args)
-        summary = stages.run_train(args.out, ModelConfig(args.model, args.dtype, args.device), args.pairs, cfg)
+        summary = stages.run_train(args.out, ModelConfig(args.model, args.dtype, args.device), args.pairs, cfg,
+                                   force=args.force)
         print(f"adapter -> {args.out}  ({summary})")
     elif args.command == "run":
         from .pipeline import run_pipeline
@@ -147,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         run_command(args)
     except DLMAError as e:
         print(f"dlma {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the file system refused: a folder not writable, a disk full, a path through a file
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"dlma {args.command}: error: {where}cannot be written or read ({e.strerror or e})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dlma {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)

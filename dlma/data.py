@@ -52,6 +52,15 @@ def sample_path(name: str) -> Path:
     return Path(str(resources.files("dlma") / "samples" / SAMPLES[name]))
 
 
+def resolve_source(source: str | Path) -> Path | None:
+    """The local file behind a source (a shipped sample or a path), or None for a hub id."""
+    source = str(source)
+    if source.startswith("sample:"):
+        return sample_path(source.split(":", 1)[1])
+    path = Path(source)
+    return path if path.is_file() else None
+
+
 def read_rows(source: str | Path, split: str = "train") -> tuple[str, list[tuple[int, object]]]:
     """(display name, [(line number, raw row)]) from a file, a sample or a hub dataset."""
     source = str(source)
@@ -61,6 +70,8 @@ def read_rows(source: str | Path, split: str = "train") -> tuple[str, list[tuple
     if path.suffix in (".jsonl", ".json", ".parquet") or path.exists():
         if not path.exists():
             raise DLMAError(f"{path}: no such file")
+        if path.is_dir():
+            raise DLMAError(f"{path}: is a folder; give a .jsonl, .json or .parquet file")
         return str(path), _read_file(path)
     try:
         import datasets
@@ -74,12 +85,26 @@ def read_rows(source: str | Path, split: str = "train") -> tuple[str, list[tuple
     return source, list(enumerate(ds, start=1))
 
 
+def read_text(path: Path) -> str:
+    """A file's text as UTF-8, or one line naming the first line that is not (binary garbage, Latin-1)."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DLMAError(f"{where(path, line)}: not UTF-8 text (byte {e.start + 1}); expected JSON") from None
+
+
 def _read_file(path: Path) -> list[tuple[int, object]]:
     if path.suffix == ".parquet":
+        import pyarrow
         import pyarrow.parquet as pq
 
-        return list(enumerate(pq.read_table(path).to_pylist(), start=1))
-    text = path.read_text(encoding="utf-8")
+        try:
+            return list(enumerate(pq.read_table(path).to_pylist(), start=1))
+        except (pyarrow.ArrowException, OSError) as e:
+            raise DLMAError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+    text = read_text(path)
     if path.suffix == ".json":
         try:
             data = json.loads(text)
@@ -107,6 +132,7 @@ def load_examples(
     on_invalid: str = "error",
     split: str = "train",
     skipped: list[str] | None = None,
+    exclude: set[str] | frozenset[str] = frozenset(),
 ) -> list[Example]:
     """Validated examples from `source`.
 
@@ -115,14 +141,17 @@ def load_examples(
     (an empty response, chosen/rejected with different contexts: real HH-RLHF has a few) and appends
     their messages to `skipped`. Structural faults (malformed JSON, a missing field, an unknown
     prompt pair) always raise.
-    `limit` counts valid examples.
+    `limit` counts valid examples; rows whose id is in `exclude` are passed over (used elsewhere).
     """
     if on_invalid not in ("error", "skip"):
         raise DLMAError(f"on_invalid must be 'error' or 'skip', got '{on_invalid}'")
     if label_field not in LABEL_FIELDS:
         raise DLMAError(f"label_field must be one of {', '.join(LABEL_FIELDS)}, got '{label_field}'")
+    check_limit(limit)
     name, rows = read_rows(source, split)
     out: list[Example] = []
+    dropped: list[str] = []
+    first_line: dict[str, str] = {}
     for n, row in rows:
         try:
             ex = parse_row(row, name, n, label_field)
@@ -131,19 +160,28 @@ def load_examples(
         except _Invalid as e:
             if e.structural or on_invalid == "error":
                 raise DLMAError(str(e)) from None
-            if skipped is not None:
-                skipped.append(str(e))
+            dropped.append(str(e))
             continue
+        if ex.id in exclude:
+            continue
+        if ex.id in first_line:
+            raise DLMAError(f"{where(name, n, 'id')}: duplicate id '{ex.id}' (first at {first_line[ex.id]})")
+        first_line[ex.id] = f"line {n}"
         out.append(ex)
         if limit is not None and len(out) >= limit:
             break
+    if skipped is not None:
+        skipped.extend(dropped)
     if not out:
-        raise DLMAError(f"{name}: no usable rows")
-    ids = [e.id for e in out]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise DLMAError(f"{name}: field 'id': duplicate id '{dup}'")
+        why = f"all {len(dropped)} rows are invalid, the first: {dropped[0]}" if dropped else "the file holds no rows"
+        raise DLMAError(f"{name}: no usable rows ({why})")
     return out
+
+
+def check_limit(limit: int | None, name: str = "limit") -> None:
+    """A limit counts items to keep: None (all) or >= 1. 0 or a negative number is a mistake, not 'all'."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise DLMAError(f"{name} must be an integer >= 1 (or left out for all), got {limit!r}")
 
 
 class _Invalid(Exception):

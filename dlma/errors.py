@@ -13,3 +13,12 @@ def where(file: object, line: int | None = None, field: str | None = None) -> st
     if field is not None:
         out += f": field '{field}'"
     return out
+
+
+def check_fields(obj: object, rules: list[tuple[bool, tuple[str, ...], str]]) -> None:
+    """Raise on the first rule that does not hold: `Config: field=value: rule`. Rules are
+    (holds, the fields it is about, what must hold), so each config states its checks as a table."""
+    for holds, names, rule in rules:
+        if not holds:
+            got = ", ".join(f"{n}={getattr(obj, n)!r}" for n in names)
+            raise DLMAError(f"{type(obj).__name__}: {got}: {rule}")

@@ -16,8 +16,9 @@ from tqdm.auto import tqdm
 
 from .artifacts import PartialJSONL
 from .data import Example
-from .errors import DLMAError
-from .prompts import get_pair, prompt_ids, render, stop_strings
+from .errors import check_fields
+from .prompts import RENDERINGS, get_pair, prompt_ids, render, stop_strings
+from .quiet import progress
 
 
 @dataclass
@@ -33,11 +34,16 @@ class GenerateConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.temperature <= 0:
-            raise DLMAError(f"temperature must be > 0 (sampling), got {self.temperature}")
-        if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise DLMAError("max_new_tokens and batch_size must be >= 1")
-        get_pair(self.pair, "generate: pair")
+        check_fields(self, [
+            (self.temperature > 0, ("temperature",), "must be > 0 (sampling)"),
+            (self.top_k >= 0, ("top_k",), "must be >= 0 (0: no top-k filter)"),
+            (0 < self.top_p <= 1, ("top_p",), "must be in (0, 1]"),
+            (self.max_new_tokens >= 1, ("max_new_tokens",), "must be >= 1"),
+            (self.max_query_words >= 1, ("max_query_words",), "must be >= 1"),
+            (self.batch_size >= 1, ("batch_size",), "must be >= 1"),
+            (self.rendering in RENDERINGS, ("rendering",), f"must be one of {', '.join(RENDERINGS)}"),
+        ])
+        get_pair(self.pair, "GenerateConfig: pair")
 
 
 def cut_response(tokens: list[int], tokenizer, eos_ids: set[int], stops: list[str]) -> tuple[list[int], str]:
@@ -132,7 +138,8 @@ def generate_pairs(model, tokenizer, examples: list[Example], cfg: GenerateConfi
         return store.rows
     batches = [examples[i : i + cfg.batch_size] for i in range(0, len(examples), cfg.batch_size)]
     todo = [(b, batch) for b, batch in enumerate(batches) if not all(ex.id in store.done for ex in batch)]
-    with tqdm(total=len(examples), initial=len(examples) - sum(len(b) for _, b in todo), desc="generate") as bar:
+    with tqdm(total=len(examples), initial=len(examples) - sum(len(b) for _, b in todo), desc="generate",
+              disable=not progress()) as bar:
         for b, batch in todo:
             # a batch cut short mid-write has some rows on disk: regenerate it whole (same seed, same
             # rows) and append only the missing ones, so no row is written twice

@@ -10,6 +10,7 @@ folder or a hub id, loaded with `trust_remote_code=False` unless asked.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -43,8 +44,25 @@ def cache_dir() -> Path:
 
 
 def resolve_device(device: str = "auto") -> str:
+    """`auto` -> cuda if torch sees a GPU, else cpu; any other name is checked against this machine."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise DLMAError(f"device '{device}': not a device name (valid: auto, cpu, cuda, cuda:N, mps)") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+            raise DLMAError(f"device '{device}': torch ({torch.__version__}, {build}) sees no CUDA GPU on this "
+                            "machine; use --device cpu (or auto)")
+        if dev.index is not None and dev.index >= n:
+            raise DLMAError(f"device '{device}': this machine has {n} CUDA GPU(s), cuda:0 to cuda:{n - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DLMAError(f"device '{device}': MPS is not available on this machine; use --device cpu (or auto)")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise DLMAError(f"device '{device}': not supported (valid: auto, cpu, cuda, cuda:N, mps)")
     return device
 
 
@@ -100,11 +118,38 @@ def materialize_alias(alias: str) -> Path:
     return target
 
 
-def resolve_spec(spec: str) -> str:
-    """Alias -> cached folder; a local folder as is; anything else is a hub id (must be in the HF cache)."""
+def resolve_spec(spec: str, trust_remote_code: bool = False) -> str:
+    """Alias -> cached folder; a local folder as is (checked); anything else is a hub id (must be in the HF
+    cache). A folder must hold a `config.json`, and one whose config names custom code needs the user's
+    explicit trust."""
     if spec in GGUF_ALIASES:
         return str(materialize_alias(spec))
+    path = Path(spec)
+    if path.exists():
+        if not path.is_dir():
+            raise DLMAError(f"model '{spec}': is a file; give a model folder (config.json and weights)")
+        config = path / "config.json"
+        if not config.exists():
+            raise DLMAError(f"model '{spec}': no config.json in the folder (not a Hugging Face model folder)")
+        try:
+            auto_map = json.loads(config.read_text(encoding="utf-8")).get("auto_map")
+        except (ValueError, AttributeError):
+            raise DLMAError(f"{config}: not a JSON object (malformed model config)") from None
+        if auto_map and not trust_remote_code:
+            raise DLMAError(f"model '{spec}': its config.json runs custom code (auto_map); pass --trust-remote-code "
+                            "(trust_remote_code=True) only if you trust that code")
+    elif spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise DLMAError(f"model '{spec}': no such folder")
     return spec
+
+
+def check_model(cfg: ModelConfig) -> None:
+    """Everything about a model spec that can be checked without loading it: device, dtype, folder, adapter."""
+    device = resolve_device(cfg.device)
+    resolve_dtype(cfg.dtype, device)
+    resolve_spec(cfg.spec, cfg.trust_remote_code)
+    if cfg.adapter and not (Path(cfg.adapter) / "adapter_config.json").exists():
+        raise DLMAError(f"{cfg.adapter}: not a LoRA adapter folder (no adapter_config.json)")
 
 
 def weights_sha256(path: str) -> str | None:
@@ -134,10 +179,10 @@ def weights_sha256(path: str) -> str | None:
 def load_tokenizer(spec: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    path = resolve_spec(spec)
+    path = resolve_spec(spec, trust_remote_code)
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise _unresolvable(spec) from e
     if tok.pad_token is None:  # the pad id only fills; attention masks decide what is real
         tok.pad_token = tok.eos_token
@@ -156,9 +201,13 @@ def load_model(cfg: ModelConfig):
     """Return (model, tokenizer) in eval mode, on cfg.device, optionally 4-bit, optionally with an adapter."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+    from .quiet import quiet_transformers
+
+    quiet_transformers()
+    check_model(cfg)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    path = resolve_spec(cfg.spec)
+    path = resolve_spec(cfg.spec, cfg.trust_remote_code)
     tokenizer = load_tokenizer(cfg.spec, cfg.trust_remote_code)
     kwargs: dict = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
     if cfg.load_in_4bit:
@@ -173,22 +222,21 @@ def load_model(cfg: ModelConfig):
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
         raise _unresolvable(cfg.spec) from e
+    except ValueError as e:  # e.g. a config of an architecture this transformers does not know
+        raise DLMAError(f"model '{cfg.spec}': cannot be loaded ({str(e).splitlines()[0]})") from None
     if not cfg.load_in_4bit:
         model.to(device)
     if cfg.adapter:
         from peft import PeftModel
 
-        if not (Path(cfg.adapter) / "adapter_config.json").exists():
-            raise DLMAError(f"{cfg.adapter}: not a LoRA adapter folder (no adapter_config.json)")
         model = PeftModel.from_pretrained(model, cfg.adapter)
     model.eval()
-    model.dlma_weights_path = path  # for manifests
     return model, tokenizer
 
 
 def model_fingerprint(cfg: ModelConfig) -> dict:
     """What a manifest records about the model: the spec, the resolved path and the weights' hash."""
-    path = resolve_spec(cfg.spec)
+    path = resolve_spec(cfg.spec, cfg.trust_remote_code)
     fp = {**cfg.to_dict(), "resolved": path, "weights_sha256": weights_sha256(path)}
     if cfg.adapter and (Path(cfg.adapter) / "adapter_model.safetensors").exists():
         fp["adapter_sha256"] = sha256_file(Path(cfg.adapter) / "adapter_model.safetensors")

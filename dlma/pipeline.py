@@ -13,6 +13,9 @@
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import json
 import os
 import shutil
 import time
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from .artifacts import record_params
+from .artifacts import check_out, write_json
 from .errors import DLMAError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,15 +42,51 @@ def notebook_parameters(stage: str) -> dict:
     return {name: p["default"] for name, p in pm.inspect_notebook(str(notebook_path(stage))).items()}
 
 
+def preset_path(name: str) -> Path:
+    return Path(name) if name.endswith((".yaml", ".yml")) else ROOT / "params" / f"{name}.yaml"
+
+
 def load_preset(name: str) -> dict:
-    path = Path(name) if name.endswith((".yaml", ".yml")) else ROOT / "params" / f"{name}.yaml"
-    if not path.exists():
+    path = preset_path(name)
+    if not path.is_file():
         known = ", ".join(sorted(p.stem for p in (ROOT / "params").glob("*.yaml")))
         raise DLMAError(f"preset '{name}': {path} not found (known: {known})")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise DLMAError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
     if not isinstance(data, dict):
         raise DLMAError(f"{path}: a preset is a mapping of parameter: value")
     return data
+
+
+def preset_lines(name: str) -> dict[str, int]:
+    """{key: line (from 1)} of a preset's top-level keys, for error messages."""
+    node = yaml.compose(preset_path(name).read_text(encoding="utf-8"))
+    return {k.value: k.start_mark.line + 1 for k, _ in node.value} if isinstance(node, yaml.MappingNode) else {}
+
+
+def expected_type(default_source: str) -> type | None:
+    """The type a parameter takes, from its default in the notebook's parameters cell (None: anything)."""
+    try:
+        value = ast.literal_eval(default_source)
+    except (ValueError, SyntaxError):
+        return None
+    return type(value) if isinstance(value, (bool, int, float, str)) else None
+
+
+def check_type(key: str, value, default_source: str, where: str):
+    """The value as the notebook will take it, or one error naming where it came from."""
+    want = expected_type(default_source)
+    if want is None or isinstance(value, want) and not (want is not bool and isinstance(value, bool)):
+        return value
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    raise DLMAError(f"{where}: field '{key}': expected {names[want]} (the notebook's default is {default_source}), "
+                    f"got {value!r}")
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -67,15 +106,75 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def resolve_params(preset: str, overrides: list[str]) -> dict:
-    params = {**load_preset(preset), **parse_overrides(overrides)}
-    declared = {k for stage in STAGES for k in notebook_parameters(stage)}
-    unknown = sorted(set(params) - declared - {"description"})
+    """The preset with its --set overrides, each key declared by a notebook and each value of the type of
+    that notebook's default: checked here, before a kernel starts."""
+    preset_values, override_values = load_preset(preset), parse_overrides(overrides)
+    params = {**preset_values, **override_values}
+    declared = {k: v for stage in STAGES for k, v in notebook_parameters(stage).items()}
+    unknown = sorted(set(params) - set(declared) - {"description"})
     if unknown:
         raise DLMAError(f"unknown parameter(s) {', '.join(unknown)} (known: {', '.join(sorted(declared))})")
     bad = sorted(set(params) & set(SET_BY_PIPELINE))
     if bad:
         raise DLMAError(f"parameter(s) {', '.join(bad)} are set by `dlma run` itself (use --run-id)")
+    lines = preset_lines(preset)
+    for key in set(params) - {"description"}:
+        where = "--set" if key in override_values else f"{preset_path(preset)}:{lines.get(key, '?')}"
+        params[key] = check_type(key, params[key], declared[key], where)
     return params
+
+
+def check_run_params(run_dir: Path, params: dict) -> None:
+    """A run folder keeps the parameters of its finished stages: a change that touches one is refused; a
+    change to a stage not yet finished (a fix after a failure) is taken and recorded."""
+    path = run_dir / "params.json"
+    if path.exists():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        changed = {k for k in set(before) | set(params) if before.get(k) != params.get(k)}
+        done = [s for s in STAGES if (run_dir / s / ".done").exists()]
+        blocking = sorted(k for k in changed if any(k in notebook_parameters(s) for s in done))
+        if blocking:
+            raise DLMAError(f"{run_dir} holds finished stages made with other parameters ({', '.join(blocking)}): "
+                            "pass another --run-id, or delete the folder to start over")
+    write_json(path, params)
+
+
+def notebook_run_dir(run_dir: Path) -> str:
+    """The run folder as the notebooks are told it: relative to the repository (their working directory) when
+    it lies inside it, so a published notebook names no path of the machine that ran it."""
+    run_dir = run_dir.resolve()
+    return str(run_dir.relative_to(ROOT)) if run_dir.is_relative_to(ROOT) else str(run_dir)
+
+
+def clean_notebook(path: Path) -> None:
+    """Keep what the notebook computed, drop what only says when and where it ran: papermill's timestamps,
+    durations and paths, the kernel's execution times, and the random id of the injected parameters cell.
+    The same results then give the same bytes."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata["papermill"] = {k: v for k, v in nb.metadata.get("papermill", {}).items()
+                                if k in ("parameters", "default_parameters", "version")}
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+        cell.metadata.pop("papermill", None)
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            cell["id"] = "injected-parameters"
+    nbformat.write(nb, path)
+
+
+@contextlib.contextmanager
+def quiet_kernels():
+    """Notebooks run by the pipeline draw no progress bars and print no timings (see dlma.quiet)."""
+    before = os.environ.get("DLMA_PROGRESS")
+    os.environ["DLMA_PROGRESS"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("DLMA_PROGRESS", None)
+        else:
+            os.environ["DLMA_PROGRESS"] = before
 
 
 def run_pipeline(preset: str, overrides: list[str], run_id: str | None = None, publish: bool = True,
@@ -83,9 +182,10 @@ def run_pipeline(preset: str, overrides: list[str], run_id: str | None = None, p
     import papermill as pm
 
     params = resolve_params(preset, overrides)
-    run_dir = (runs_root or ROOT / "runs") / (run_id or preset)
+    run_dir = (runs_root or ROOT / "runs") / (run_id or Path(preset).stem)
+    check_out(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    record_params(run_dir, params, "pass another --run-id, or delete the folder to start over")
+    check_run_params(run_dir, params)
     for stage in stages:
         done = run_dir / stage / ".done"
         final = run_dir / f"{stage}.ipynb"
@@ -94,18 +194,18 @@ def run_pipeline(preset: str, overrides: list[str], run_id: str | None = None, p
             continue
         declared = notebook_parameters(stage)
         nb_params = {k: v for k, v in params.items() if k in declared}
-        nb_params["run_dir"] = str(run_dir.resolve())
+        nb_params["run_dir"] = notebook_run_dir(run_dir)
         partial = run_dir / f".{stage}.partial.ipynb"
         print(f"[dlma run] {stage}: running ({', '.join(f'{k}={v}' for k, v in nb_params.items())})", flush=True)
         started = time.time()
         try:
-            pm.execute_notebook(str(notebook_path(stage)), str(partial), parameters=nb_params,
-                                cwd=str(ROOT), progress_bar=False, log_output=False)
+            execute(notebook_path(stage), partial, nb_params)
         except pm.PapermillExecutionError as e:
             failed = run_dir / f"{stage}.failed.ipynb"
             os.replace(partial, failed)
             raise DLMAError(f"stage {stage} failed ({e.ename}: {e.evalue.splitlines()[0] if e.evalue else ''}); "
-                            f"its notebook is {failed}; fix and rerun to resume") from None
+                            f"its notebook is {failed}; fix and rerun to resume (a stage folder that already "
+                            "holds results keeps its parameters: delete it to redo the stage)") from None
         os.replace(partial, final)
         (run_dir / stage).mkdir(exist_ok=True)
         done.write_text(f"{time.time() - started:.1f}\n")
@@ -113,6 +213,17 @@ def run_pipeline(preset: str, overrides: list[str], run_id: str | None = None, p
     if publish:
         publish_notebooks(run_dir, stages)
     return run_dir
+
+
+def execute(source: Path, target: Path, parameters: dict) -> None:
+    """papermill with the repository root as working directory, quiet kernels, and a clean result."""
+    import papermill as pm
+
+    with quiet_kernels():
+        # the kernel's own log level: ipykernel warns on every start that its TCP link is unencrypted
+        pm.execute_notebook(str(source), str(target), parameters=parameters, cwd=str(ROOT), progress_bar=False,
+                            log_output=False, extra_arguments=["--IPKernelApp.log_level=ERROR"])
+    clean_notebook(target)
 
 
 def publish_notebooks(run_dir: Path, stages: tuple[str, ...] = STAGES, book_dir: Path | None = None) -> None:

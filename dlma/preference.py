@@ -18,9 +18,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import Example
-from .errors import DLMAError
-from .prompts import PAIRS, get_pair, policy_prompt, prompt_ids
-from .score import _pad, forward, response_ids, self_reward_terms, sequence_logprobs
+from .errors import DLMAError, check_fields
+from .prompts import PAIRS, policy_prompt, prompt_ids
+from .quiet import progress
+from .score import _pad, check_score_settings, forward, response_ids, self_reward_terms, sequence_logprobs
 
 SCORERS = ("dlma", "rlaif", "loglik", "random", "implicit")
 RLAIF_HEADER = "Consider the following conversation between a human and an assistant:"
@@ -39,12 +40,18 @@ class PrefAccConfig:
     n_bootstrap: int = 1000
     seed: int = 0
 
+    def __post_init__(self):
+        check_score_settings(self)
+        check_fields(self, [(self.beta > 0, ("beta",), "must be > 0"),
+                            (self.n_bootstrap >= 1, ("n_bootstrap",), "must be >= 1")])
+        self.scorer_list()
+
     def scorer_list(self) -> list[str]:
         names = [s.strip() for s in self.scorers.split(",") if s.strip()]
         bad = [s for s in names if s not in SCORERS]
         if bad or not names:
-            raise DLMAError(f"scorers: unknown {', '.join(bad) or '(none given)'} (valid: {', '.join(SCORERS)})")
-        get_pair(self.pair, "pref-acc: pair")
+            raise DLMAError(f"PrefAccConfig: scorers={self.scorers!r}: unknown {', '.join(bad) or '(none given)'} "
+                            f"(valid: {', '.join(SCORERS)})")
         return names
 
 
@@ -96,7 +103,8 @@ def next_token_logits(model, prompts: list[list[int]], token_ids: list[int], pad
     """Logits of `token_ids` at the next position after each prompt (left-padded, length-bucketed)."""
     out = np.zeros((len(prompts), len(token_ids)))
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    for k in tqdm(range(0, len(order), batch_size), desc=desc or "next-token", leave=False):
+    for k in tqdm(range(0, len(order), batch_size), desc=desc or "next-token", leave=False,
+                  disable=not progress()):
         batch = order[k : k + batch_size]
         ids, mask = _pad([prompts[i] for i in batch], pad_id, "left")
         logits = forward(model, ids, mask)[:, -1, token_ids].double().cpu().numpy()

@@ -76,6 +76,14 @@ def plot_calibration(calibration: dict):
     return fig
 
 
+TIMING_KEYS = ("wall_time_s", "train_runtime_s", "s_per_step")
+
+
+def train_summary(summary: dict) -> pd.Series:
+    """The training summary without its timings, which differ on every rerun (the manifest keeps them)."""
+    return pd.Series({k: v for k, v in summary.items() if k not in TIMING_KEYS})
+
+
 def plot_train_curves(log: list[dict]):
     df = pd.DataFrame(log)
     cols = [c for c in ("loss", "rewards/margins", "rewards/accuracies") if c in df]

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .prompts import PromptPair, prompt_ids, render
+from .errors import check_fields
+from .prompts import RENDERINGS, PromptPair, get_pair, prompt_ids, render
+from .quiet import progress
 
 SCORE_KEYS = ("s_o1_pos", "s_o1_neg", "s_o2_pos", "s_o2_neg")
 
@@ -26,6 +28,19 @@ class ScoreConfig:
     rendering: str = "affix"  # affix (paper) or chat
     batch_size: int = 8  # sequences per forward pass; results do not depend on it
     max_length: int = 1024  # prompt + response tokens; longer prompts are cut from the left
+
+    def __post_init__(self):
+        check_score_settings(self)
+
+
+def check_score_settings(cfg) -> None:
+    """The settings every log-probability scorer shares (ScoreConfig, PrefAccConfig)."""
+    check_fields(cfg, [
+        (cfg.batch_size >= 1, ("batch_size",), "must be >= 1"),
+        (cfg.max_length >= 2, ("max_length",), "must be >= 2 (a prompt token and a response token)"),
+        (cfg.rendering in RENDERINGS, ("rendering",), f"must be one of {', '.join(RENDERINGS)}"),
+    ])
+    get_pair(cfg.pair, f"{type(cfg).__name__}: pair")
 
 
 def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
@@ -73,7 +88,8 @@ def sequence_logprobs(
         starts.append(len(p))
     out = [0.0] * len(seqs)
     batches = _batches([len(s) for s in seqs], batch_size)
-    for batch in tqdm(batches, desc=desc or "log-probs", disable=desc is False, leave=False):
+    for batch in tqdm(batches, desc=desc or "log-probs", disable=desc is False or not progress(),
+                      leave=False):
         ids, mask = _pad([seqs[i] for i in batch], pad_id, padding_side)
         logits = forward(model, ids, mask)
         for row, i in enumerate(batch):

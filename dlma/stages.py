@@ -7,7 +7,9 @@ what is already there. The CLI and the notebooks both call these, so there is on
 from __future__ import annotations
 
 import json
+import math
 import random
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -15,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .artifacts import PartialJSONL, record_params, write_json, write_jsonl, write_manifest
-from .data import Example, load_examples
+from .artifacts import PartialJSONL, check_out, record_params, write_json, write_jsonl, write_manifest
+from .data import Example, check_limit, load_examples, read_text
 from .errors import DLMAError, where
 from .generate import GenerateConfig, generate_pairs
-from .models import ModelConfig, load_model, model_fingerprint
+from .models import ModelConfig, check_model, load_model, model_fingerprint
 from .preference import PrefAccConfig, accuracy_by_confidence, implicit_and_loglik, score_examples, summarize
-from .prompts import get_pair
+from .prompts import PAIRS, RENDERINGS, get_pair
 from .score import ScoreConfig, self_reward_terms
 
 
@@ -31,8 +33,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def begin(out_dir: Path, params: dict) -> None:
-    record_params(out_dir, params, "write to another folder, or delete this one to start over")
+def begin(out_dir: Path, params: dict, inputs: dict | None = None, force: bool = False) -> None:
+    """Called once every parameter and input has been checked: from here on the stage writes."""
+    record_params(out_dir, params, "write to another folder, pass --force to redo it, or delete it to start over",
+                  inputs, force)
+
+
+def note_dropped(stage: str, dropped: list[str], why: str) -> None:
+    """Say once, on stderr, that items were left out for a documented reason (the manifest lists them)."""
+    if dropped:
+        more = f" and {len(dropped) - 1} more" if len(dropped) > 1 else ""
+        print(f"dlma {stage}: left out {len(dropped)} item(s) ({why}): {dropped[0]}{more}; "
+              "listed in manifest.json", file=sys.stderr)
 
 
 def _model(model_cfg: ModelConfig, model=None):
@@ -40,83 +52,155 @@ def _model(model_cfg: ModelConfig, model=None):
 
 
 def run_generate(out_dir, model_cfg: ModelConfig, queries: str, cfg: GenerateConfig, limit: int | None = None,
-                 model=None) -> list[dict]:
-    """Stage 1: `pairs.jsonl`, one (o1 under p+, o2 under p-) per query."""
+                 model=None, force: bool = False) -> list[dict]:
+    """Stage 1: `pairs.jsonl`, one (o1 under p+, o2 under p-) per query. Queries longer than
+    `max_query_words` are left out, as in the released code, and counted."""
     started, out_dir = time.time(), Path(out_dir)
+    check_out(out_dir)
+    check_limit(limit)
     params = {"queries": str(queries), "limit": limit, **asdict(cfg)}
     examples = load_examples(queries, limit=limit)
     for ex in examples:  # fail on a bad pair name before any generation
         get_pair(ex.pair or cfg.pair, f"{ex.source}: field 'pair'")
-    begin(out_dir, {**params, "model": model_cfg.to_dict()})
+    too_long = [f"{ex.source}: field 'prompt': {n} words" for ex in examples
+                if (n := sum(len(t.split()) for t in ex.turns)) > cfg.max_query_words]
+    examples = [ex for ex in examples if sum(len(t.split()) for t in ex.turns) <= cfg.max_query_words]
+    if not examples:
+        raise DLMAError(f"{queries}: every query is over max_query_words={cfg.max_query_words} words")
+    check_model(model_cfg)  # after the data: a data error is named even when the model is wrong too
+    begin(out_dir, {**params, "model": model_cfg.to_dict()}, {"queries": queries}, force)
+    note_dropped("generate", too_long, f"over max_query_words={cfg.max_query_words}")
     model, tokenizer = _model(model_cfg, model)
     rows = generate_pairs(model, tokenizer, examples, cfg, out_dir / "pairs.jsonl")
-    write_manifest(out_dir, "generate", params, started,
-                   model=model_fingerprint(model_cfg), n_pairs=len(rows))
+    write_manifest(out_dir, "generate", params, started, model=model_fingerprint(model_cfg), n_pairs=len(rows),
+                   dropped={"over_max_query_words": too_long})
     return rows
 
 
-def read_pairs(path) -> list[dict]:
-    """Generated (or scored) pairs, validated: each row needs id, turns, o1, o2."""
+def pairs_file(path) -> Path:
+    """A pairs artifact given as its file or as its stage folder (scored.jsonl first, then pairs.jsonl)."""
     path = Path(path)
     if path.is_dir():
-        path = path / ("scored.jsonl" if (path / "scored.jsonl").exists() else "pairs.jsonl")
+        for name in ("scored.jsonl", "pairs.jsonl"):
+            if (path / name).is_file():
+                return path / name
+        raise DLMAError(f"{path}: a folder without scored.jsonl or pairs.jsonl (run the previous stage first)")
     if not path.exists():
         raise DLMAError(f"{path}: no such file (run the previous stage first)")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    return path
+
+
+def read_pairs(path, need_self_reward: bool = False, dropped: list[str] | None = None) -> list[dict]:
+    """Generated (or scored) pairs, each row checked: id, turns (a list of strings, user first), o1, o2
+    (strings), and where present pair, rendering, self_reward (or required, with `need_self_reward`).
+    A pair with an empty response is left out (an empty response has no token for S to score) and its
+    reason appended to `dropped`; anything else wrong is one error naming file, line and field."""
+    path = pairs_file(path)
+    rows, first_line, empty = [], {}, []
+    for n, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except ValueError as e:
             raise DLMAError(f"{where(path, n)}: malformed JSON ({e})") from None
-        for key in ("id", "turns", "o1", "o2"):
-            if key not in row:
-                raise DLMAError(f"{where(path, n, key)}: missing")
-        if "pair" in row:
-            get_pair(row["pair"], where(path, n, "pair"))
+        if not isinstance(row, dict):
+            raise DLMAError(f"{where(path, n)}: a row must be a JSON object, got {type(row).__name__}")
+        problem = _pair_row_problem(row, need_self_reward)
+        if problem:
+            raise DLMAError(f"{where(path, n, problem[0])}: {problem[1]}")
+        if row["id"] in first_line:
+            first = first_line[row["id"]]
+            raise DLMAError(f"{where(path, n, 'id')}: duplicate id {row['id']!r} (first at line {first})")
+        first_line[row["id"]] = n
+        blank = [k for k in ("o1", "o2") if not row[k].strip()]
+        if blank:
+            empty.append(f"{where(path, n, blank[0])}: empty response")
+            continue
         rows.append(row)
+    if dropped is not None:
+        dropped.extend(empty)
+    if not rows:
+        why = f"all {len(empty)} have an empty response" if empty else "the file holds no rows"
+        raise DLMAError(f"{path}: no usable pairs ({why})")
     return rows
 
 
-def run_score(out_dir, model_cfg: ModelConfig, pairs_path, cfg: ScoreConfig, chunk: int = 32, model=None) -> list[dict]:
-    """Stage 2: `scored.jsonl`, each pair with its four S terms and R (under the row's own pair, if any)."""
+def _pair_row_problem(row: dict, need_self_reward: bool) -> tuple[str, str] | None:
+    """(field, what is wrong) for the first bad field of a pairs row, or None."""
+    for key in ("id", "turns", "o1", "o2"):
+        if key not in row:
+            return key, "missing"
+    if isinstance(row["id"], bool) or not isinstance(row["id"], (str, int)):
+        return "id", f"expected a string or an integer, got {type(row['id']).__name__}"
+    turns = row["turns"]
+    if not (isinstance(turns, list) and turns and all(isinstance(t, str) and t.strip() for t in turns)):
+        return "turns", "expected a non-empty list of non-empty strings (the context, user turn first)"
+    for key in ("o1", "o2"):
+        if not isinstance(row[key], str):
+            return key, f"expected a string, got {type(row[key]).__name__}"
+    if "pair" in row and row["pair"] not in PAIRS:
+        return "pair", f"unknown prompt pair {row['pair']!r} (known: {', '.join(sorted(PAIRS))})"
+    if "rendering" in row and row["rendering"] not in RENDERINGS:
+        return "rendering", f"unknown rendering {row['rendering']!r} (valid: {', '.join(RENDERINGS)})"
+    value = row.get("self_reward")
+    if (need_self_reward or "self_reward" in row) and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+        return "self_reward", f"missing or not a finite number (got {value!r}); run `dlma score`"
+    return None
+
+
+def run_score(out_dir, model_cfg: ModelConfig, pairs_path, cfg: ScoreConfig, chunk: int = 32, model=None,
+              force: bool = False) -> list[dict]:
+    """Stage 2: `scored.jsonl`, each pair with its four S terms and R (under the row's own pair and
+    rendering, if it names them)."""
     started, out_dir = time.time(), Path(out_dir)
-    pairs = read_pairs(pairs_path)
-    begin(out_dir, {"pairs": str(pairs_path), **asdict(cfg), "model": model_cfg.to_dict()})
+    check_out(out_dir)
+    empty: list[str] = []
+    pairs = read_pairs(pairs_path, dropped=empty)
+    params = {"pairs": str(pairs_path), **asdict(cfg)}
+    check_model(model_cfg)
+    begin(out_dir, {**params, "model": model_cfg.to_dict()}, {"pairs": pairs_file(pairs_path)}, force)
+    note_dropped("score", empty, "an empty response has no token to score")
     store = PartialJSONL(out_dir / "scored.jsonl")
     todo = [p for p in pairs if p["id"] not in store.done]
     if todo and not store.finished:
         model, tokenizer = _model(model_cfg, model)
         for k in range(0, len(todo), chunk):
             part = todo[k : k + chunk]
+            setting = [(p.get("pair") or cfg.pair, p.get("rendering") or cfg.rendering) for p in part]
             rows = []
-            for name in dict.fromkeys(p.get("pair") or cfg.pair for p in part):  # one call per prompt pair
-                group = [p for p in part if (p.get("pair") or cfg.pair) == name]
+            for name, rendering in dict.fromkeys(setting):  # one call per (prompt pair, rendering)
+                group = [p for p, s in zip(part, setting, strict=True) if s == (name, rendering)]
                 terms = self_reward_terms(model, tokenizer, [(p["turns"], p["o1"], p["o2"]) for p in group],
-                                          get_pair(name), group[0].get("rendering", cfg.rendering), cfg.batch_size,
+                                          get_pair(name), rendering, cfg.batch_size,
                                           max_length=cfg.max_length, desc=f"score {k + len(part)}/{len(todo)}")
                 rows += [{**p, "pair": name, **t} for p, t in zip(group, terms, strict=True)]
-            store.append(rows)
+            store.append(rows)  # grouped by setting within a chunk: the order the published run's split used
     store.finish()
-    write_manifest(out_dir, "score", {"pairs": str(pairs_path), **asdict(cfg)}, started,
-                   model=model_fingerprint(model_cfg), n_pairs=len(store.rows))
+    write_manifest(out_dir, "score", params, started, model=model_fingerprint(model_cfg),
+                   n_pairs=len(store.rows), dropped={"empty_response": empty})
     return store.rows
 
 
 def run_pref_acc(out_dir, model_cfg: ModelConfig, data: str, cfg: PrefAccConfig, limit: int | None = None,
                  on_invalid: str = "skip", label_field: str = "safer_response_id", exclude_ids=(),
-                 model=None) -> dict:
+                 model=None, force: bool = False) -> dict:
     """Stage 3: `metrics.json`, `predictions.jsonl`, `calibration.json` on human-labelled pairs."""
     started, out_dir = time.time(), Path(out_dir)
+    check_out(out_dir)
+    check_limit(limit)
     scorers = cfg.scorer_list()
+    if "implicit" in scorers and not model_cfg.adapter and not hasattr(model, "disable_adapter"):
+        raise DLMAError("scorer 'implicit' needs a trained adapter: pass --adapter DIR")
     skipped: list[str] = []
-    examples = load_examples(data, limit=None, require="labelled", label_field=label_field,
-                             on_invalid=on_invalid, skipped=skipped)
     excluded = set(map(str, exclude_ids))
-    examples = [e for e in examples if e.id not in excluded][:limit]
-    begin(out_dir, {"data": str(data), "limit": limit, "on_invalid": on_invalid, "label_field": label_field,
-                    "excluded_ids": sorted(excluded), **asdict(cfg), "model": model_cfg.to_dict()})
+    examples = load_examples(data, limit=limit, require="labelled", label_field=label_field,
+                             on_invalid=on_invalid, skipped=skipped, exclude=excluded)
+    params = {"data": str(data), "limit": limit, "on_invalid": on_invalid, "label_field": label_field, **asdict(cfg)}
+    check_model(model_cfg)
+    begin(out_dir, {**params, "excluded_ids": sorted(excluded), "model": model_cfg.to_dict()}, {"data": data}, force)
+    note_dropped("pref-acc", skipped, "invalid rows, --on-invalid skip")
     store = PartialJSONL(out_dir / "predictions.jsonl", key=("scorer", "id"))
     if not store.finished:
         model_tok = None
@@ -130,25 +214,24 @@ def run_pref_acc(out_dir, model_cfg: ModelConfig, data: str, cfg: PrefAccConfig,
     metrics = {s: summarize(v, cfg.n_bootstrap, cfg.seed) for s, v in by_scorer.items()}
     write_json(out_dir / "metrics.json", metrics)
     write_json(out_dir / "calibration.json", {s: accuracy_by_confidence(v) for s, v in by_scorer.items()})
-    write_manifest(out_dir, "pref-acc", {"data": str(data), "limit": limit, "on_invalid": on_invalid,
-                                         "label_field": label_field, **asdict(cfg)}, started,
-                   model=model_fingerprint(model_cfg), skipped_rows=skipped, n_examples=len(examples),
-                   excluded_ids=len(excluded))
+    write_manifest(out_dir, "pref-acc", params, started, model=model_fingerprint(model_cfg), skipped_rows=skipped,
+                   n_examples=len(examples), excluded_ids=len(excluded))
     return metrics
 
 
-def run_train(out_dir, model_cfg: ModelConfig, scored_path, cfg) -> dict:
+def run_train(out_dir, model_cfg: ModelConfig, scored_path, cfg, force: bool = False) -> dict:
     """Stage 4: a QLoRA DLMA adapter in `out_dir` (see dlma.train)."""
     from .train import train_dlma
 
     started, out_dir = time.time(), Path(out_dir)
-    rows = read_pairs(scored_path)
-    for n, r in enumerate(rows, start=1):
-        if not isinstance(r.get("self_reward"), (int, float)):
-            raise DLMAError(f"{where(scored_path, n, 'self_reward')}: missing or not a number (run `dlma score`)")
-    summary = train_dlma(rows, model_cfg, cfg, out_dir)
+    check_out(out_dir)
+    empty: list[str] = []
+    rows = read_pairs(scored_path, need_self_reward=True, dropped=empty)
+    check_model(model_cfg)
+    note_dropped("train", empty, "an empty response")
+    summary = train_dlma(rows, model_cfg, cfg, out_dir, force)
     write_manifest(out_dir, "train", {"pairs": str(scored_path), **asdict(cfg)}, started,
-                   model=model_fingerprint(model_cfg), summary=summary)
+                   model=model_fingerprint(model_cfg), summary=summary, dropped={"empty_response": empty})
     return summary
 
 

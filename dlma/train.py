@@ -31,12 +31,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers import PrinterCallback
 from trl import DPOConfig, DPOTrainer
 
 from .artifacts import write_json, write_jsonl
-from .errors import DLMAError
+from .errors import DLMAError, check_fields
 from .models import ModelConfig, load_model, resolve_device, resolve_dtype
-from .prompts import RENDERINGS, policy_prompt
+from .prompts import policy_prompt
+from .quiet import progress
 
 PAPER = "Liu et al. 2024, Direct Large Language Model Alignment Through Self-Rewarding Contrastive Prompt Distillation"
 
@@ -333,34 +335,21 @@ class TrainConfig:
             (0 <= self.lora_dropout < 1, ("lora_dropout",), "must be in [0, 1)"),
             (self.logging_steps >= 1, ("logging_steps",), "must be >= 1"),
         ]
-        for holds, names, rule in checks:
-            if not holds:
-                got = ", ".join(f"{n}={getattr(self, n)!r}" for n in names)
-                raise DLMAError(f"TrainConfig: {got}: {rule}")
+        check_fields(self, checks)
 
 
 def build_dataset(rows: list[dict], tokenizer, max_prompt_length: int):
     """TRL's preference format: prompt = the plain query (no contrastive prompt), chosen = o1, rejected = o2,
-    plus `self_reward`. Returns (dataset, number of prompts cut to max_prompt_length)."""
+    plus `self_reward`, from rows that `stages.read_pairs` checked. Returns (dataset, number of prompts cut to
+    max_prompt_length)."""
     from datasets import Dataset
 
     # policy_prompt writes the BOS token as text; a tokenizer that also adds one itself would double it
     bos = tokenizer.bos_token
     auto_bos = bos is not None and tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id]
     records, n_cut = [], 0
-    for i, row in enumerate(rows):
-        for key, kind, what in (("o1", str, "a string"), ("o2", str, "a string"),
-                                ("self_reward", (int, float), "a finite number")):
-            value = row.get(key)
-            if not isinstance(value, kind) or isinstance(value, bool) or (what == "a finite number"
-                                                                          and not math.isfinite(value)):
-                raise DLMAError(f"training row {i}: field '{key}' is missing or not {what} (got {value!r})")
-        turns = row.get("turns")
-        if not (isinstance(turns, list) and turns and all(isinstance(t, str) for t in turns)):
-            raise DLMAError(f"training row {i}: field 'turns' must be a non-empty list of strings, user first")
+    for row in rows:  # rows as `stages.read_pairs` checked them
         rendering = row.get("rendering", "affix")
-        if rendering not in RENDERINGS:
-            raise DLMAError(f"training row {i}: unknown rendering '{rendering}' (valid: {', '.join(RENDERINGS)})")
         prompt = policy_prompt(row["turns"], rendering, tokenizer)
         if auto_bos and prompt.startswith(bos):
             prompt = prompt[len(bos):]
@@ -381,11 +370,12 @@ def _keep_prompt_end(prompt: str, tokenizer, max_tokens: int, bos: str | None) -
     return (bos + tail if has_bos else tail), True
 
 
-def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_dir) -> dict:
+def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_dir, force: bool = False) -> dict:
     """QLoRA DLMA on rows {turns, o1, o2, self_reward, rendering?}. Writes into `out_dir` the adapter
     (`adapter_model.safetensors`, `adapter_config.json`), the tokenizer, `train_log.jsonl`,
     `step0_guard.json` and `train_summary.json`; returns the summary. A finished `out_dir` for the same
-    rows, model and config is returned as is; one for anything else is refused."""
+    rows, model and config is returned as is; one for anything else is refused, or with `force` (and only if
+    it is an earlier training run's folder) replaced once the new adapter is written."""
     from peft import LoraConfig, prepare_model_for_kbit_training
     from trl.trainer.utils import disable_dropout_in_model
 
@@ -395,11 +385,13 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
     fingerprint = _fingerprint(rows, model_cfg, cfg)
     if out_dir.exists() and any(out_dir.iterdir()):
         summary_path = out_dir / "train_summary.json"
-        if summary_path.exists() and json.loads(summary_path.read_text())["fingerprint"] == fingerprint:
+        ours = summary_path.exists()
+        if ours and json.loads(summary_path.read_text())["fingerprint"] == fingerprint:
             print(f"train: {out_dir} already holds this run; not retraining")
             return json.loads(summary_path.read_text())
-        raise DLMAError(f"{out_dir}: not empty and not a finished run of these rows and settings; "
-                        "choose another folder or remove it")
+        if not (force and ours):
+            raise DLMAError(f"{out_dir}: not empty and not a finished run of these rows and settings; choose another "
+                            "folder" + (", or pass --force to retrain into it" if ours else " or remove it"))
 
     started = time.time()
     device = resolve_device(model_cfg.device)
@@ -424,11 +416,13 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
             lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_steps, num_train_epochs=cfg.epochs,
             per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
             max_length=cfg.max_length, gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed,
-            logging_steps=cfg.logging_steps, save_strategy="no", report_to="none",
+            logging_steps=cfg.logging_steps, save_strategy="no", report_to="none", disable_tqdm=not progress(),
             bf16=compute_dtype == torch.bfloat16, fp16=False, disable_dropout=False,
         )
         trainer = DLMATrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                               peft_config=peft_config)
+        if not progress():  # without bars, transformers prints every log dict instead (timings included)
+            trainer.remove_callback(PrinterCallback)
         # TRL 1.16 casts QLoRA adapters to bf16. There an Adam step of ~lr (5e-5) is below bf16's spacing for
         # most entries of A (~5e-4 near |a| = 0.1) and is lost; peft's default keeps adapters in float32.
         trainable = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
@@ -463,7 +457,8 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
         "device": device,
     }
     summary = json.loads(json.dumps(summary))  # the same object a rerun reads back from disk (tuples -> lists)
-    print(f"train: {n_steps} steps, {summary['s_per_step']} s/step, final loss {summary['final_loss']}, "
+    timing = f", {summary['s_per_step']} s/step" if progress() else ""
+    print(f"train: {n_steps} steps{timing}, final loss {summary['final_loss']}, "
           f"{changed}/{len(trainable)} adapter tensors changed")
 
     # Everything goes into a sibling temp folder, renamed into place at the end: no half-written adapter.
@@ -475,6 +470,8 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
         write_jsonl(tmp / "train_log.jsonl", log_rows)
         write_json(tmp / "step0_guard.json", trainer.step0_guard)
         write_json(tmp / "train_summary.json", summary)
+        if force and (out_dir / "train_summary.json").exists():
+            shutil.rmtree(out_dir)  # an earlier run's adapter, replaced as asked, now that the new one is whole
         with contextlib.suppress(FileNotFoundError):
             out_dir.rmdir()  # an empty folder made beforehand (checked above)
         os.replace(tmp, out_dir)

@@ -102,17 +102,34 @@ def test_parse_overrides_types_values_as_yaml():
             parse_overrides([bad])
 
 
-def test_rerun_with_other_parameters_is_refused(tmp_path):
+def test_rerun_with_other_parameters_of_a_finished_stage_is_refused(tmp_path):
     run_dir = run_pipeline("smoke", ["max_new_tokens=8"], run_id="r1", publish=False, runs_root=tmp_path, stages=())
     assert json.loads((run_dir / "params.json").read_text()) == {**load_preset("smoke"), "max_new_tokens": 8}
+    (run_dir / "01_generate").mkdir()
+    (run_dir / "01_generate" / ".done").write_text("1.0\n")  # stage 1 finished with max_new_tokens=8
     # the same parameters: accepted (this is how a killed run resumes)
     run_pipeline("smoke", ["max_new_tokens=8"], run_id="r1", publish=False, runs_root=tmp_path, stages=())
-    with pytest.raises(DLMAError, match=r"other parameters \(max_new_tokens\)"):
+    with pytest.raises(DLMAError, match=r"finished stages made with other parameters \(max_new_tokens\)"):
         run_pipeline("smoke", ["max_new_tokens=9"], run_id="r1", publish=False, runs_root=tmp_path, stages=())
     with pytest.raises(DLMAError, match="n_queries"):
         run_pipeline("smoke", ["max_new_tokens=8", "n_queries=2"], run_id="r1", publish=False,
                       runs_root=tmp_path, stages=())
     assert json.loads((run_dir / "params.json").read_text())["max_new_tokens"] == 8  # untouched
+    # a parameter of a stage not yet finished (the fix after a failure) is taken, and recorded
+    run_pipeline("smoke", ["max_new_tokens=8", "gamma=0.0"], run_id="r1", publish=False, runs_root=tmp_path,
+                 stages=())
+    assert json.loads((run_dir / "params.json").read_text())["gamma"] == 0.0
+
+
+def test_set_values_take_the_notebook_defaults_types():
+    params = resolve_params("smoke", ["learning_rate=1e-4", "gamma=0", "load_in_4bit=false", "pair=helpful"])
+    assert params["learning_rate"] == 1e-4 and params["gamma"] == 0.0 and isinstance(params["gamma"], float)
+    assert params["load_in_4bit"] is False and params["pair"] == "helpful"
+    for bad, match in [("n_queries=abc", "expected an integer"), ("n_queries=2.5", "expected an integer"),
+                       ("load_in_4bit=1", "expected true or false"), ("pair=3", "expected a string"),
+                       ("beta=high", "expected a number")]:
+        with pytest.raises(DLMAError, match=match):
+            resolve_params("smoke", [bad])
 
 
 def _pyproject() -> dict:

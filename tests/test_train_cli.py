@@ -48,6 +48,9 @@ def test_train_cli_names_a_row_without_self_reward(tmp_path):
     pairs = tmp_path / "scored.jsonl"
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
     res = cli("train", "--pairs", str(pairs), "--out", str(tmp_path / "a"))
-    assert res.returncode == 2
-    assert res.stderr.strip().splitlines() == [
-        f"dlma train: error: {pairs}:2: field 'self_reward': missing or not a number (run `dlma score`)"]
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    # our own line, whatever a library prints beside it (bitsandbytes does at import on some CPUs)
+    ours = [line for line in res.stderr.splitlines() if line.startswith("dlma train: error: ")]
+    assert ours == [f"dlma train: error: {pairs}:2: field 'self_reward': missing or not a finite number (got None); "
+                    "run `dlma score`"]
+    assert not (tmp_path / "a").exists()

@@ -1,0 +1,294 @@
+"""The catalogue of bad inputs a user gives the CLI, one case per input.
+
+Each ends in exactly one line of ours on stderr, `dlma <cmd>: error: ...`, naming the file, the line (from 1)
+and the field where there is one, with exit status 2, no traceback, and nothing written. The checks run
+before a model is loaded, so the cases take milliseconds (the CLI is called in-process; a few cases also
+run as a real subprocess). Inputs that are not errors but are left out for a documented reason are at the
+end: counted in the manifest and said once on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dlma.cli import main
+
+QUERY = {"id": "q1", "prompt": "How do I bake bread?"}
+PAIR = {"id": "p1", "turns": ["How do I bake bread?"], "o1": "Knead, rise, bake.", "o2": "Burn it."}
+LABELLED = {"id": "h1", "prompt": "How do I bake bread?", "chosen": "Knead, rise, bake.", "rejected": "No."}
+
+
+def jsonl(path: Path, rows: list) -> str:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def files_under(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*")}
+
+
+# Each case: (id, function(tmp_path, tiny) -> argv, the substrings our one line must hold). `tiny` is the
+# path of a tiny local model, so that a case that gets past the checks would fail on a real model load.
+def q(tmp, rows):
+    return jsonl(tmp / "q.jsonl", rows)
+
+
+def p(tmp, rows):
+    return jsonl(tmp / "pairs.jsonl", rows)
+
+
+def h(tmp, rows):
+    return jsonl(tmp / "h.jsonl", rows)
+
+
+def gen(tmp, tiny, *extra, queries=None):
+    return ["generate", "--model", tiny, "--queries", queries or q(tmp, [QUERY]), "--out", str(tmp / "out"), *extra]
+
+
+def score(tmp, tiny, rows, *extra):
+    return ["score", "--model", tiny, "--pairs", p(tmp, rows), "--out", str(tmp / "out"), *extra]
+
+
+def pref(tmp, tiny, *extra, rows=None):
+    return ["pref-acc", "--model", tiny, "--data", h(tmp, rows or [LABELLED]), "--out", str(tmp / "out"), *extra]
+
+
+def train(tmp, tiny, rows, *extra):
+    return ["train", "--model", tiny, "--pairs", p(tmp, rows), "--out", str(tmp / "out"), *extra]
+
+
+def binary_file(tmp):
+    path = tmp / "q.jsonl"
+    path.write_bytes(json.dumps(QUERY).encode() + b"\n\xff\xfe\x00\x9c garbage\n")
+    return str(path)
+
+
+def model_folder(tmp, config: dict | None):
+    folder = tmp / "model"
+    folder.mkdir()
+    if config is not None:
+        (folder / "config.json").write_text(json.dumps(config))
+    return str(folder)
+
+
+def preset_file(tmp, text):
+    path = tmp / "preset.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def unwritable(tmp):
+    if Path("/proc").is_dir():
+        return "/proc/dlma-out"  # refused even to root, who may write anywhere else
+    locked = tmp / "locked"
+    locked.mkdir(mode=0o500)
+    return str(locked / "out")
+
+
+def foreign_out(tmp):
+    """An --out folder that already holds someone else's pairs.jsonl."""
+    (tmp / "out").mkdir()
+    return jsonl(tmp / "out" / "pairs.jsonl", [PAIR])
+
+
+def a_file(tmp):
+    (tmp / "file.txt").write_text("not a folder\n")
+    return str(tmp / "file.txt")
+
+
+CASES = [
+    # generate: the data file
+    ("gen-binary-garbage", lambda t, m: gen(t, m, queries=binary_file(t)), ["q.jsonl:2:", "not UTF-8"]),
+    ("gen-folder-as-file", lambda t, m: gen(t, m, queries=str(t)), ["{t}: is a folder"]),
+    ("gen-missing-file", lambda t, m: gen(t, m, queries=str(t / "nope.jsonl")), ["nope.jsonl: no such file"]),
+    ("gen-malformed-json", lambda t, m: gen(t, m, queries=q(t, [QUERY, "{oops"])), ["q.jsonl:2:", "malformed JSON"]),
+    ("gen-row-not-object", lambda t, m: gen(t, m, queries=q(t, [[1, 2]])), ["q.jsonl:1:", "a JSON object, got list"]),
+    ("gen-prompt-not-string", lambda t, m: gen(t, m, queries=q(t, [{"prompt": 5}])),
+     ["q.jsonl:1: field 'prompt'", "expected a string"]),
+    ("gen-prompt-empty", lambda t, m: gen(t, m, queries=q(t, [{"prompt": "  "}])), ["q.jsonl:1: field 'prompt'"]),
+    ("gen-no-prompt", lambda t, m: gen(t, m, queries=q(t, [{"text": "hi"}])), ["q.jsonl:1: field 'prompt': missing"]),
+    ("gen-duplicate-ids", lambda t, m: gen(t, m, queries=q(t, [QUERY, QUERY])),
+     ["q.jsonl:2: field 'id': duplicate id 'q1' (first at line 1)"]),
+    ("gen-empty-file", lambda t, m: gen(t, m, queries=q(t, [])), ["no usable rows (the file holds no rows)"]),
+    ("gen-unknown-pair-in-row", lambda t, m: gen(t, m, queries=q(t, [{**QUERY, "pair": "kind"}])),
+     ["q.jsonl:1: field 'pair'", "unknown prompt pair 'kind'"]),
+    # generate: options
+    ("gen-limit-0", lambda t, m: gen(t, m, "--limit", "0"), ["limit must be an integer >= 1", "got 0"]),
+    ("gen-limit-negative", lambda t, m: gen(t, m, "--limit", "-3"), ["limit must be an integer >= 1", "got -3"]),
+    ("gen-limit-not-a-number", lambda t, m: gen(t, m, "--limit", "ten"), ["--limit", "invalid int value: 'ten'"]),
+    ("gen-batch-size-0", lambda t, m: gen(t, m, "--batch-size", "0"), ["batch_size=0: must be >= 1"]),
+    ("gen-temperature-0", lambda t, m: gen(t, m, "--temperature", "0"), ["temperature=0.0: must be > 0"]),
+    ("gen-top-p-2", lambda t, m: gen(t, m, "--top-p", "2"), ["top_p=2.0"]),
+    ("gen-unknown-rendering", lambda t, m: gen(t, m, "--rendering", "fancy"), ["rendering='fancy'"]),
+    ("gen-unknown-pair", lambda t, m: gen(t, m, "--pair", "kind"), ["unknown prompt pair 'kind'"]),
+    ("gen-every-query-too-long", lambda t, m: gen(t, m, "--max-query-words", "2"),
+     ["every query is over max_query_words=2"]),
+    # generate: the output folder
+    ("gen-out-is-a-file", lambda t, m: [*gen(t, m)[:-1], a_file(t)], ["exists and is not a folder"]),
+    ("gen-out-under-a-file", lambda t, m: [*gen(t, m)[:-1], a_file(t) + "/sub"], ["is a file, so"]),
+    ("gen-out-unwritable", lambda t, m: [*gen(t, m)[:-1], unwritable(t)], ["dlma-out" if Path("/proc").is_dir()
+                                                                           else "not writable"]),
+    ("gen-out-holds-foreign-files", lambda t, m: foreign_out(t) and gen(t, m),
+     ["holds files that no dlma stage recorded here (pairs.jsonl)"]),
+    # the model
+    ("model-empty-folder", lambda t, m: gen(t, model_folder(t, None)), ["no config.json"]),
+    ("model-custom-code", lambda t, m: gen(t, model_folder(t, {"model_type": "x", "auto_map": {"AutoModel": "m.M"}})),
+     ["--trust-remote-code"]),
+    ("model-is-a-file", lambda t, m: gen(t, a_file(t)), ["is a file; give a model folder"]),
+    ("model-no-such-folder", lambda t, m: gen(t, str(t / "models" / "x")), ["no such folder"]),
+    ("model-device-cuda", lambda t, m: gen(t, m, "--device", "cuda"), ["device 'cuda'", "sees no CUDA GPU"]),
+    ("model-device-bogus", lambda t, m: gen(t, m, "--device", "gpu0"), ["device 'gpu0'"]),
+    ("model-dtype-bogus", lambda t, m: gen(t, m, "--dtype", "float8"), ["unknown dtype 'float8'"]),
+    # score
+    ("score-binary-garbage", lambda t, m: ["score", "--model", m, "--pairs", binary_file(t), "--out", str(t / "o")],
+     ["q.jsonl:2:", "not UTF-8"]),
+    ("score-folder-without-pairs", lambda t, m: ["score", "--model", m, "--pairs", str(t), "--out", str(t / "o")],
+     ["a folder without scored.jsonl or pairs.jsonl"]),
+    ("score-row-not-object", lambda t, m: score(t, m, [PAIR, '"text"']), ["pairs.jsonl:2:", "got str"]),
+    ("score-o1-not-string", lambda t, m: score(t, m, [{**PAIR, "o1": 3}]),
+     ["pairs.jsonl:1: field 'o1': expected a string, got int"]),
+    ("score-o2-missing", lambda t, m: score(t, m, [{k: v for k, v in PAIR.items() if k != "o2"}]),
+     ["pairs.jsonl:1: field 'o2': missing"]),
+    ("score-turns-a-string", lambda t, m: score(t, m, [{**PAIR, "turns": "How?"}]),
+     ["pairs.jsonl:1: field 'turns'", "list of non-empty strings"]),
+    ("score-turns-empty", lambda t, m: score(t, m, [{**PAIR, "turns": []}]), ["pairs.jsonl:1: field 'turns'"]),
+    ("score-id-a-list", lambda t, m: score(t, m, [{**PAIR, "id": [1]}]), ["pairs.jsonl:1: field 'id'"]),
+    ("score-duplicate-ids", lambda t, m: score(t, m, [PAIR, PAIR]),
+     ["pairs.jsonl:2: field 'id': duplicate id 'p1' (first at line 1)"]),
+    ("score-empty-file", lambda t, m: score(t, m, []), ["no usable pairs (the file holds no rows)"]),
+    ("score-all-responses-empty", lambda t, m: score(t, m, [{**PAIR, "o1": ""}]),
+     ["no usable pairs (all 1 have an empty response)"]),
+    ("score-unknown-rendering-in-row", lambda t, m: score(t, m, [{**PAIR, "rendering": "xml"}]),
+     ["pairs.jsonl:1: field 'rendering'", "unknown rendering 'xml'"]),
+    ("score-unknown-pair-in-row", lambda t, m: score(t, m, [{**PAIR, "pair": "kind"}]),
+     ["pairs.jsonl:1: field 'pair'", "unknown prompt pair 'kind'"]),
+    ("score-batch-size-0", lambda t, m: score(t, m, [PAIR], "--batch-size", "0"), ["batch_size=0: must be >= 1"]),
+    ("score-max-length-0", lambda t, m: score(t, m, [PAIR], "--max-length", "0"), ["max_length=0: must be >= 2"]),
+    ("score-unknown-rendering", lambda t, m: score(t, m, [PAIR], "--rendering", "fancy"), ["rendering='fancy'"]),
+    # pref-acc
+    ("pref-limit-0", lambda t, m: pref(t, m, "--limit", "0"), ["limit must be an integer >= 1"]),
+    ("pref-limit-negative", lambda t, m: pref(t, m, "--limit", "-1"), ["limit must be an integer >= 1"]),
+    ("pref-batch-size-0", lambda t, m: pref(t, m, "--batch-size", "0"), ["batch_size=0"]),
+    ("pref-n-bootstrap-0", lambda t, m: pref(t, m, "--n-bootstrap", "0"), ["n_bootstrap=0"]),
+    ("pref-unknown-scorer", lambda t, m: pref(t, m, "--scorers", "dlma,oracle"), ["unknown oracle"]),
+    ("pref-implicit-without-adapter", lambda t, m: pref(t, m, "--scorers", "implicit"), ["needs a trained adapter"]),
+    ("pref-adapter-not-an-adapter", lambda t, m: pref(t, m, "--scorers", "implicit", "--adapter", str(t)),
+     ["not a LoRA adapter folder"]),
+    ("pref-unlabelled-rows", lambda t, m: pref(t, m, rows=[QUERY]),
+     ["h.jsonl:1: field 'chosen': missing (this stage needs labelled pairs)"]),
+    ("pref-every-row-invalid", lambda t, m: pref(t, m, rows=[{**LABELLED, "chosen": " "}]),
+     ["no usable rows (all 1 rows are invalid, the first: ", "h.jsonl:1: field 'chosen': empty response"]),
+    ("pref-bad-label-field", lambda t, m: pref(t, m, "--label-field", "best"), ["label_field must be one of"]),
+    ("pref-pku-label-not-0-1", lambda t, m: pref(t, m, rows=[{"prompt": "q", "response_0": "a", "response_1": "b",
+                                                              "safer_response_id": 2}]),
+     ["h.jsonl:1: field 'safer_response_id': must be 0 or 1"]),
+    # train
+    ("train-no-self-reward", lambda t, m: train(t, m, [PAIR]), ["pairs.jsonl:1: field 'self_reward': missing"]),
+    ("train-self-reward-nan", lambda t, m: train(t, m, [{**PAIR, "self_reward": float("nan")}]),
+     ["pairs.jsonl:1: field 'self_reward'", "not a finite number"]),
+    ("train-self-reward-text", lambda t, m: train(t, m, [{**PAIR, "self_reward": "high"}]),
+     ["pairs.jsonl:1: field 'self_reward'"]),
+    ("train-batch-size-0", lambda t, m: train(t, m, [{**PAIR, "self_reward": 1.0}], "--batch-size", "0"),
+     ["batch_size=0"]),
+    ("train-margin-clip-reversed", lambda t, m: train(t, m, [{**PAIR, "self_reward": 1.0}], "--margin-clip", "5", "-5"),
+     ["margin_clip"]),
+    ("train-out-is-a-file", lambda t, m: [*train(t, m, [{**PAIR, "self_reward": 1.0}])[:-1], a_file(t)],
+     ["exists and is not a folder"]),
+    # run
+    ("run-set-wrong-type", lambda t, m: ["run", "--preset", "smoke", "--set", "n_queries=abc", "--run-id", "x"],
+     ["--set: field 'n_queries': expected an integer", "got 'abc'"]),
+    ("run-set-bool-for-int", lambda t, m: ["run", "--preset", "smoke", "--set", "n_queries=true", "--run-id", "x"],
+     ["field 'n_queries': expected an integer"]),
+    ("run-set-unknown-key", lambda t, m: ["run", "--preset", "smoke", "--set", "n_querys=4"],
+     ["unknown parameter(s) n_querys"]),
+    ("run-set-no-value", lambda t, m: ["run", "--preset", "smoke", "--set", "n_queries"], ["expected KEY=VALUE"]),
+    ("run-unknown-preset", lambda t, m: ["run", "--preset", "huge"], ["preset 'huge'", "not found"]),
+    ("run-preset-bad-yaml", lambda t, m: ["run", "--preset", preset_file(t, "seed: 0\nbeta: [0.1\n")],
+     ["preset.yaml:3: not valid YAML"]),
+    ("run-preset-wrong-type", lambda t, m: ["run", "--preset", preset_file(t, "seed: 0\n\nbeta: high\n")],
+     ["preset.yaml:3: field 'beta': expected a number"]),
+]
+
+
+def run_cli(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as e:  # argparse
+        return e.code
+
+
+def assert_one_error_line(rc: int, err: str, command: str, needles: list[str]) -> str:
+    assert rc == 2, err
+    assert "Traceback" not in err, err
+    ours = [line for line in err.splitlines() if line.startswith(f"dlma {command}: error: ")]
+    assert len(ours) == 1, err
+    for needle in needles:
+        assert needle in ours[0], f"{needle!r} not in {ours[0]!r}"
+    return ours[0]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path, tiny_model_dir, capsys):
+    name, make_argv, needles = case
+    if name == "model-device-cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    argv = make_argv(tmp_path, tiny_model_dir)
+    before = files_under(tmp_path)
+    runs_before = files_under(Path(__file__).resolve().parents[1] / "runs" / "x")
+    rc = run_cli(argv)
+    err = capsys.readouterr().err
+    needles = [n.replace("{t}", str(tmp_path)) for n in needles]
+    assert_one_error_line(rc, err, argv[0], needles)
+    assert files_under(tmp_path) == before, "a bad input must leave nothing behind"
+    assert files_under(Path(__file__).resolve().parents[1] / "runs" / "x") == runs_before
+
+
+@pytest.mark.parametrize("argv_of, needles", [
+    (lambda t, m: gen(t, m, queries=binary_file(t)), ["q.jsonl:2:", "not UTF-8"]),
+    (lambda t, m: gen(t, m, "--limit", "zero"), ["invalid int value"]),
+], ids=["binary-garbage", "argparse"])
+def test_bad_input_through_a_real_process(argv_of, needles, tmp_path, tiny_model_dir):
+    """The same contract seen from outside: exit status 2, our line, no traceback, whatever libraries print."""
+    argv = argv_of(tmp_path, tiny_model_dir)
+    res = subprocess.run([sys.executable, "-m", "dlma.cli", *argv], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert_one_error_line(res.returncode, res.stderr, argv[0], needles)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Left out for a documented reason: counted in the manifest, said once on stderr, the rest done correctly.
+
+
+def test_queries_over_the_word_limit_are_counted(tmp_path, tiny_model_dir, capsys):
+    rows = [QUERY, {"id": "long", "prompt": "word " * 50}, {"id": "q3", "prompt": "And cake?"}]
+    out = tmp_path / "out"
+    rc = run_cli(gen(tmp_path, tiny_model_dir, "--max-query-words", "20", "--max-new-tokens", "4",
+                     queries=q(tmp_path, rows)))
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    said = [line for line in err.splitlines() if line.startswith("dlma generate: left out")]
+    assert said == [f"dlma generate: left out 1 item(s) (over max_query_words=20): {tmp_path / 'q.jsonl'}:2: "
+                    "field 'prompt': 50 words; listed in manifest.json"]
+    assert [r["id"] for r in map(json.loads, (out / "pairs.jsonl").read_text().splitlines())] == ["q1", "q3"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["n_pairs"] == 2 and len(manifest["dropped"]["over_max_query_words"]) == 1
+
+
+def test_pairs_with_an_empty_response_are_counted_not_scored_as_zero(tmp_path, tiny_model_dir, capsys):
+    rows = [PAIR, {**PAIR, "id": "p2", "o2": ""}, {**PAIR, "id": "p3"}]
+    rc = run_cli(score(tmp_path, tiny_model_dir, rows))
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert sum(line.startswith("dlma score: left out 1 item(s)") for line in err.splitlines()) == 1
+    scored = [json.loads(x) for x in (tmp_path / "out" / "scored.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in scored] == ["p1", "p3"]
+    assert all(r["self_reward"] != 0 for r in scored)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["dropped"]["empty_response"] == [f"{tmp_path / 'pairs.jsonl'}:2: field 'o2': empty response"]
