@@ -17,9 +17,9 @@ import torch
 
 from dlma.data import load_examples
 from dlma.generate import GenerateConfig, sample
+from dlma.logprobs import response_ids, sequence_logprobs
 from dlma.models import ModelConfig, load_model
 from dlma.prompts import PAIRS, prompt_ids, render
-from dlma.score import response_ids, sequence_logprobs
 
 ROOT = Path(__file__).resolve().parents[1]
 HH = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test-dev512.jsonl"

@@ -66,6 +66,7 @@ def add_out_args(parser: argparse.ArgumentParser, what: str) -> None:
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """All subcommands; `train`'s options (which import TRL and PEFT, seconds) only when `command` is
     train or unknown, so the other stages start, and fail on bad input, without that import."""
+    from .alignment import EvalConfig
     from .generate import GenerateConfig
     from .preference import PrefAccConfig
     from .score import ScoreConfig
@@ -108,6 +109,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
         add_dataclass_args(t, TrainConfig)
 
+    sp = sub.add_parser("split", help="hold out a share of scored pairs for evaluation (train.jsonl, heldout.jsonl)")
+    sp.add_argument("--pairs", required=True, help="scored.jsonl from `dlma score` (or its folder)")
+    sp.add_argument("--holdout-fraction", type=float, default=0.05, help="share of pairs held out (paper: 0.05)")
+    sp.add_argument("--seed", type=int, default=0, help="seeds the shuffle")
+    add_out_args(sp, "train.jsonl and heldout.jsonl")
+
+    e = sub.add_parser("evaluate", help="stage 5 in a run folder: the trained adapter against its base")
+    add_model_args(e)
+    e.add_argument("--run", required=True, help="a run folder holding stages 01 to 04 (e.g. runs/default)")
+    e.add_argument("--force", action="store_true", help="redo the stage, removing its earlier results")
+    add_dataclass_args(e, EvalConfig)
+
     r = sub.add_parser("run", help="the whole pipeline: notebooks executed with papermill, then the book")
     r.add_argument("--preset", default="default", help="params/<preset>.yaml (smoke, default, paper)")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -147,6 +160,15 @@ def run_command(args: argparse.Namespace) -> None:
         summary = stages.run_train(args.out, ModelConfig(args.model, args.dtype, args.device), args.pairs, cfg,
                                    force=args.force)
         print(f"adapter -> {args.out}  ({summary})")
+    elif args.command == "split":
+        train, heldout = stages.run_split(args.out, args.pairs, args.holdout_fraction, args.seed, force=args.force)
+        print(f"{len(train)} training pairs, {len(heldout)} held out -> {args.out}")
+    elif args.command == "evaluate":
+        from .alignment import EvalConfig
+        from .report import alignment_frame
+
+        summary = stages.run_evaluate(args.run, model_config(args), from_args(EvalConfig, args), force=args.force)
+        print(alignment_frame(summary).to_string())
     elif args.command == "run":
         from .pipeline import run_pipeline
 

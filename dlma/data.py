@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -41,9 +41,6 @@ class Example:
     @property
     def labelled(self) -> bool:
         return self.chosen is not None
-
-    def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None and k != "source"}
 
 
 def sample_path(name: str) -> Path:

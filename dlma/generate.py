@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from .artifacts import PartialJSONL
 from .data import Example
 from .errors import check_fields
+from .logprobs import pad
 from .prompts import RENDERINGS, get_pair, prompt_ids, render, stop_strings
 from .quiet import progress
 
@@ -81,10 +82,8 @@ def batch_seed(seed: int, batch_index: int) -> int:
 @torch.no_grad()
 def sample(model, tokenizer, prompts: list[list[int]], cfg: GenerateConfig, seed: int) -> list[tuple[list[int], str]]:
     """One sampled continuation per prompt (ids), left-padded in one batch, cut at EOS or a new turn."""
-    width = max(len(p) for p in prompts)
-    pad = tokenizer.pad_token_id
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    ids, mask = pad(prompts, tokenizer.pad_token_id, "left")
+    width = ids.shape[1]
     device = next(model.parameters()).device
     torch.manual_seed(seed)
     out = model.generate(
@@ -95,7 +94,7 @@ def sample(model, tokenizer, prompts: list[list[int]], cfg: GenerateConfig, seed
         top_k=cfg.top_k,
         top_p=cfg.top_p,
         max_new_tokens=cfg.max_new_tokens,
-        pad_token_id=pad,
+        pad_token_id=tokenizer.pad_token_id,
         stop_strings=stop_strings(cfg.rendering) or None,  # ends a sequence early; the cut is below
         tokenizer=tokenizer,
     )[:, width:].tolist()

@@ -14,14 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
 from .data import Example
 from .errors import DLMAError, check_fields
+from .logprobs import next_token_logits, response_ids, sequence_logprobs
 from .prompts import PAIRS, policy_prompt, prompt_ids
-from .quiet import progress
-from .score import _pad, check_score_settings, forward, response_ids, self_reward_terms, sequence_logprobs
+from .score import check_score_settings, self_reward_terms
 
 SCORERS = ("dlma", "rlaif", "loglik", "random", "implicit")
 RLAIF_HEADER = "Consider the following conversation between a human and an assistant:"
@@ -95,21 +93,6 @@ def accuracy_by_confidence(scores: list[float], n_bins: int = 10) -> list[dict]:
 def rlaif_prompt(turns: list[str], a: str, b: str, instruction: str = RLAIF_INSTRUCTION) -> str:
     convo = "\n\n".join(("Human: " if i % 2 == 0 else "Assistant: ") + t for i, t in enumerate(turns))
     return f"{RLAIF_HEADER}\n\n{convo}\n\n{instruction}\nOptions:\n(A) {a}\n(B) {b}\nThe answer is: ("
-
-
-@torch.no_grad()
-def next_token_logits(model, prompts: list[list[int]], token_ids: list[int], pad_id: int,
-                      batch_size: int = 8, desc: str | None = None) -> np.ndarray:
-    """Logits of `token_ids` at the next position after each prompt (left-padded, length-bucketed)."""
-    out = np.zeros((len(prompts), len(token_ids)))
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    for k in tqdm(range(0, len(order), batch_size), desc=desc or "next-token", leave=False,
-                  disable=not progress()):
-        batch = order[k : k + batch_size]
-        ids, mask = _pad([prompts[i] for i in batch], pad_id, "left")
-        logits = forward(model, ids, mask)[:, -1, token_ids].double().cpu().numpy()
-        out[batch] = logits
-    return out
 
 
 def _truncate(ids: list[int], max_length: int) -> list[int]:

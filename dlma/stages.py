@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .artifacts import PartialJSONL, check_out, record_params, write_json, write_jsonl, write_manifest
+from .alignment import EvalConfig
+from .artifacts import PartialJSONL, check_out, read_jsonl, record_params, write_json, write_jsonl, write_manifest
 from .data import Example, check_limit, load_examples, read_text
 from .errors import DLMAError, where
 from .generate import GenerateConfig, generate_pairs
@@ -243,46 +244,103 @@ def split_holdout(rows: list[dict], fraction: float = 0.05, seed: int = 0) -> tu
     return rows[k:], rows[:k]
 
 
-def run_alignment(out_dir, model_cfg: ModelConfig, adapter_dir, prompts: list[Example], pairs: list[Example],
-                  heldout: list[dict], gen_cfg: GenerateConfig, pref_cfg: PrefAccConfig) -> dict:
-    """Stage 5: base vs DLMA adapter. Writes `responses.jsonl`, `alignment.json`, `implicit.jsonl`."""
-    from .alignment import base_judgements, respond
-
+def run_split(out_dir, scored_path, holdout_fraction: float, seed: int = 0, force: bool = False):
+    """Stage 4's hold-out: `train.jsonl` and `heldout.jsonl` in `out_dir`, from scored pairs."""
     started, out_dir = time.time(), Path(out_dir)
-    cfg = ModelConfig(**{**model_cfg.to_dict(), "adapter": str(adapter_dir)})
-    model, tokenizer = load_model(cfg)
-    responses = []
-    for name, use_adapter in (("base", False), ("dlma", True)):
-        texts = respond(model, tokenizer, prompts, gen_cfg, adapter=use_adapter)
-        judged = base_judgements(model, tokenizer, prompts, texts, gen_cfg.rendering, pref_cfg.batch_size)
-        responses += [{"id": ex.id, "model": name, "query": ex.turns[-1], "response": t, **j}
-                      for ex, t, j in zip(prompts, texts, judged, strict=True)]
-    write_jsonl(out_dir / "responses.jsonl", responses)
+    check_out(out_dir)
+    if not 0 <= holdout_fraction < 1:
+        raise DLMAError(f"holdout_fraction must be in [0, 1), got {holdout_fraction!r}")
+    empty: list[str] = []
+    rows = read_pairs(scored_path, need_self_reward=True, dropped=empty)
+    if holdout_fraction > 0 and len(rows) < 2:
+        raise DLMAError(f"{scored_path}: {len(rows)} pair(s) cannot be split into training and held-out pairs")
+    params = {"pairs": str(scored_path), "holdout_fraction": holdout_fraction, "seed": seed}
+    begin(out_dir, params, {"pairs": pairs_file(scored_path)}, force)
+    if (out_dir / "manifest.json").exists():  # done earlier, from the same pairs and parameters
+        return read_jsonl(out_dir / "train.jsonl"), read_jsonl(out_dir / "heldout.jsonl")
+    note_dropped("split", empty, "an empty response")
+    train, heldout = split_holdout(rows, holdout_fraction, seed)
+    write_jsonl(out_dir / "train.jsonl", train)
+    write_jsonl(out_dir / "heldout.jsonl", heldout)
+    write_manifest(out_dir, "split", params, started, n_train=len(train), n_heldout=len(heldout),
+                   dropped={"empty_response": empty})
+    return train, heldout
+
+
+def train_stage(run_dir, model_cfg: ModelConfig, cfg, holdout_fraction: float) -> dict:
+    """Stage 4 in a run folder: split 02's scored pairs, then QLoRA DLMA on the training part, into
+    `04_train_dlma/` (train.jsonl, heldout.jsonl, adapter/)."""
+    run_dir = Path(run_dir)
+    out = run_dir / "04_train_dlma"
+    run_split(out, run_dir / "02_self_reward" / "scored.jsonl", holdout_fraction, cfg.seed)
+    return run_train(out / "adapter", model_cfg, out / "train.jsonl", cfg)
+
+
+def run_evaluate(run_dir, model_cfg: ModelConfig, cfg: EvalConfig, force: bool = False) -> dict:
+    """Stage 5 in a run folder: base (adapter off) against DLMA (adapter on) on what no earlier stage used:
+    queries stage 1 did not generate from, human pairs stage 3 did not score, and the pairs stage 4 held
+    out. Writes `05_evaluate_alignment/` (responses.jsonl, human_pairs.jsonl, heldout_generated.jsonl,
+    alignment.json) and resumes: sampled responses are kept batch by batch, each other file once done."""
+    from .alignment import MODELS, base_judgements, respond, summarize_alignment
+
+    started, run_dir = time.time(), Path(run_dir)
+    out, adapter = run_dir / "05_evaluate_alignment", run_dir / "04_train_dlma" / "adapter"
+    check_out(out)
+    generated, heldout_path = run_dir / "01_generate" / "pairs.jsonl", run_dir / "04_train_dlma" / "heldout.jsonl"
+    for path in (generated, run_dir / "01_generate" / "params.json", run_dir / "03_preference_accuracy" /
+                 "predictions.jsonl", heldout_path, adapter / "adapter_model.safetensors"):
+        if not path.is_file():
+            raise DLMAError(f"{path}: no such file (run the earlier stages first)")
+    queries = json.loads((run_dir / "01_generate" / "params.json").read_text(encoding="utf-8"))["queries"]
+    used_pairs = {r["id"] for r in read_jsonl(run_dir / "03_preference_accuracy" / "predictions.jsonl")}
+    prompts = unused_queries(queries, [r["id"] for r in read_jsonl(generated)], cfg.eval_n_prompts)
+    pairs = unused_pairs(cfg.pref_data, used_pairs, cfg.eval_n_pairs, cfg.label_field)
+    heldout = [Example(str(r["id"]), r["turns"], r["o1"], r["o2"]) for r in read_pairs(heldout_path)] \
+        if heldout_path.read_text(encoding="utf-8").strip() else []
+    if not prompts:
+        raise DLMAError(f"{queries}: no query left that stage 1 did not use")
+    model_cfg = ModelConfig(**{**model_cfg.to_dict(), "adapter": str(adapter)})
+    check_model(model_cfg)
+    params = {**asdict(cfg), "model": model_cfg.to_dict()}
+    begin(out, params, {"adapter": adapter / "adapter_model.safetensors", "heldout": heldout_path,
+                        "pref_data": cfg.pref_data}, force)
+    print(f"{len(prompts)} held-out prompts, {len(pairs)} held-out human pairs from {cfg.pref_data}, "
+          f"{len(heldout)} held-out generated pairs")
+    gen_cfg, pref_cfg = cfg.generate_config(), cfg.pref_config()
+    model = tokenizer = None
+
+    def loaded():
+        nonlocal model, tokenizer
+        if model is None:
+            model, tokenizer = load_model(model_cfg)
+        return model, tokenizer
+
+    if not (out / "responses.jsonl").exists():
+        texts = PartialJSONL(out / "generations.jsonl", key=("model", "id"))
+        responses = []
+        for name in MODELS:
+            done = {r["id"]: r["response"] for r in texts.rows if r["model"] == name}
+
+            def save(new: dict, name=name):
+                texts.append([{"model": name, "id": i, "response": t} for i, t in new.items()])
+
+            got = respond(*loaded(), prompts, gen_cfg, adapter=name == "dlma", done=done, save=save)
+            judged = base_judgements(*loaded(), prompts, got, gen_cfg.rendering, pref_cfg.batch_size)
+            responses += [{"id": ex.id, "model": name, "query": ex.turns[-1], "response": t, **j}
+                          for ex, t, j in zip(prompts, got, judged, strict=True)]
+        write_jsonl(out / "responses.jsonl", responses)
+        texts.finish()
     # Human pairs: log-probs under the policy (adapter on) and the reference (off) give at once the DPO
     # implicit reward and each model's own likelihood preference (loglik) for base vs DLMA.
-    human = implicit_and_loglik(model, tokenizer, pairs, pref_cfg)
-    write_jsonl(out_dir / "human_pairs.jsonl", human)
-    summary = {k: summarize([r[k] for r in human], pref_cfg.n_bootstrap, pref_cfg.seed)
-               for k in ("implicit", "loglik_base", "loglik_dlma")}
-    # The held-out generated pairs: does the policy now prefer o1 (the p+ response) over o2?
-    heldout_ex = [Example(str(r["id"]), r["turns"], r["o1"], r["o2"]) for r in heldout]
-    if heldout_ex:
-        generated = implicit_and_loglik(model, tokenizer, heldout_ex, pref_cfg)
-        write_jsonl(out_dir / "heldout_generated.jsonl", generated)
-        summary["implicit_heldout_generated"] = summarize([r["implicit"] for r in generated],
-                                                          pref_cfg.n_bootstrap, pref_cfg.seed)
-    for name in ("base", "dlma"):
-        rows = [r for r in responses if r["model"] == name]
-        summary[name] = {
-            "refusal_rate": float(np.mean([r["refusal"] for r in rows])),
-            "contrastive_score_mean": float(np.mean([r["contrastive_score"] for r in rows])),
-            "perplexity_median": float(np.median([r["perplexity"] for r in rows])),
-            "n": len(rows),
-        }
-    write_json(out_dir / "alignment.json", summary)
-    write_manifest(out_dir, "evaluate-alignment", {"adapter": str(adapter_dir), "generate": asdict(gen_cfg),
-                                                   "pref": asdict(pref_cfg), "n_prompts": len(prompts),
-                                                   "n_pairs": len(pairs)}, started, model=model_fingerprint(cfg))
+    for name, examples in (("human_pairs", pairs), ("heldout_generated", heldout)):
+        if examples and not (out / f"{name}.jsonl").exists():
+            write_jsonl(out / f"{name}.jsonl", implicit_and_loglik(*loaded(), examples, pref_cfg))
+    read = [read_jsonl(out / f"{n}.jsonl") if (out / f"{n}.jsonl").exists() else []
+            for n in ("responses", "human_pairs", "heldout_generated")]
+    summary = summarize_alignment(*read, pref_cfg.n_bootstrap, pref_cfg.seed)
+    write_json(out / "alignment.json", summary)
+    write_manifest(out, "evaluate", params, started, model=model_fingerprint(model_cfg), n_prompts=len(prompts),
+                   n_pairs=len(pairs), n_heldout_generated=len(heldout))
     return summary
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -306,6 +307,8 @@ class TrainConfig:
     gradient_checkpointing: bool = True  # TRL's default: activations are what fill a GPU at 7B
     seed: int = 0
     logging_steps: int = 1
+    # Where TRL logs: "none", or "tensorboard" (offline, into `<out>/runs/`; needs the tensorboard package).
+    report_to: str = "none"
 
     def __post_init__(self):
         from transformers.trainer_utils import SchedulerType
@@ -334,8 +337,12 @@ class TrainConfig:
             (self.lora_alpha > 0, ("lora_alpha",), "must be > 0"),
             (0 <= self.lora_dropout < 1, ("lora_dropout",), "must be in [0, 1)"),
             (self.logging_steps >= 1, ("logging_steps",), "must be >= 1"),
+            (self.report_to in ("none", "tensorboard"), ("report_to",), "must be none or tensorboard"),
         ]
         check_fields(self, checks)
+        if self.report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+            raise DLMAError("TrainConfig: report_to='tensorboard' needs the tensorboard package "
+                            "(pip install tensorboard)")
 
 
 def build_dataset(rows: list[dict], tokenizer, max_prompt_length: int):
@@ -416,7 +423,7 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
             lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_steps, num_train_epochs=cfg.epochs,
             per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
             max_length=cfg.max_length, gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed,
-            logging_steps=cfg.logging_steps, save_strategy="no", report_to="none", disable_tqdm=not progress(),
+            logging_steps=cfg.logging_steps, save_strategy="no", report_to=cfg.report_to, disable_tqdm=not progress(),
             bf16=compute_dtype == torch.bfloat16, fp16=False, disable_dropout=False,
         )
         trainer = DLMATrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
@@ -434,6 +441,7 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
               f"{'4-bit NF4' if cfg.load_in_4bit else str(compute_dtype)} base")
         result = trainer.train()
         changed = sum(not torch.equal(before[n], p.detach()) for n, p in trainable.items())
+        events = _read_events(Path(trl_dir) / "runs")  # TensorBoard's, when asked for; the folder goes now
 
     wall = time.time() - started
     log_rows = [{"step": h["step"], **{k: v for k, v in h.items() if k != "step"}}
@@ -470,6 +478,9 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
         write_jsonl(tmp / "train_log.jsonl", log_rows)
         write_json(tmp / "step0_guard.json", trainer.step0_guard)
         write_json(tmp / "train_summary.json", summary)
+        for rel, data in events.items():
+            (tmp / "runs" / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / "runs" / rel).write_bytes(data)
         if force and (out_dir / "train_summary.json").exists():
             shutil.rmtree(out_dir)  # an earlier run's adapter, replaced as asked, now that the new one is whole
         with contextlib.suppress(FileNotFoundError):
@@ -479,6 +490,13 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
         if tmp.exists():
             shutil.rmtree(tmp)
     return summary
+
+
+def _read_events(folder: Path) -> dict[str, bytes]:
+    """{relative path: bytes} of the files under `folder` (TensorBoard event files are small)."""
+    if not folder.is_dir():
+        return {}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _fingerprint(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig) -> str:

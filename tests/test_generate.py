@@ -172,6 +172,7 @@ def test_resume_after_a_torn_partial_batch(embedded, tmp_path, uninterrupted):
     good = (uninterrupted / "pairs.jsonl").read_text().splitlines(keepends=True)
     out = tmp_path / "torn"
     out.mkdir()
+    shutil.copy(uninterrupted / "params.json", out / "params.json")  # written before the first pair
     (out / "pairs.partial.jsonl").write_text("".join(good[: BATCH + 2]) + good[BATCH + 2][:40])
     rows = run_generate(out, ModelConfig(DEFAULT_MODEL), "sample:queries", gen_cfg(0), limit=N, model=embedded)
     assert len(rows) == N

@@ -166,8 +166,10 @@ def test_partial_predictions_are_completed(embedded, pref_run, tmp_path):
     """A run killed after its first scorer resumes with the others, and ends with the same rows."""
     lines = (pref_run / "predictions.jsonl").read_text().splitlines(keepends=True)
     first = [ln for ln in lines if json.loads(ln)["scorer"] == "dlma"]
-    (tmp_path / "predictions.partial.jsonl").write_text("".join(first) + lines[LIMIT][:25])
     cfg = PrefAccConfig(scorers="dlma,random", n_bootstrap=200)
+    params = json.loads((pref_run / "params.json").read_text())  # a killed run wrote these before its first row
+    (tmp_path / "params.json").write_text(json.dumps({**params, "scorers": cfg.scorers}))
+    (tmp_path / "predictions.partial.jsonl").write_text("".join(first) + lines[LIMIT][:25])
     calls = []
     real = dlma.stages.score_examples
 

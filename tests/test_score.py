@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from dlma.data import load_examples
+from dlma.logprobs import sequence_logprobs
 from dlma.prompts import PAIRS, render
-from dlma.score import SCORE_KEYS, self_reward, self_reward_terms, sequence_logprobs
+from dlma.score import SCORE_KEYS, self_reward, self_reward_terms
 
 
 @torch.no_grad()

@@ -309,10 +309,21 @@ def test_dlma_config_defaults(tmp_path):
     ({"lora_dropout": 1.0}, "lora_dropout"),
     ({"optim": "sgd-ish"}, "optim='sgd-ish'"),
     ({"lr_scheduler_type": "zigzag"}, "lr_scheduler_type"),
+    ({"report_to": "wandb"}, "report_to='wandb': must be none or tensorboard"),
 ])
 def test_train_config_rejects(kwargs, match):
     with pytest.raises(DLMAError, match=match):
         TrainConfig(**kwargs)
+
+
+def test_report_to_tensorboard_needs_the_package():
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        assert TrainConfig(report_to="tensorboard").report_to == "tensorboard"
+    else:
+        with pytest.raises(DLMAError, match="needs the tensorboard package"):
+            TrainConfig(report_to="tensorboard")
 
 
 def test_train_config_defaults():

@@ -1,0 +1,92 @@
+"""The log-probability engine every stage reads the model through: padding, length bucketing, a forward
+pass with position ids, summed float64 log-probabilities of a response, and next-token logits.
+
+Scoring (R), preference accuracy (dlma, rlaif, loglik, implicit), the alignment judgements and generation
+all use these few functions, so a change of batching (prefix sharing, a token budget) is made once.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from .quiet import progress
+
+
+def pad(seqs: list[list[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of the sequences padded to the longest, on the left or on the right."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        sl = slice(width - len(s), width) if side == "left" else slice(0, len(s))
+        ids[i, sl] = torch.tensor(s, dtype=torch.long)
+        mask[i, sl] = 1
+    return ids, mask
+
+
+def buckets(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices in length-sorted batches, longest first: padding stays small and the memory peak comes first."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def forward(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Logits with position ids from the attention mask, so left padding does not shift positions."""
+    device = next(model.parameters()).device
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position_ids.to(device))
+    return out.logits
+
+
+def response_ids(text: str, tokenizer) -> list[int]:
+    return tokenizer(text, add_special_tokens=False).input_ids
+
+
+@torch.no_grad()
+def sequence_logprobs(
+    model,
+    prompts: list[list[int]],
+    responses: list[list[int]],
+    pad_id: int,
+    batch_size: int = 8,
+    padding_side: str = "right",
+    max_length: int | None = None,
+    desc: str | None = None,
+) -> list[float]:
+    """S for each (prompt ids, response ids): the summed float64 log-probability of the response."""
+    seqs, starts = [], []
+    for p, r in zip(prompts, responses, strict=True):
+        if max_length is not None and len(p) + len(r) > max_length:
+            p = p[-max(1, max_length - len(r)) :]  # keep the end of the context, next to the response
+        seqs.append(p + r)
+        starts.append(len(p))
+    out = [0.0] * len(seqs)
+    for batch in tqdm(buckets([len(s) for s in seqs], batch_size), desc=desc or "log-probs",
+                      disable=desc is False or not progress(), leave=False):
+        ids, mask = pad([seqs[i] for i in batch], pad_id, padding_side)
+        logits = forward(model, ids, mask)
+        for row, i in enumerate(batch):
+            offset = ids.shape[1] - len(seqs[i]) if padding_side == "left" else 0
+            s, e = offset + starts[i], offset + len(seqs[i])
+            if e == s:
+                continue  # an empty response has S = 0
+            # float64 from the logits on: a float32 log-softmax is off by ~1e-5 per token (SPEC section 3)
+            logp = torch.log_softmax(logits[row, s - 1 : e - 1].double(), dim=-1)
+            target = ids[row, s:e].to(logp.device)
+            out[i] = logp.gather(-1, target[:, None]).squeeze(-1).sum().item()
+    return out
+
+
+@torch.no_grad()
+def next_token_logits(model, prompts: list[list[int]], token_ids: list[int], pad_id: int,
+                      batch_size: int = 8, desc: str | None = None):
+    """[n, len(token_ids)] float64 logits of `token_ids` at the position after each prompt (left-padded)."""
+    import numpy as np
+
+    out = np.zeros((len(prompts), len(token_ids)))
+    for batch in tqdm(buckets([len(p) for p in prompts], batch_size), desc=desc or "next-token", leave=False,
+                      disable=not progress()):
+        ids, mask = pad([prompts[i] for i in batch], pad_id, "left")
+        out[batch] = forward(model, ids, mask)[:, -1, token_ids].double().cpu().numpy()
+    return out
