@@ -20,6 +20,7 @@ import numpy as np
 from .data import Example, check_limit
 from .generate import GenerateConfig, sample
 from .logprobs import response_ids, sequence_logprobs
+from .params import documented
 from .preference import PrefAccConfig, summarize
 from .prompts import PAIRS, policy_prompt, prompt_ids
 from .score import contrast, contrast_prompts
@@ -38,19 +39,21 @@ def is_refusal(text: str) -> bool:
     return bool(REFUSAL.search(text))
 
 
+@documented
 @dataclass
 class EvalConfig:
-    """Stage 5: the trained adapter against its base, on queries and human pairs no earlier stage used."""
+    """Stage 5: the trained adapter against its base, on queries and human pairs no earlier stage used
+    (the human pairs stage 3 scored are passed over)."""
 
-    pref_data: str = "sample:pairs"  # human-labelled pairs; those stage 3 used are passed over
-    eval_n_prompts: int = 2  # held-out queries answered by base and DLMA
-    eval_n_pairs: int = 4  # held-out human pairs for implicit-reward accuracy
-    eval_max_new_tokens: int = 24  # response length cap in stage 5
-    eval_batch_size: int = 8  # queries per generation batch in stage 5 (each batch seeded by its position)
-    score_batch_size: int = 8  # sequences per forward pass (results do not depend on it)
+    pref_data: str = "sample:pairs"
+    eval_n_prompts: int = 2
+    eval_n_pairs: int = 4
+    eval_max_new_tokens: int = 24
+    eval_batch_size: int = 8
+    score_batch_size: int = 8
     rendering: str = "affix"
-    beta: float = 0.1  # DPO temperature of the implicit reward
-    label_field: str = "safer_response_id"  # PKU-SafeRLHF label column
+    beta: float = 0.1
+    label_field: str = "safer_response_id"
     seed: int = 0
 
     def __post_init__(self):
@@ -60,10 +63,11 @@ class EvalConfig:
 
     def generate_config(self) -> GenerateConfig:
         return GenerateConfig(rendering=self.rendering, max_new_tokens=self.eval_max_new_tokens,
-                              batch_size=self.eval_batch_size, seed=self.seed)
+                              gen_batch_size=self.eval_batch_size, seed=self.seed)
 
     def pref_config(self) -> PrefAccConfig:
-        return PrefAccConfig(rendering=self.rendering, beta=self.beta, batch_size=self.score_batch_size, seed=self.seed)
+        return PrefAccConfig(rendering=self.rendering, beta=self.beta, score_batch_size=self.score_batch_size,
+                             seed=self.seed)
 
 
 def respond(model, tokenizer, examples: list[Example], cfg: GenerateConfig, adapter: bool = True,
@@ -78,11 +82,11 @@ def respond(model, tokenizer, examples: list[Example], cfg: GenerateConfig, adap
                for ex in examples]
     ctx = model.disable_adapter() if (not adapter and hasattr(model, "disable_adapter")) else nullcontext()
     with ctx:
-        for b in range(0, len(prompts), cfg.batch_size):
-            part = examples[b : b + cfg.batch_size]
+        for b in range(0, len(prompts), cfg.gen_batch_size):
+            part = examples[b : b + cfg.gen_batch_size]
             if all(ex.id in done for ex in part):
                 continue
-            got = sample(model, tokenizer, prompts[b : b + cfg.batch_size], cfg, cfg.seed + b)
+            got = sample(model, tokenizer, prompts[b : b + cfg.gen_batch_size], cfg, cfg.seed + b)
             new = {ex.id: tokenizer.decode(ids, skip_special_tokens=True).strip()
                    for ex, (ids, _) in zip(part, got, strict=True) if ex.id not in done}
             done.update(new)

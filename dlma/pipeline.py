@@ -25,6 +25,7 @@ import yaml
 
 from .artifacts import check_out, write_json
 from .errors import DLMAError
+from .params import HELP
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("01_generate", "02_self_reward", "03_preference_accuracy", "04_train_dlma", "05_evaluate_alignment")
@@ -245,7 +246,7 @@ def parameter_table() -> str:
     rows: dict[str, dict] = {}
     for stage in STAGES:
         for name, p in pm.inspect_notebook(str(notebook_path(stage))).items():
-            row = rows.setdefault(name, {"stages": [], "default": p["default"], "help": p["help"]})
+            row = rows.setdefault(name, {"stages": [], "default": p["default"], "help": HELP[name]})
             row["stages"].append(stage[:2])
     order = ["smoke"] + [n for n in presets if n != "smoke"]
     head = "| parameter | notebooks | " + " | ".join(f"`{n}`" for n in order) + " | meaning |"

@@ -14,30 +14,32 @@ from dataclasses import dataclass
 
 from .errors import check_fields
 from .logprobs import response_ids, sequence_logprobs
+from .params import documented
 from .prompts import RENDERINGS, PromptPair, get_pair, prompt_ids, render
 
 SCORE_KEYS = ("s_o1_pos", "s_o1_neg", "s_o2_pos", "s_o2_neg")
 
 
+@documented
 @dataclass
 class ScoreConfig:
-    pair: str = "harmless"  # contrastive prompt pair used to score
-    rendering: str = "affix"  # affix (paper) or chat
-    batch_size: int = 8  # sequences per forward pass; results do not depend on it
-    max_length: int = 1024  # prompt + response tokens; longer prompts are cut from the left
+    pair: str = "harmless"
+    rendering: str = "affix"
+    score_batch_size: int = 8
+    score_max_length: int = 1024
 
     def __post_init__(self):
-        check_score_settings(self)
+        check_score_settings(self, "pair", "score_max_length")
 
 
-def check_score_settings(cfg) -> None:
-    """The settings every log-probability scorer shares (ScoreConfig, PrefAccConfig)."""
+def check_score_settings(cfg, pair: str, max_length: str) -> None:
+    """The settings every log-probability scorer shares (ScoreConfig, PrefAccConfig), by their field names."""
     check_fields(cfg, [
-        (cfg.batch_size >= 1, ("batch_size",), "must be >= 1"),
-        (cfg.max_length >= 2, ("max_length",), "must be >= 2 (a prompt token and a response token)"),
+        (cfg.score_batch_size >= 1, ("score_batch_size",), "must be >= 1"),
+        (getattr(cfg, max_length) >= 2, (max_length,), "must be >= 2 (a prompt token and a response token)"),
         (cfg.rendering in RENDERINGS, ("rendering",), f"must be one of {', '.join(RENDERINGS)}"),
     ])
-    get_pair(cfg.pair, f"{type(cfg).__name__}: pair")
+    get_pair(getattr(cfg, pair), f"{type(cfg).__name__}: {pair}")
 
 
 def self_reward_terms(

@@ -52,15 +52,15 @@ def _model(model_cfg: ModelConfig, model=None):
     return model if model is not None else load_model(model_cfg)
 
 
-def run_generate(out_dir, model_cfg: ModelConfig, queries: str, cfg: GenerateConfig, limit: int | None = None,
+def run_generate(out_dir, model_cfg: ModelConfig, queries: str, cfg: GenerateConfig, n_queries: int | None = None,
                  model=None, force: bool = False) -> list[dict]:
     """Stage 1: `pairs.jsonl`, one (o1 under p+, o2 under p-) per query. Queries longer than
     `max_query_words` are left out, as in the released code, and counted."""
     started, out_dir = time.time(), Path(out_dir)
     check_out(out_dir)
-    check_limit(limit)
-    params = {"queries": str(queries), "limit": limit, **asdict(cfg)}
-    examples = load_examples(queries, limit=limit)
+    check_limit(n_queries, "n_queries")
+    params = {"queries": str(queries), "n_queries": n_queries, **asdict(cfg)}
+    examples = load_examples(queries, limit=n_queries)
     for ex in examples:  # fail on a bad pair name before any generation
         get_pair(ex.pair or cfg.pair, f"{ex.source}: field 'pair'")
     too_long = [f"{ex.source}: field 'prompt': {n} words" for ex in examples
@@ -174,8 +174,8 @@ def run_score(out_dir, model_cfg: ModelConfig, pairs_path, cfg: ScoreConfig, chu
             for name, rendering in dict.fromkeys(setting):  # one call per (prompt pair, rendering)
                 group = [p for p, s in zip(part, setting, strict=True) if s == (name, rendering)]
                 terms = self_reward_terms(model, tokenizer, [(p["turns"], p["o1"], p["o2"]) for p in group],
-                                          get_pair(name), rendering, cfg.batch_size,
-                                          max_length=cfg.max_length, desc=f"score {k + len(part)}/{len(todo)}")
+                                          get_pair(name), rendering, cfg.score_batch_size,
+                                          max_length=cfg.score_max_length, desc=f"score {k + len(part)}/{len(todo)}")
                 rows += [{**p, "pair": name, **t} for p, t in zip(group, terms, strict=True)]
             store.append(rows)  # grouped by setting within a chunk: the order the published run's split used
     store.finish()
@@ -184,23 +184,25 @@ def run_score(out_dir, model_cfg: ModelConfig, pairs_path, cfg: ScoreConfig, chu
     return store.rows
 
 
-def run_pref_acc(out_dir, model_cfg: ModelConfig, data: str, cfg: PrefAccConfig, limit: int | None = None,
+def run_pref_acc(out_dir, model_cfg: ModelConfig, pref_data: str, cfg: PrefAccConfig, pref_limit: int | None = None,
                  on_invalid: str = "skip", label_field: str = "safer_response_id", exclude_ids=(),
                  model=None, force: bool = False) -> dict:
     """Stage 3: `metrics.json`, `predictions.jsonl`, `calibration.json` on human-labelled pairs."""
     started, out_dir = time.time(), Path(out_dir)
     check_out(out_dir)
-    check_limit(limit)
+    check_limit(pref_limit, "pref_limit")
     scorers = cfg.scorer_list()
     if "implicit" in scorers and not model_cfg.adapter and not hasattr(model, "disable_adapter"):
         raise DLMAError("scorer 'implicit' needs a trained adapter: pass --adapter DIR")
     skipped: list[str] = []
     excluded = set(map(str, exclude_ids))
-    examples = load_examples(data, limit=limit, require="labelled", label_field=label_field,
+    examples = load_examples(pref_data, limit=pref_limit, require="labelled", label_field=label_field,
                              on_invalid=on_invalid, skipped=skipped, exclude=excluded)
-    params = {"data": str(data), "limit": limit, "on_invalid": on_invalid, "label_field": label_field, **asdict(cfg)}
+    params = {"pref_data": str(pref_data), "pref_limit": pref_limit, "on_invalid": on_invalid,
+              "label_field": label_field, **asdict(cfg)}
     check_model(model_cfg)
-    begin(out_dir, {**params, "excluded_ids": sorted(excluded), "model": model_cfg.to_dict()}, {"data": data}, force)
+    begin(out_dir, {**params, "excluded_ids": sorted(excluded), "model": model_cfg.to_dict()}, {"pref_data": pref_data},
+          force)
     note_dropped("pref-acc", skipped, "invalid rows, --on-invalid skip")
     store = PartialJSONL(out_dir / "predictions.jsonl", key=("scorer", "id"))
     if not store.finished:
@@ -325,7 +327,7 @@ def run_evaluate(run_dir, model_cfg: ModelConfig, cfg: EvalConfig, force: bool =
                 texts.append([{"model": name, "id": i, "response": t} for i, t in new.items()])
 
             got = respond(*loaded(), prompts, gen_cfg, adapter=name == "dlma", done=done, save=save)
-            judged = base_judgements(*loaded(), prompts, got, gen_cfg.rendering, pref_cfg.batch_size)
+            judged = base_judgements(*loaded(), prompts, got, gen_cfg.rendering, pref_cfg.score_batch_size)
             responses += [{"id": ex.id, "model": name, "query": ex.turns[-1], "response": t, **j}
                           for ex, t, j in zip(prompts, got, judged, strict=True)]
         write_jsonl(out / "responses.jsonl", responses)

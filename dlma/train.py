@@ -38,6 +38,7 @@ from trl import DPOConfig, DPOTrainer
 from .artifacts import write_json, write_jsonl
 from .errors import DLMAError, check_fields
 from .models import ModelConfig, load_model, resolve_device, resolve_dtype
+from .params import documented
 from .prompts import policy_prompt
 from .quiet import progress
 
@@ -279,47 +280,50 @@ class DLMATrainer(DPOTrainer):
 # QLoRA training on scored pairs
 
 
+@documented
 @dataclass
 class TrainConfig:
     """QLoRA DLMA training. Paper values where they carry over; the released run was a full fine-tune with
-    RMSprop at lr 5e-7, 150 warm-up steps, global batch 64, 1 epoch."""
+    RMSprop at lr 5e-7, 150 warm-up steps, global batch 64, 1 epoch. LoRA adapters start at B = 0 and need a
+    far larger step than a full fine-tune (QLoRA used 1e-4..2e-4); AdamW, not RMSprop, because Adam's
+    momentum and bias correction are what LoRA recipes are tuned for (`optim rmsprop` is still accepted)."""
 
     beta: float = 0.1
     gamma: float = 0.2
-    margin_clip: tuple[float, float] = (-40.0, 40.0)
+    margin_low: float = -40.0
+    margin_high: float = 40.0
     weighting: bool = False
-    # LoRA adapters start at B = 0 and need a far larger step than a full fine-tune (QLoRA used 1e-4..2e-4).
     learning_rate: float = 5e-5
-    # AdamW, not the paper's RMSprop: Adam's momentum and bias correction are what LoRA recipes are tuned
-    # for, and RMSprop's lr 5e-7 was set for full-weight updates. `--optim rmsprop` is still accepted.
     optim: str = "adamw_torch"
-    lr_scheduler_type: str = "constant_with_warmup"  # the released DPO code: linear warm-up, then constant
-    warmup_steps: float = 0.1  # < 1: a fraction of the steps; >= 1: a count (the paper: 150)
+    lr_scheduler_type: str = "constant_with_warmup"
+    warmup_steps: float = 0.1
     epochs: int = 1
-    batch_size: int = 8
+    train_batch_size: int = 8
     grad_accum: int = 1
-    max_length: int = 512  # prompt + response tokens; longer responses are cut at the end
-    max_prompt_length: int = 256  # longer prompts keep their end (the question and the "ASSISTANT:" cue)
+    train_max_length: int = 512
+    max_prompt_length: int = 256
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
-    load_in_4bit: bool = True  # QLoRA: NF4 base through bitsandbytes (also runs on CPU)
-    gradient_checkpointing: bool = True  # TRL's default: activations are what fill a GPU at 7B
+    load_in_4bit: bool = True
+    gradient_checkpointing: bool = True
     seed: int = 0
     logging_steps: int = 1
-    # Where TRL logs: "none", or "tensorboard" (offline, into `<out>/runs/`; needs the tensorboard package).
     report_to: str = "none"
+
+    @property
+    def margin_clip(self) -> tuple[float, float]:
+        return (self.margin_low, self.margin_high)
 
     def __post_init__(self):
         from transformers.trainer_utils import SchedulerType
         from transformers.training_args import OptimizerNames
 
-        self.margin_clip = tuple(float(v) for v in self.margin_clip)
+        self.margin_low, self.margin_high = float(self.margin_low), float(self.margin_high)
         checks = [  # (holds, the fields it is about, what must hold)
             (self.beta > 0, ("beta",), "must be > 0"),
             (self.gamma >= 0, ("gamma",), "must be >= 0 (0 is plain DPO)"),
-            (len(self.margin_clip) == 2 and self.margin_clip[0] < self.margin_clip[1], ("margin_clip",),
-             "must be (L, U) with L < U"),
+            (self.margin_low < self.margin_high, ("margin_low", "margin_high"), "must have margin_low < margin_high"),
             (not (self.weighting and self.gamma != 0), ("weighting", "gamma"),
              "weighting replaces the margin: it needs gamma = 0"),
             (self.learning_rate > 0, ("learning_rate",), "must be > 0"),
@@ -328,11 +332,11 @@ class TrainConfig:
              "must be a transformers scheduler name"),
             (self.warmup_steps >= 0, ("warmup_steps",), "must be >= 0"),
             (self.epochs >= 1, ("epochs",), "must be >= 1"),
-            (self.batch_size >= 1, ("batch_size",), "must be >= 1"),
+            (self.train_batch_size >= 1, ("train_batch_size",), "must be >= 1"),
             (self.grad_accum >= 1, ("grad_accum",), "must be >= 1"),
             (self.max_prompt_length >= 1, ("max_prompt_length",), "must be >= 1"),
-            (self.max_length > self.max_prompt_length, ("max_length", "max_prompt_length"),
-             "max_length must exceed max_prompt_length, to leave room for the response"),
+            (self.train_max_length > self.max_prompt_length, ("train_max_length", "max_prompt_length"),
+             "train_max_length must exceed max_prompt_length, to leave room for the response"),
             (self.lora_r >= 1, ("lora_r",), "must be >= 1"),
             (self.lora_alpha > 0, ("lora_alpha",), "must be > 0"),
             (0 <= self.lora_dropout < 1, ("lora_dropout",), "must be in [0, 1)"),
@@ -421,8 +425,8 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
             output_dir=trl_dir, beta=cfg.beta, gamma=cfg.gamma, margin_clip=cfg.margin_clip,
             weighting=cfg.weighting, learning_rate=cfg.learning_rate, optim=cfg.optim,
             lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_steps, num_train_epochs=cfg.epochs,
-            per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-            max_length=cfg.max_length, gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed,
+            per_device_train_batch_size=cfg.train_batch_size, gradient_accumulation_steps=cfg.grad_accum,
+            max_length=cfg.train_max_length, gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed,
             logging_steps=cfg.logging_steps, save_strategy="no", report_to=cfg.report_to, disable_tqdm=not progress(),
             bf16=compute_dtype == torch.bfloat16, fp16=False, disable_dropout=False,
         )

@@ -57,7 +57,7 @@ def score(tmp, tiny, rows, *extra):
 
 
 def pref(tmp, tiny, *extra, rows=None):
-    return ["pref-acc", "--model", tiny, "--data", h(tmp, rows or [LABELLED]), "--out", str(tmp / "out"), *extra]
+    return ["pref-acc", "--model", tiny, "--pref-data", h(tmp, rows or [LABELLED]), "--out", str(tmp / "out"), *extra]
 
 
 def train(tmp, tiny, rows, *extra):
@@ -120,10 +120,12 @@ CASES = [
     ("gen-unknown-pair-in-row", lambda t, m: gen(t, m, queries=q(t, [{**QUERY, "pair": "kind"}])),
      ["q.jsonl:1: field 'pair'", "unknown prompt pair 'kind'"]),
     # generate: options
-    ("gen-limit-0", lambda t, m: gen(t, m, "--limit", "0"), ["limit must be an integer >= 1", "got 0"]),
-    ("gen-limit-negative", lambda t, m: gen(t, m, "--limit", "-3"), ["limit must be an integer >= 1", "got -3"]),
-    ("gen-limit-not-a-number", lambda t, m: gen(t, m, "--limit", "ten"), ["--limit", "invalid int value: 'ten'"]),
-    ("gen-batch-size-0", lambda t, m: gen(t, m, "--batch-size", "0"), ["batch_size=0: must be >= 1"]),
+    ("gen-limit-0", lambda t, m: gen(t, m, "--n-queries", "0"), ["n_queries must be an integer >= 1", "got 0"]),
+    ("gen-limit-negative", lambda t, m: gen(t, m, "--n-queries", "-3"),
+     ["n_queries must be an integer >= 1", "got -3"]),
+    ("gen-limit-not-a-number", lambda t, m: gen(t, m, "--n-queries", "ten"),
+     ["--n-queries", "invalid int value: 'ten'"]),
+    ("gen-batch-size-0", lambda t, m: gen(t, m, "--gen-batch-size", "0"), ["gen_batch_size=0: must be >= 1"]),
     ("gen-temperature-0", lambda t, m: gen(t, m, "--temperature", "0"), ["temperature=0.0: must be > 0"]),
     ("gen-top-p-2", lambda t, m: gen(t, m, "--top-p", "2"), ["top_p=2.0"]),
     ("gen-unknown-rendering", lambda t, m: gen(t, m, "--rendering", "fancy"), ["rendering='fancy'"]),
@@ -169,13 +171,15 @@ CASES = [
      ["pairs.jsonl:1: field 'rendering'", "unknown rendering 'xml'"]),
     ("score-unknown-pair-in-row", lambda t, m: score(t, m, [{**PAIR, "pair": "kind"}]),
      ["pairs.jsonl:1: field 'pair'", "unknown prompt pair 'kind'"]),
-    ("score-batch-size-0", lambda t, m: score(t, m, [PAIR], "--batch-size", "0"), ["batch_size=0: must be >= 1"]),
-    ("score-max-length-0", lambda t, m: score(t, m, [PAIR], "--max-length", "0"), ["max_length=0: must be >= 2"]),
+    ("score-batch-size-0", lambda t, m: score(t, m, [PAIR], "--score-batch-size", "0"),
+     ["score_batch_size=0: must be >= 1"]),
+    ("score-max-length-0", lambda t, m: score(t, m, [PAIR], "--score-max-length", "0"),
+     ["score_max_length=0: must be >= 2"]),
     ("score-unknown-rendering", lambda t, m: score(t, m, [PAIR], "--rendering", "fancy"), ["rendering='fancy'"]),
     # pref-acc
-    ("pref-limit-0", lambda t, m: pref(t, m, "--limit", "0"), ["limit must be an integer >= 1"]),
-    ("pref-limit-negative", lambda t, m: pref(t, m, "--limit", "-1"), ["limit must be an integer >= 1"]),
-    ("pref-batch-size-0", lambda t, m: pref(t, m, "--batch-size", "0"), ["batch_size=0"]),
+    ("pref-limit-0", lambda t, m: pref(t, m, "--pref-limit", "0"), ["pref_limit must be an integer >= 1"]),
+    ("pref-limit-negative", lambda t, m: pref(t, m, "--pref-limit", "-1"), ["pref_limit must be an integer >= 1"]),
+    ("pref-batch-size-0", lambda t, m: pref(t, m, "--score-batch-size", "0"), ["score_batch_size=0"]),
     ("pref-n-bootstrap-0", lambda t, m: pref(t, m, "--n-bootstrap", "0"), ["n_bootstrap=0"]),
     ("pref-unknown-scorer", lambda t, m: pref(t, m, "--scorers", "dlma,oracle"), ["unknown oracle"]),
     ("pref-implicit-without-adapter", lambda t, m: pref(t, m, "--scorers", "implicit"), ["needs a trained adapter"]),
@@ -195,10 +199,11 @@ CASES = [
      ["pairs.jsonl:1: field 'self_reward'", "not a finite number"]),
     ("train-self-reward-text", lambda t, m: train(t, m, [{**PAIR, "self_reward": "high"}]),
      ["pairs.jsonl:1: field 'self_reward'"]),
-    ("train-batch-size-0", lambda t, m: train(t, m, [{**PAIR, "self_reward": 1.0}], "--batch-size", "0"),
-     ["batch_size=0"]),
-    ("train-margin-clip-reversed", lambda t, m: train(t, m, [{**PAIR, "self_reward": 1.0}], "--margin-clip", "5", "-5"),
-     ["margin_clip"]),
+    ("train-batch-size-0", lambda t, m: train(t, m, [{**PAIR, "self_reward": 1.0}], "--train-batch-size", "0"),
+     ["train_batch_size=0"]),
+    ("train-margin-clip-reversed", lambda t, m: train(t, m, [{**PAIR, "self_reward": 1.0}], "--margin-low", "5",
+                                                      "--margin-high", "-5"),
+     ["margin_low < margin_high"]),
     ("train-out-is-a-file", lambda t, m: [*train(t, m, [{**PAIR, "self_reward": 1.0}])[:-1], a_file(t)],
      ["exists and is not a folder"]),
     # run
@@ -252,7 +257,7 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path, tiny_model_dir
 
 @pytest.mark.parametrize("argv_of, needles", [
     (lambda t, m: gen(t, m, queries=binary_file(t)), ["q.jsonl:2:", "not UTF-8"]),
-    (lambda t, m: gen(t, m, "--limit", "zero"), ["invalid int value"]),
+    (lambda t, m: gen(t, m, "--n-queries", "zero"), ["invalid int value"]),
 ], ids=["binary-garbage", "argparse"])
 def test_bad_input_through_a_real_process(argv_of, needles, tmp_path, tiny_model_dir):
     """The same contract seen from outside: exit status 2, our line, no traceback, whatever libraries print."""

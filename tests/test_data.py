@@ -245,7 +245,7 @@ def cli_runs(tmp_path_factory):
             args = ["generate", "--queries", str(path), "--out", str(folder / "out"), "--model", no_model]
         else:
             path, line, field = _bad_files(folder)[case]
-            args = ["pref-acc", "--data", str(path), "--on-invalid", "error", "--out", str(folder / "out"),
+            args = ["pref-acc", "--pref-data", str(path), "--on-invalid", "error", "--out", str(folder / "out"),
                     "--model", no_model]
         procs[(cmd, case)] = (subprocess.Popen([sys.executable, "-m", "dlma.cli", *args], env=env, cwd=folder,
                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),

@@ -96,21 +96,21 @@ def test_generate_config_validates():
 
 
 def cli_generate(out: Path, seed: int = 0) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "dlma.cli", "generate", "--queries", "sample:queries", "--limit", str(N),
-           "--max-new-tokens", str(NEW_TOKENS), "--batch-size", str(BATCH), "--seed", str(seed),
+    cmd = [sys.executable, "-m", "dlma.cli", "generate", "--queries", "sample:queries", "--n-queries", str(N),
+           "--max-new-tokens", str(NEW_TOKENS), "--gen-batch-size", str(BATCH), "--seed", str(seed),
            "--device", "cpu", "--dtype", "float32", "--out", str(out)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def gen_cfg(seed: int = 0) -> GenerateConfig:
-    return GenerateConfig(max_new_tokens=NEW_TOKENS, batch_size=BATCH, seed=seed)
+    return GenerateConfig(max_new_tokens=NEW_TOKENS, gen_batch_size=BATCH, seed=seed)
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(embedded, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("gen-uninterrupted")
-    run_generate(out, ModelConfig(DEFAULT_MODEL), "sample:queries", gen_cfg(0), limit=N, model=embedded)
+    run_generate(out, ModelConfig(DEFAULT_MODEL), "sample:queries", gen_cfg(0), N, model=embedded)
     return out
 
 
@@ -154,7 +154,7 @@ def test_killed_generate_resumes_to_the_same_bytes(tmp_path, uninterrupted):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stage"] == "generate"
     p = manifest["params"]
-    assert (p["seed"], p["max_new_tokens"], p["batch_size"], p["limit"], p["queries"]) == (
+    assert (p["seed"], p["max_new_tokens"], p["gen_batch_size"], p["n_queries"], p["queries"]) == (
         0, NEW_TOKENS, BATCH, N, "sample:queries")
     assert (p["temperature"], p["top_k"], p["rendering"], p["pair"]) == (1.0, 50, "affix", "harmless")
     assert manifest["model"]["weights_sha256"] == weights_sha256(resolve_spec(DEFAULT_MODEL))
@@ -174,7 +174,7 @@ def test_resume_after_a_torn_partial_batch(embedded, tmp_path, uninterrupted):
     out.mkdir()
     shutil.copy(uninterrupted / "params.json", out / "params.json")  # written before the first pair
     (out / "pairs.partial.jsonl").write_text("".join(good[: BATCH + 2]) + good[BATCH + 2][:40])
-    rows = run_generate(out, ModelConfig(DEFAULT_MODEL), "sample:queries", gen_cfg(0), limit=N, model=embedded)
+    rows = run_generate(out, ModelConfig(DEFAULT_MODEL), "sample:queries", gen_cfg(0), N, model=embedded)
     assert len(rows) == N
     assert (out / "pairs.jsonl").read_bytes() == (uninterrupted / "pairs.jsonl").read_bytes()
 
@@ -184,14 +184,14 @@ def test_finished_run_is_not_regenerated(embedded, tmp_path, uninterrupted):
     out = tmp_path / "again"
     shutil.copytree(uninterrupted, out)
     before = (out / "pairs.jsonl").stat().st_mtime_ns
-    rows = run_generate(out, ModelConfig(DEFAULT_MODEL), "sample:queries", gen_cfg(0), limit=N,
+    rows = run_generate(out, ModelConfig(DEFAULT_MODEL), "sample:queries", gen_cfg(0), N,
                         model=(None, None))  # any use of the model would fail
     assert len(rows) == N and (out / "pairs.jsonl").stat().st_mtime_ns == before
 
 
 @pytest.mark.slow
 def test_another_seed_gives_other_pairs(embedded, tmp_path, uninterrupted):
-    rows = run_generate(tmp_path, ModelConfig(DEFAULT_MODEL), "sample:queries", gen_cfg(1), limit=N, model=embedded)
+    rows = run_generate(tmp_path, ModelConfig(DEFAULT_MODEL), "sample:queries", gen_cfg(1), N, model=embedded)
     base = [json.loads(line) for line in (uninterrupted / "pairs.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == [r["id"] for r in base]
     differ = sum((a["o1"], a["o2"]) != (b["o1"], b["o2"]) for a, b in zip(rows, base, strict=True))

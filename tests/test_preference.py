@@ -88,7 +88,7 @@ def test_unknown_scorer_is_refused():
     with pytest.raises(DLMAError, match="bogus"):
         PrefAccConfig(scorers="dlma,bogus").scorer_list()
     with pytest.raises(DLMAError, match="'nope'"):
-        PrefAccConfig(pair="nope").scorer_list()
+        PrefAccConfig(pref_pair="nope").scorer_list()
 
 
 # ---------------------------------------------------------------- the pref-acc stage
@@ -98,7 +98,7 @@ def test_unknown_scorer_is_refused():
 def pref_run(embedded, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pref-acc")
     cfg = PrefAccConfig(scorers=",".join(SCORERS), n_bootstrap=200)
-    run_pref_acc(out, ModelConfig(DEFAULT_MODEL), "sample:pairs", cfg, limit=LIMIT, model=embedded)
+    run_pref_acc(out, ModelConfig(DEFAULT_MODEL), "sample:pairs", cfg, LIMIT, model=embedded)
     return out
 
 
@@ -156,7 +156,7 @@ def test_rerun_resumes_without_recomputing(pref_run, monkeypatch):
     monkeypatch.setattr(dlma.stages, "score_examples", boom)
     monkeypatch.setattr(dlma.stages, "load_model", boom)
     cfg = PrefAccConfig(scorers=",".join(SCORERS), n_bootstrap=200)
-    metrics = run_pref_acc(pref_run, ModelConfig(DEFAULT_MODEL), "sample:pairs", cfg, limit=LIMIT)
+    metrics = run_pref_acc(pref_run, ModelConfig(DEFAULT_MODEL), "sample:pairs", cfg, LIMIT)
     assert pred.read_bytes() == before and pred.stat().st_mtime_ns == mtime
     assert metrics == json.loads((pref_run / "metrics.json").read_text())
 
@@ -178,7 +178,7 @@ def test_partial_predictions_are_completed(embedded, pref_run, tmp_path):
         return real(model, tok, todo, scorer, cfg)
 
     with unittest.mock.patch.object(dlma.stages, "score_examples", spy):
-        run_pref_acc(tmp_path, ModelConfig(DEFAULT_MODEL), "sample:pairs", cfg, limit=LIMIT, model=embedded)
+        run_pref_acc(tmp_path, ModelConfig(DEFAULT_MODEL), "sample:pairs", cfg, LIMIT, model=embedded)
     assert calls == [("random", LIMIT)]
     got = (tmp_path / "predictions.jsonl").read_text().splitlines(keepends=True)
     assert got == first + [ln for ln in lines if json.loads(ln)["scorer"] == "random"]
@@ -192,7 +192,7 @@ def test_implicit_needs_an_adapter(embedded, tmp_path):
         score_examples(model, tok, examples, "implicit", PrefAccConfig(scorers="implicit"))
     with pytest.raises(DLMAError, match="--adapter"):
         run_pref_acc(tmp_path, ModelConfig(DEFAULT_MODEL), "sample:pairs", PrefAccConfig(scorers="implicit"),
-                     limit=2, model=embedded)
+                     2, model=embedded)
 
 
 def test_cli_implicit_without_adapter_fails_before_loading(tmp_path):

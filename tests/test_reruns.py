@@ -70,15 +70,15 @@ def test_other_parameters_are_refused_with_the_way_out(tmp_path, tiny_model_dir,
     pairs, out = write_pairs(tmp_path / "pairs.jsonl", PAIRS), str(tmp_path / "out")
     assert cli("score", "--model", tiny_model_dir, "--pairs", pairs, "--out", out) == 0
     capsys.readouterr()
-    assert cli("score", "--model", tiny_model_dir, "--pairs", pairs, "--out", out, "--max-length", "64") == 2
-    assert "holds results made with other parameters (max_length)" in capsys.readouterr().err
-    assert cli("score", "--model", tiny_model_dir, "--pairs", pairs, "--out", out, "--max-length", "64",
+    assert cli("score", "--model", tiny_model_dir, "--pairs", pairs, "--out", out, "--score-max-length", "64") == 2
+    assert "holds results made with other parameters (score_max_length)" in capsys.readouterr().err
+    assert cli("score", "--model", tiny_model_dir, "--pairs", pairs, "--out", out, "--score-max-length", "64",
                "--force") == 0
-    assert json.loads((Path(out) / "params.json").read_text())["max_length"] == 64
+    assert json.loads((Path(out) / "params.json").read_text())["score_max_length"] == 64
 
 
 def test_pref_acc_metrics_are_strict_json(tmp_path, tiny_model_dir):
-    assert cli("pref-acc", "--model", tiny_model_dir, "--data", "sample:pairs", "--limit", "1", "--scorers",
+    assert cli("pref-acc", "--model", tiny_model_dir, "--pref-data", "sample:pairs", "--pref-limit", "1", "--scorers",
                "random,loglik", "--out", str(tmp_path / "o")) == 0
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text(), parse_constant=pytest.fail)
     assert metrics["random"]["n"] == 1

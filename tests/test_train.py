@@ -50,7 +50,7 @@ def make_rows(rewards=REWARDS, seed=0) -> list[dict]:
 
 def make_trainer(model_dir, tmp_path, rows, trainer_cls=DLMATrainer, **overrides):
     """A trainer on the tiny float32 model: one batch holds every row, one step, fresh LoRA adapter."""
-    model, tokenizer = load_model(ModelConfig(spec=model_dir))
+    model, tokenizer = load_model(ModelConfig(model=model_dir))
     dataset, _ = build_dataset(rows, tokenizer, max_prompt_length=64)
     config_cls = DLMAConfig
     if trainer_cls is DPOTrainer:
@@ -201,7 +201,7 @@ def test_step0_guard_raises_when_policy_is_not_reference(tiny_model_dir, tmp_pat
 
 
 def test_trainer_needs_self_reward(tiny_model_dir, tmp_path):
-    model, tokenizer = load_model(ModelConfig(spec=tiny_model_dir))
+    model, tokenizer = load_model(ModelConfig(model=tiny_model_dir))
     dataset, _ = build_dataset(make_rows(), tokenizer, 64)
     args = DLMAConfig(output_dir=str(tmp_path), report_to="none")
     with pytest.raises(ValueError, match="no 'self_reward' column"):
@@ -216,9 +216,9 @@ def test_trainer_needs_self_reward(tiny_model_dir, tmp_path):
 @pytest.mark.slow
 def test_train_dlma_qlora_tiny(tiny_model_dir, tmp_path):
     rows = make_rows(REWARDS * 2)  # 16 pairs
-    cfg = TrainConfig(learning_rate=1e-3, warmup_steps=0, batch_size=8, load_in_4bit=True)
+    cfg = TrainConfig(learning_rate=1e-3, warmup_steps=0, train_batch_size=8, load_in_4bit=True)
     out = tmp_path / "adapter"
-    summary = train_dlma(rows, ModelConfig(spec=tiny_model_dir), cfg, out)
+    summary = train_dlma(rows, ModelConfig(model=tiny_model_dir), cfg, out)
 
     assert summary["n_steps"] == 2 and summary["n_pairs"] == 16
     assert summary["step0"]["abs_diff"] <= 1e-4
@@ -249,16 +249,16 @@ def test_train_dlma_qlora_tiny(tiny_model_dir, tmp_path):
     # the saved adapter changes the model's predictions
     tokenizer = load_tokenizer(tiny_model_dir)
     ids = tokenizer(policy_prompt(["How do I fix it?"], "affix", tokenizer), return_tensors="pt").input_ids
-    base, _ = load_model(ModelConfig(spec=tiny_model_dir))
-    tuned, _ = load_model(ModelConfig(spec=tiny_model_dir, adapter=str(out)))
+    base, _ = load_model(ModelConfig(model=tiny_model_dir))
+    tuned, _ = load_model(ModelConfig(model=tiny_model_dir, adapter=str(out)))
     with torch.no_grad():
         diff = (base(ids).logits - tuned(ids).logits).abs().max().item()
     assert diff > 1e-4
 
     # a rerun of the same job returns the finished run; a different job may not overwrite it
-    assert train_dlma(rows, ModelConfig(spec=tiny_model_dir), cfg, out) == summary
+    assert train_dlma(rows, ModelConfig(model=tiny_model_dir), cfg, out) == summary
     with pytest.raises(DLMAError, match="not empty"):
-        train_dlma(rows, ModelConfig(spec=tiny_model_dir), TrainConfig(gamma=0.1), out)
+        train_dlma(rows, ModelConfig(model=tiny_model_dir), TrainConfig(gamma=0.1), out)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -302,10 +302,10 @@ def test_dlma_config_defaults(tmp_path):
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"beta": -1.0}, "beta=-1.0: must be > 0"),
-    ({"margin_clip": (40.0, -40.0)}, "margin_clip"),
+    ({"margin_low": 40.0, "margin_high": -40.0}, "must have margin_low < margin_high"),
     ({"weighting": True}, "weighting=True, gamma=0.2"),
-    ({"batch_size": 0}, "batch_size=0"),
-    ({"max_prompt_length": 512}, "max_length must exceed max_prompt_length"),
+    ({"train_batch_size": 0}, "train_batch_size=0"),
+    ({"max_prompt_length": 512}, "train_max_length must exceed max_prompt_length"),
     ({"lora_dropout": 1.0}, "lora_dropout"),
     ({"optim": "sgd-ish"}, "optim='sgd-ish'"),
     ({"lr_scheduler_type": "zigzag"}, "lr_scheduler_type"),
@@ -330,4 +330,4 @@ def test_train_config_defaults():
     cfg = TrainConfig()
     assert (cfg.beta, cfg.gamma, cfg.margin_clip, cfg.weighting) == (0.1, 0.2, (-40.0, 40.0), False)
     assert cfg.load_in_4bit and cfg.optim == "adamw_torch" and (cfg.lora_r, cfg.lora_alpha) == (8, 16)
-    assert TrainConfig(margin_clip=[-20, 20]).margin_clip == (-20.0, 20.0)
+    assert TrainConfig(margin_low=-20, margin_high=20).margin_clip == (-20.0, 20.0)
