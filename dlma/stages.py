@@ -231,9 +231,14 @@ def run_train(out_dir, model_cfg: ModelConfig, scored_path, cfg, force: bool = F
     empty: list[str] = []
     rows = read_pairs(scored_path, need_self_reward=True, dropped=empty)
     check_model(model_cfg)
+    params = {"pairs": str(scored_path), **asdict(cfg)}
+    begin(out_dir, {**params, "model": model_cfg.to_dict()}, {"pairs": pairs_file(scored_path)}, force)
+    if (out_dir / "manifest.json").exists():
+        print(f"train: {out_dir} already holds this run; not retraining")
+        return json.loads((out_dir / "train_summary.json").read_text(encoding="utf-8"))
     note_dropped("train", empty, "an empty response")
-    summary = train_dlma(rows, model_cfg, cfg, out_dir, force)
-    write_manifest(out_dir, "train", {"pairs": str(scored_path), **asdict(cfg)}, started,
+    summary = train_dlma(rows, model_cfg, cfg, out_dir)
+    write_manifest(out_dir, "train", params, started,
                    model=model_fingerprint(model_cfg), summary=summary, dropped={"empty_response": empty})
     return summary
 

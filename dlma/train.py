@@ -18,8 +18,6 @@ reference is the same model with the adapter disabled (no second copy in memory)
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import importlib.util
 import json
 import math
@@ -68,8 +66,9 @@ def dlma_loss(
     construction label, and a negative weight would turn the pair's loss into -|R| * (-log sigmoid(.)),
     unbounded below (minimised by driving the margin to -inf). The released code multiplies by the raw R.
     """
-    if weighting and gamma != 0:
-        raise ValueError(f"weighting replaces the margin: it needs gamma = 0, got gamma = {gamma}")
+    problem = margin_problem(beta, gamma, margin_clip, weighting)
+    if problem:
+        raise ValueError(problem)
     lower, upper = margin_clip
     r = self_reward.to(policy_chosen_logps.dtype).clamp(lower, upper)
     pi_logratios = policy_chosen_logps - policy_rejected_logps
@@ -79,6 +78,22 @@ def dlma_loss(
     if weighting:
         losses = losses * r.clamp(min=0)
     return losses
+
+
+def margin_problem(beta: float, gamma: float, margin_clip, weighting: bool) -> str | None:
+    """What is wrong with DLMA's loss settings, or None: the rules stated once, for DLMAConfig, TrainConfig
+    and dlma_loss alike."""
+    if not (isinstance(margin_clip, (list, tuple)) and len(margin_clip) == 2):
+        return f"margin_clip must be a pair (L, U), got {margin_clip!r}"
+    if not margin_clip[0] < margin_clip[1]:
+        return f"the clamp of R needs L < U (margin_low < margin_high), got {tuple(margin_clip)}"
+    if not gamma >= 0:
+        return f"gamma must be >= 0 (0 is plain DPO), got {gamma}"
+    if weighting and gamma != 0:
+        return f"weighting multiplies the DPO loss by R instead of using it as a margin: set gamma = 0 (got {gamma})"
+    if not beta > 0:
+        return f"beta must be > 0, got {beta}"
+    return None
 
 
 def step0_loss(self_reward: torch.Tensor, beta: float, gamma: float, margin_clip: tuple[float, float],
@@ -122,19 +137,10 @@ class DLMAConfig(DPOConfig):
     )
 
     def __post_init__(self):
-        if isinstance(self.margin_clip, (list, tuple)) and len(self.margin_clip) == 2:
-            self.margin_clip = (float(self.margin_clip[0]), float(self.margin_clip[1]))
-        else:
-            raise ValueError(f"margin_clip must be a pair (L, U), got {self.margin_clip!r}")
-        if not self.margin_clip[0] < self.margin_clip[1]:
-            raise ValueError(f"margin_clip (L, U) needs L < U, got {self.margin_clip}")
-        if not self.gamma >= 0:
-            raise ValueError(f"gamma must be >= 0 (0 is plain DPO), got {self.gamma}")
-        if self.weighting and self.gamma != 0:
-            raise ValueError(f"weighting multiplies the DPO loss by R instead of using it as a margin: set gamma = 0 "
-                             f"(got gamma = {self.gamma})")
-        if not self.beta > 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
+        problem = margin_problem(self.beta, self.gamma, self.margin_clip, self.weighting)
+        if problem:
+            raise ValueError(problem)
+        self.margin_clip = (float(self.margin_clip[0]), float(self.margin_clip[1]))
         loss_type = [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
         if loss_type != ["sigmoid"]:
             raise ValueError(f"DLMATrainer implements DLMA on the sigmoid (DPO) loss only; got loss_type={loss_type}")
@@ -320,12 +326,10 @@ class TrainConfig:
         from transformers.training_args import OptimizerNames
 
         self.margin_low, self.margin_high = float(self.margin_low), float(self.margin_high)
+        problem = margin_problem(self.beta, self.gamma, self.margin_clip, self.weighting)
+        if problem:
+            raise DLMAError(f"TrainConfig: {problem}")
         checks = [  # (holds, the fields it is about, what must hold)
-            (self.beta > 0, ("beta",), "must be > 0"),
-            (self.gamma >= 0, ("gamma",), "must be >= 0 (0 is plain DPO)"),
-            (self.margin_low < self.margin_high, ("margin_low", "margin_high"), "must have margin_low < margin_high"),
-            (not (self.weighting and self.gamma != 0), ("weighting", "gamma"),
-             "weighting replaces the margin: it needs gamma = 0"),
             (self.learning_rate > 0, ("learning_rate",), "must be > 0"),
             (self.optim in {o.value for o in OptimizerNames}, ("optim",), "must be a transformers optimizer name"),
             (self.lr_scheduler_type in {s.value for s in SchedulerType}, ("lr_scheduler_type",),
@@ -381,28 +385,17 @@ def _keep_prompt_end(prompt: str, tokenizer, max_tokens: int, bos: str | None) -
     return (bos + tail if has_bos else tail), True
 
 
-def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_dir, force: bool = False) -> dict:
+def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_dir) -> dict:
     """QLoRA DLMA on rows {turns, o1, o2, self_reward, rendering?}. Writes into `out_dir` the adapter
     (`adapter_model.safetensors`, `adapter_config.json`), the tokenizer, `train_log.jsonl`,
-    `step0_guard.json` and `train_summary.json`; returns the summary. A finished `out_dir` for the same
-    rows, model and config is returned as is; one for anything else is refused, or with `force` (and only if
-    it is an earlier training run's folder) replaced once the new adapter is written."""
+    `step0_guard.json` and `train_summary.json`, and returns the summary. Whether `out_dir` may be written
+    (the same parameters and inputs, or --force) is `stages.run_train`'s question, as for every stage."""
     from peft import LoraConfig, prepare_model_for_kbit_training
     from trl.trainer.utils import disable_dropout_in_model
 
     out_dir = Path(out_dir)
     if not rows:
         raise DLMAError("train_dlma: no training rows")
-    fingerprint = _fingerprint(rows, model_cfg, cfg)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        summary_path = out_dir / "train_summary.json"
-        ours = summary_path.exists()
-        if ours and json.loads(summary_path.read_text())["fingerprint"] == fingerprint:
-            print(f"train: {out_dir} already holds this run; not retraining")
-            return json.loads(summary_path.read_text())
-        if not (force and ours):
-            raise DLMAError(f"{out_dir}: not empty and not a finished run of these rows and settings; choose another "
-                            "folder" + (", or pass --force to retrain into it" if ours else " or remove it"))
 
     started = time.time()
     device = resolve_device(model_cfg.device)
@@ -452,7 +445,6 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
                 for h in trainer.state.log_history if "loss" in h]
     n_steps = trainer.state.global_step
     summary = {
-        "fingerprint": fingerprint,
         "config": asdict(cfg),
         "step0": trainer.step0_guard,
         "final_loss": log_rows[-1]["loss"] if log_rows else None,
@@ -473,8 +465,9 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
     print(f"train: {n_steps} steps{timing}, final loss {summary['final_loss']}, "
           f"{changed}/{len(trainable)} adapter tensors changed")
 
-    # Everything goes into a sibling temp folder, renamed into place at the end: no half-written adapter.
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Everything is written in a sibling temp folder first and moved in when whole; the stage's manifest,
+    # written after, is what marks the folder finished.
+    out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
         trainer.accelerator.unwrap_model(trainer.model).save_pretrained(tmp, safe_serialization=True)
@@ -485,11 +478,12 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
         for rel, data in events.items():
             (tmp / "runs" / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / "runs" / rel).write_bytes(data)
-        if force and (out_dir / "train_summary.json").exists():
-            shutil.rmtree(out_dir)  # an earlier run's adapter, replaced as asked, now that the new one is whole
-        with contextlib.suppress(FileNotFoundError):
-            out_dir.rmdir()  # an empty folder made beforehand (checked above)
-        os.replace(tmp, out_dir)
+        for path in sorted(tmp.rglob("*")):
+            target = out_dir / path.relative_to(tmp)
+            if path.is_dir():
+                target.mkdir(exist_ok=True)
+            else:
+                os.replace(path, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -501,10 +495,3 @@ def _read_events(folder: Path) -> dict[str, bytes]:
     if not folder.is_dir():
         return {}
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def _fingerprint(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig) -> str:
-    blob = json.dumps({"rows": rows, "model": model_cfg.to_dict(), "train": asdict(cfg)}, sort_keys=True,
-                      default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
-

@@ -203,7 +203,7 @@ CASES = [
      ["train_batch_size=0"]),
     ("train-margin-clip-reversed", lambda t, m: train(t, m, [{**PAIR, "self_reward": 1.0}], "--margin-low", "5",
                                                       "--margin-high", "-5"),
-     ["margin_low < margin_high"]),
+     ["TrainConfig: the clamp of R needs L < U (margin_low < margin_high), got (5.0, -5.0)"]),
     ("train-out-is-a-file", lambda t, m: [*train(t, m, [{**PAIR, "self_reward": 1.0}])[:-1], a_file(t)],
      ["exists and is not a folder"]),
     # run

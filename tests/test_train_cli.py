@@ -29,9 +29,14 @@ def test_train_cli_writes_a_reloadable_adapter(tiny_model_dir, tmp_path):
     pairs = tmp_path / "scored.jsonl"
     pairs.write_text("".join(json.dumps(r) + "\n" for r in scored_rows(8)))
     out = tmp_path / "adapter"
-    res = cli("train", "--model", tiny_model_dir, "--pairs", str(pairs), "--out", str(out), "--train-batch-size", "4",
-              "--train-max-length", "64", "--max-prompt-length", "32", "--learning-rate", "1e-3", "--device", "cpu")
+    args = ["train", "--model", tiny_model_dir, "--pairs", str(pairs), "--out", str(out), "--train-batch-size", "4",
+            "--train-max-length", "64", "--max-prompt-length", "32", "--learning-rate", "1e-3", "--device", "cpu"]
+    res = cli(*args)
     assert res.returncode == 0, res.stderr[-2000:]
+    again = cli(*args)  # the same job: the finished run, not retrained
+    assert again.returncode == 0 and "already holds this run" in again.stdout
+    other = cli(*args, "--gamma", "0.1")  # another job may not overwrite it
+    assert other.returncode == 2 and "holds results made with other parameters (gamma)" in other.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stage"] == "train" and manifest["params"]["gamma"] == 0.2
     assert manifest["summary"]["n_steps"] == 2 and "adapter_model.safetensors" in manifest["files"]
