@@ -56,12 +56,15 @@ class PrefAccConfig:
 
 
 def bootstrap_ci(correct: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile bootstrap interval of the mean of 0/1 outcomes."""
+    """95% percentile bootstrap interval of the mean of 0/1 outcomes (scipy.stats.bootstrap, seeded)."""
+    from scipy.stats import bootstrap
+
     correct = np.asarray(correct, dtype=float)
-    rng = np.random.default_rng(seed)
-    means = rng.choice(correct, size=(n_boot, len(correct)), replace=True).mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(lo), float(hi)
+    if len(correct) < 2:  # one outcome: every resample is that outcome
+        return float(correct.mean()), float(correct.mean())
+    res = bootstrap((correct,), np.mean, n_resamples=n_boot, method="percentile", confidence_level=0.95,
+                    rng=np.random.default_rng(seed), vectorized=True)
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def summarize(scores: list[float], n_boot: int = 1000, seed: int = 0) -> dict:

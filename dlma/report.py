@@ -9,6 +9,12 @@ import pandas as pd
 from .score import SCORE_KEYS
 
 
+def end_reasons(rows: list[dict]) -> pd.DataFrame:
+    """How generated responses ended (eos, a new turn, or max_new_tokens), counted for o1 and o2."""
+    return pd.DataFrame({"o1 (p+)": pd.Series([r["o1_end"] for r in rows]).value_counts(),
+                         "o2 (p-)": pd.Series([r["o2_end"] for r in rows]).value_counts()}).fillna(0).astype(int)
+
+
 def r_summary(rows: list[dict]) -> dict:
     r = np.array([x["self_reward"] for x in rows], dtype=float)
     return {"n_pairs": len(r), "mean": float(r.mean()), "median": float(np.median(r)),
@@ -63,6 +69,12 @@ def plot_pref_acc(metrics: dict):
     return fig
 
 
+def agreement(predictions: list[dict], a: str = "dlma", b: str = "rlaif") -> pd.DataFrame:
+    """2x2 counts of pairs each scorer got right or wrong: where two judges disagree."""
+    pred = pd.DataFrame(predictions).pivot(index="id", columns="scorer", values="correct")
+    return pd.crosstab(pred.get(a), pred.get(b), rownames=[f"{a} correct"], colnames=[f"{b} correct"])
+
+
 def plot_calibration(calibration: dict):
     fig, ax = plt.subplots()
     for name, bins in calibration.items():
@@ -106,6 +118,11 @@ def alignment_frame(summary: dict) -> pd.DataFrame:
                      "contrastive score C(o) (mean)": round(s["contrastive_score_mean"], 2),
                      "perplexity under base (median)": round(s["perplexity_median"], 2), "n": s["n"]})
     return pd.DataFrame(rows).set_index("model")
+
+
+def responses_side_by_side(responses: list[dict]) -> pd.DataFrame:
+    """One row per held-out query, one column per model."""
+    return pd.DataFrame(responses).pivot(index="query", columns="model", values="response")
 
 
 def plot_alignment(responses: list[dict]):

@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -78,6 +79,32 @@ def run_generate(out_dir, model_cfg: ModelConfig, queries: str, cfg: GenerateCon
     return rows
 
 
+class GeneratedPair(TypedDict, total=False):
+    """A row of `pairs.jsonl` (stage 1). id, turns, o1 and o2 are required; `read_pairs` checks every field."""
+
+    id: str | int
+    turns: list[str]  # the context, user turn first
+    o1: str  # sampled under p+
+    o2: str  # sampled under p-
+    pair: str
+    rendering: str
+    o1_tokens: int
+    o2_tokens: int
+    o1_end: str  # eos, turn or length
+    o2_end: str
+    batch: int
+
+
+class ScoredPair(GeneratedPair, total=False):
+    """A row of `scored.jsonl` (stage 2): the generated pair, its four S terms and R."""
+
+    s_o1_pos: float
+    s_o1_neg: float
+    s_o2_pos: float
+    s_o2_neg: float
+    self_reward: float
+
+
 def pairs_file(path) -> Path:
     """A pairs artifact given as its file or as its stage folder (scored.jsonl first, then pairs.jsonl)."""
     path = Path(path)
@@ -91,7 +118,7 @@ def pairs_file(path) -> Path:
     return path
 
 
-def read_pairs(path, need_self_reward: bool = False, dropped: list[str] | None = None) -> list[dict]:
+def read_pairs(path, need_self_reward: bool = False, dropped: list[str] | None = None) -> list[ScoredPair]:
     """Generated (or scored) pairs, each row checked: id, turns (a list of strings, user first), o1, o2
     (strings), and where present pair, rendering, self_reward (or required, with `need_self_reward`).
     A pair with an empty response is left out (an empty response has no token for S to score) and its
