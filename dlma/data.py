@@ -167,12 +167,18 @@ def load_examples(
         out.append(ex)
         if limit is not None and len(out) >= limit:
             break
-    if skipped is not None:
-        skipped.extend(dropped)
-    if not out:
-        why = f"all {len(dropped)} rows are invalid, the first: {dropped[0]}" if dropped else "the file holds no rows"
-        raise DLMAError(f"{name}: no usable rows ({why})")
-    return out
+    return usable(name, out, dropped, skipped, "rows")
+
+
+def usable(name: str, kept: list, dropped: list[str], sink: list[str] | None, noun: str) -> list:
+    """The items kept, once the reasons for those left out are added to `sink`; none kept is one error
+    that says why (the first reason), since "no usable rows" alone leaves the user guessing."""
+    if sink is not None:
+        sink.extend(dropped)
+    if not kept:
+        why = f"all {len(dropped)} were left out, the first: {dropped[0]}" if dropped else "the file holds no rows"
+        raise DLMAError(f"{name}: no usable {noun} ({why})")
+    return kept
 
 
 def check_limit(limit: int | None, name: str = "limit") -> None:

@@ -246,7 +246,8 @@ def parameter_table() -> str:
     rows: dict[str, dict] = {}
     for stage in STAGES:
         for name, p in pm.inspect_notebook(str(notebook_path(stage))).items():
-            row = rows.setdefault(name, {"stages": [], "default": p["default"], "help": HELP[name]})
+            default = ast.literal_eval(p["default"])  # the value, as a preset would write it
+            row = rows.setdefault(name, {"stages": [], "default": default, "help": HELP[name]})
             row["stages"].append(stage[:2])
     order = ["smoke"] + [n for n in presets if n != "smoke"]
     head = "| parameter | notebooks | " + " | ".join(f"`{n}`" for n in order) + " | meaning |"
@@ -256,7 +257,8 @@ def parameter_table() -> str:
         if name in SET_BY_PIPELINE:
             values = ["set by `dlma run`"] * len(order)
         cells = " | ".join(f"`{v}`" if not str(v).startswith(("(", "set by")) else str(v) for v in values)
-        lines.append(f"| `{name}` | {', '.join(row['stages'])} | {cells} | {row['help'].replace('|', '/')} |")
+        where = "all" if len(row["stages"]) == len(STAGES) else ", ".join(row["stages"])
+        lines.append(f"| `{name}` | {where} | {cells} | {row['help'].replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 
 

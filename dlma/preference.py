@@ -21,6 +21,7 @@ from .logprobs import next_token_logits, response_ids, sequence_logprobs
 from .params import documented
 from .prompts import PAIRS, policy_prompt, prompt_ids
 from .score import check_score_settings, self_reward_terms
+from .stats import bootstrap_ci
 
 SCORERS = ("dlma", "rlaif", "loglik", "random", "implicit")
 RLAIF_HEADER = "Consider the following conversation between a human and an assistant:"
@@ -53,18 +54,6 @@ class PrefAccConfig:
             raise DLMAError(f"PrefAccConfig: scorers={self.scorers!r}: unknown {', '.join(bad) or '(none given)'} "
                             f"(valid: {', '.join(SCORERS)})")
         return names
-
-
-def bootstrap_ci(correct: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile bootstrap interval of the mean of 0/1 outcomes (scipy.stats.bootstrap, seeded)."""
-    from scipy.stats import bootstrap
-
-    correct = np.asarray(correct, dtype=float)
-    if len(correct) < 2:  # one outcome: every resample is that outcome
-        return float(correct.mean()), float(correct.mean())
-    res = bootstrap((correct,), np.mean, n_resamples=n_boot, method="percentile", confidence_level=0.95,
-                    rng=np.random.default_rng(seed), vectorized=True)
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def summarize(scores: list[float], n_boot: int = 1000, seed: int = 0) -> dict:

@@ -20,7 +20,7 @@ import torch
 
 from .alignment import EvalConfig
 from .artifacts import PartialJSONL, check_out, read_jsonl, record_params, write_json, write_jsonl, write_manifest
-from .data import Example, check_limit, load_examples, read_text
+from .data import Example, check_limit, load_examples, read_text, usable
 from .errors import DLMAError, where
 from .generate import GenerateConfig, generate_pairs
 from .models import ModelConfig, check_model, load_model, model_fingerprint
@@ -146,12 +146,7 @@ def read_pairs(path, need_self_reward: bool = False, dropped: list[str] | None =
             empty.append(f"{where(path, n, blank[0])}: empty response")
             continue
         rows.append(row)
-    if dropped is not None:
-        dropped.extend(empty)
-    if not rows:
-        why = f"all {len(empty)} have an empty response" if empty else "the file holds no rows"
-        raise DLMAError(f"{path}: no usable pairs ({why})")
-    return rows
+    return usable(str(path), rows, empty, dropped, "pairs")
 
 
 def _pair_row_problem(row: dict, need_self_reward: bool) -> tuple[str, str] | None:
