@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from .errors import DLMAError
 from .models import DEFAULT_MODEL, ModelConfig
 from .params import documented
+from .prompts import load_pairs_file
 
 
 @documented
@@ -23,6 +24,17 @@ from .params import documented
 class Out:
     out: str
     force: bool = False
+
+
+@documented
+@dataclass
+class PairsFile:
+    """Parsed first, so the pairs it defines are known when the stage's config checks its pair names."""
+
+    pairs_file: str = ""
+
+    def __post_init__(self):
+        load_pairs_file(self.pairs_file)
 
 
 @documented
@@ -85,10 +97,11 @@ def commands() -> dict[str, tuple[str, list]]:
         return TrainConfig
 
     return {
-        "generate": ("contrastive response pairs (o1 under p+, o2 under p-)", [ModelConfig, Queries, GenerateConfig,
-                                                                              Out]),
-        "score": ("self-rewarding score R of generated pairs", [ModelConfig, Pairs, ScoreConfig, Out]),
-        "pref-acc": ("preference accuracy on human-labelled pairs", [ModelConfig, PrefData, PrefAccConfig, Out]),
+        "generate": ("contrastive response pairs (o1 under p+, o2 under p-)", [PairsFile, ModelConfig, Queries,
+                                                                              GenerateConfig, Out]),
+        "score": ("self-rewarding score R of generated pairs", [PairsFile, ModelConfig, Pairs, ScoreConfig, Out]),
+        "pref-acc": ("preference accuracy on human-labelled pairs", [PairsFile, ModelConfig, PrefData, PrefAccConfig,
+                                                                     Out]),
         "split": ("hold out a share of scored pairs (train.jsonl, heldout.jsonl)", [Split, Out]),
         "train": ("QLoRA DLMA training on scored pairs", [BaseModel, Pairs, train_config, Out]),
         "evaluate": ("stage 5 in a run folder: the trained adapter against its base", [ModelConfig, EvalConfig, Run]),
@@ -133,6 +146,8 @@ def usage() -> str:
 def run_command(command: str, parsed: list) -> None:
     from . import stages
 
+    if command in ("generate", "score", "pref-acc"):
+        parsed = parsed[1:]  # the pairs file did its work when parsed
     if command == "generate":
         model_cfg, q, cfg, out = parsed
         rows = stages.run_generate(out.out, model_cfg, q.queries, cfg, q.n_queries, force=out.force)

@@ -8,7 +8,8 @@ Two renderings, recorded in every manifest:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from .errors import DLMAError
 
@@ -52,6 +53,9 @@ PAIRS: dict[str, PromptPair] = {
 }
 
 
+BUILT_IN = frozenset(PAIRS)
+
+
 def get_pair(name: str, where: str = "prompt pair") -> PromptPair:
     try:
         return PAIRS[name]
@@ -63,6 +67,68 @@ def register_pair(pair: PromptPair) -> PromptPair:
     """Add a user-defined pair (e.g. one of RLCD's 16) so it can be named like the built-in ones."""
     PAIRS[pair.name] = pair
     return pair
+
+
+PAIR_FIELDS = ("pos", "neg", "pos_attributes", "neg_attributes", "pos_system", "neg_system")
+
+
+def load_pairs_file(path: str | Path | None) -> list[PromptPair]:
+    """Register the prompt pairs of a YAML or JSON file, so they can be named like the built-in ones.
+
+    The file maps each pair's name to either its two affixes (`pos`, `neg`, the query at `{}`), or the words
+    that go in the paper's affix (`pos_attributes: "harmless, helpful"` gives "USER: {}\nASSISTANT(harmless,
+    helpful):\n"), and optionally `pos_system` / `neg_system` for the chat rendering. An empty path does
+    nothing. Any fault is one error naming the file, the line and the field."""
+    import yaml
+
+    if not path:
+        return []
+    path = Path(path)
+    if not path.is_file():
+        raise DLMAError(f"{path}: no such file (a YAML or JSON file of prompt pairs)")
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        mark = getattr(e, "problem_mark", None)
+        raise DLMAError(f"{path}{f':{mark.line + 1}' if mark else ''}: not valid YAML or JSON "
+                        f"({getattr(e, 'problem', None) or e})") from None
+    if not isinstance(root, yaml.MappingNode) or not root.value:
+        raise DLMAError(f"{path}:1: expected a mapping of pair name -> {{pos, neg}} "
+                        "or {pos_attributes, neg_attributes}")
+    pairs = []
+    for key, node in root.value:
+        name, line = key.value, key.start_mark.line + 1
+        where = f"{path}:{line}: field '{name}'"
+        if name in BUILT_IN:
+            raise DLMAError(f"{where}: '{name}' is a built-in pair; give yours another name")
+        if not isinstance(node, yaml.MappingNode):
+            raise DLMAError(f"{where}: expected a mapping with pos and neg (or pos_attributes and neg_attributes)")
+        fields = {k.value: (v, k.start_mark.line + 1) for k, v in node.value}
+        for k, (v, ln) in fields.items():
+            if k not in PAIR_FIELDS:
+                raise DLMAError(f"{path}:{ln}: field '{name}.{k}': unknown (valid: {', '.join(PAIR_FIELDS)})")
+            if not isinstance(v, yaml.ScalarNode) or not str(v.value).strip():
+                raise DLMAError(f"{path}:{ln}: field '{name}.{k}': expected a non-empty string")
+        text = {k: v.value for k, (v, _) in fields.items()}
+        if {"pos", "neg"} <= set(text):
+            pos, neg = text["pos"], text["neg"]
+        elif {"pos_attributes", "neg_attributes"} <= set(text):
+            pos, neg = _affix(text["pos_attributes"]), _affix(text["neg_attributes"])
+        else:
+            raise DLMAError(f"{where}: needs pos and neg, or pos_attributes and neg_attributes")
+        for side, affix in (("pos", pos), ("neg", neg)):
+            if affix.count("{}") != 1:
+                raise DLMAError(f"{path}:{fields.get(side, fields.get(side + '_attributes'))[1]}: field "
+                                f"'{name}.{side}': needs exactly one '{{}}' where the query goes")
+        pairs.append(register_pair(PromptPair(name, pos, neg, text.get("pos_system", ""),
+                                              text.get("neg_system", ""))))
+    return pairs
+
+
+def custom_pairs(names) -> dict:
+    """The definitions of the user-defined pairs among `names`, for a stage's params.json, so that a changed
+    pairs file is a change of parameters (the built-in pairs are fixed by the code's version)."""
+    return {n: asdict(PAIRS[n]) for n in sorted(set(names)) if n not in BUILT_IN}
 
 
 def flatten_context(turns: list[str]) -> str:

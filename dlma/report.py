@@ -69,6 +69,46 @@ def plot_pref_acc(metrics: dict):
     return fig
 
 
+def paired_frame(paired: list[dict]) -> pd.DataFrame:
+    """Each pair of judges on the same pairs: accuracy difference, paired bootstrap interval, the pairs only
+    one of them gets right, and the exact McNemar p-value."""
+    return pd.DataFrame([{"a - b": f"{p['a']} - {p['b']}", "difference": round(p["difference"], 3),
+                          "paired 95% CI": f"[{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]", "a only": p["a_only"],
+                          "b only": p["b_only"], "McNemar p": round(p["mcnemar_p"], 3)}
+                         for p in paired]).set_index("a - b")
+
+
+def plot_splits(metrics: dict, calibration: dict):
+    """One figure, three panels: accuracy by which response the human chose by length, by number of turns,
+    and by |score| decile, each point with its 95% interval (n under each group label)."""
+    scorers = [s for s in metrics["accuracy"] if s != "random"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, by, title in ((axes[0], "length", "by which response the human chose"),
+                          (axes[1], "turns", "by number of human turns")):
+        groups = [g["group"] for g in metrics["splits"][by][scorers[0]]]
+        width = 0.8 / len(scorers)
+        for k, s in enumerate(scorers):
+            rows = metrics["splits"][by][s]
+            acc = np.array([r["accuracy"] for r in rows])
+            err = [acc - [r["ci95"][0] for r in rows], [r["ci95"][1] for r in rows] - acc]
+            ax.bar(np.arange(len(rows)) + (k - (len(scorers) - 1) / 2) * width, acc, width, yerr=err, capsize=3,
+                   label=s)
+        counts = [r["n"] for r in metrics["splits"][by][scorers[0]]]
+        ax.set_xticks(range(len(groups)), [f"{g}\n(n={n})" for g, n in zip(groups, counts, strict=True)])
+        ax.axhline(0.5, color="black", lw=1, ls="--")
+        ax.set(ylim=(0, 1), ylabel="accuracy", title=title)
+    for s in scorers:
+        bins = calibration[s]
+        acc = np.array([b["accuracy"] for b in bins])
+        axes[2].errorbar([b["bin"] for b in bins], acc, capsize=3, marker="o", label=s,
+                         yerr=[acc - [b["ci95"][0] for b in bins], [b["ci95"][1] for b in bins] - acc])
+    axes[2].axhline(0.5, color="black", lw=1, ls="--")
+    axes[2].set(ylim=(0, 1), xlabel="|score| decile (1 = least confident)", title="by confidence")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def agreement(predictions: list[dict], a: str = "dlma", b: str = "rlaif") -> pd.DataFrame:
     """2x2 counts of pairs each scorer got right or wrong: where two judges disagree."""
     pred = pd.DataFrame(predictions).pivot(index="id", columns="scorer", values="correct")

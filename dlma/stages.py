@@ -24,8 +24,8 @@ from .data import Example, check_limit, load_examples, read_text, usable
 from .errors import DLMAError, where
 from .generate import GenerateConfig, generate_pairs
 from .models import ModelConfig, check_model, load_model, model_fingerprint
-from .preference import PrefAccConfig, accuracy_by_confidence, implicit_and_loglik, score_examples, summarize
-from .prompts import PAIRS, RENDERINGS, get_pair
+from .preference import PrefAccConfig, accuracy_by_confidence, implicit_and_loglik, judge_metrics, score_examples
+from .prompts import PAIRS, RENDERINGS, custom_pairs, get_pair
 from .score import ScoreConfig, self_reward_terms
 
 
@@ -39,6 +39,12 @@ def begin(out_dir: Path, params: dict, inputs: dict | None = None, force: bool =
     """Called once every parameter and input has been checked: from here on the stage writes."""
     record_params(out_dir, params, "write to another folder, pass --force to redo it, or delete it to start over",
                   inputs, force)
+
+
+def with_custom_pairs(names) -> dict:
+    """{"pair_definitions": ...} when user-defined prompt pairs are used, else nothing (params stay as they were)."""
+    defs = custom_pairs(names)
+    return {"pair_definitions": defs} if defs else {}
 
 
 def note_dropped(stage: str, dropped: list[str], why: str) -> None:
@@ -60,10 +66,11 @@ def run_generate(out_dir, model_cfg: ModelConfig, queries: str, cfg: GenerateCon
     started, out_dir = time.time(), Path(out_dir)
     check_out(out_dir)
     check_limit(n_queries, "n_queries")
-    params = {"queries": str(queries), "n_queries": n_queries, **asdict(cfg)}
     examples = load_examples(queries, limit=n_queries)
     for ex in examples:  # fail on a bad pair name before any generation
         get_pair(ex.pair or cfg.pair, f"{ex.source}: field 'pair'")
+    params = {"queries": str(queries), "n_queries": n_queries, **asdict(cfg),
+              **with_custom_pairs(ex.pair or cfg.pair for ex in examples)}
     too_long = [f"{ex.source}: field 'prompt': {n} words" for ex in examples
                 if (n := sum(len(t.split()) for t in ex.turns)) > cfg.max_query_words]
     examples = [ex for ex in examples if sum(len(t.split()) for t in ex.turns) <= cfg.max_query_words]
@@ -181,7 +188,7 @@ def run_score(out_dir, model_cfg: ModelConfig, pairs_path, cfg: ScoreConfig, chu
     check_out(out_dir)
     empty: list[str] = []
     pairs = read_pairs(pairs_path, dropped=empty)
-    params = {"pairs": str(pairs_path), **asdict(cfg)}
+    params = {"pairs": str(pairs_path), **asdict(cfg), **with_custom_pairs(p.get("pair") or cfg.pair for p in pairs)}
     check_model(model_cfg)
     begin(out_dir, {**params, "model": model_cfg.to_dict()}, {"pairs": pairs_file(pairs_path)}, force)
     note_dropped("score", empty, "an empty response has no token to score")
@@ -221,7 +228,7 @@ def run_pref_acc(out_dir, model_cfg: ModelConfig, pref_data: str, cfg: PrefAccCo
     examples = load_examples(pref_data, limit=pref_limit, require="labelled", label_field=label_field,
                              on_invalid=on_invalid, skipped=skipped, exclude=excluded)
     params = {"pref_data": str(pref_data), "pref_limit": pref_limit, "on_invalid": on_invalid,
-              "label_field": label_field, **asdict(cfg)}
+              "label_field": label_field, **asdict(cfg), **with_custom_pairs([cfg.pref_pair])}
     check_model(model_cfg)
     begin(out_dir, {**params, "excluded_ids": sorted(excluded), "model": model_cfg.to_dict()}, {"pref_data": pref_data},
           force)
@@ -236,7 +243,7 @@ def run_pref_acc(out_dir, model_cfg: ModelConfig, pref_data: str, cfg: PrefAccCo
                 store.append(score_examples(*model_tok, todo, scorer, cfg))
         store.finish()
     by_scorer = {s: [r["score"] for r in store.rows if r["scorer"] == s] for s in scorers}
-    metrics = {s: summarize(v, cfg.n_bootstrap, cfg.seed) for s, v in by_scorer.items()}
+    metrics = judge_metrics(store.rows, examples, scorers, cfg.n_bootstrap, cfg.seed)
     write_json(out_dir / "metrics.json", metrics)
     write_json(out_dir / "calibration.json", {s: accuracy_by_confidence(v) for s, v in by_scorer.items()})
     write_manifest(out_dir, "pref-acc", params, started, model=model_fingerprint(model_cfg), skipped_rows=skipped,

@@ -48,10 +48,10 @@ def paired_comparison(a_correct, b_correct, n_boot: int = 1000, seed: int = 0) -
 
 
 def accuracy_by_group(correct, groups, n_boot: int = 1000, seed: int = 0) -> list[dict]:
-    """Accuracy, count and interval within each group (in order of first appearance of the group label)."""
+    """Accuracy, count and interval within each group, groups in sorted order."""
     correct, groups = np.asarray(correct, dtype=bool), np.asarray(groups, dtype=object)
     out = []
-    for g in dict.fromkeys(groups.tolist()):
+    for g in sorted(set(groups.tolist())):
         sel = correct[groups == g]
         lo, hi = bootstrap_ci(sel, n_boot, seed)
         out.append({"group": g, "accuracy": float(sel.mean()), "ci95": [lo, hi], "n": int(len(sel))})

@@ -98,6 +98,11 @@ def foreign_out(tmp):
     return jsonl(tmp / "out" / "pairs.jsonl", [PAIR])
 
 
+def pairs_file(tmp, text):
+    (tmp / "pairs.yaml").write_text(text)
+    return str(tmp / "pairs.yaml")
+
+
 def a_file(tmp):
     (tmp / "file.txt").write_text("not a folder\n")
     return str(tmp / "file.txt")
@@ -139,6 +144,13 @@ CASES = [
                                                                            else "not writable"]),
     ("gen-out-holds-foreign-files", lambda t, m: foreign_out(t) and gen(t, m),
      ["holds files that no dlma stage recorded here (pairs.jsonl)"]),
+    # the prompt pairs file
+    ("pairs-file-missing", lambda t, m: gen(t, m, "--pairs-file", str(t / "nope.yaml")), ["nope.yaml: no such file"]),
+    ("pairs-file-no-query-slot", lambda t, m: gen(t, m, "--pairs-file", pairs_file(t, "k:\n  pos: a\n  neg: b {}\n")),
+     ["pairs.yaml:2: field 'k.pos': needs exactly one '{}'"]),
+    ("pairs-file-unknown-pair", lambda t, m: gen(t, m, "--pairs-file", pairs_file(t, "k:\n  pos: a {}\n  neg: b {}\n"),
+                                                 "--pair", "kk"),
+     ["unknown prompt pair 'kk'", ", k,"]),
     # the model
     ("model-empty-folder", lambda t, m: gen(t, model_folder(t, None)), ["no config.json"]),
     ("model-custom-code", lambda t, m: gen(t, model_folder(t, {"model_type": "x", "auto_map": {"AutoModel": "m.M"}})),

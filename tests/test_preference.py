@@ -30,7 +30,7 @@ from dlma.preference import (
 from dlma.score import SCORE_KEYS, self_reward
 from dlma.stages import run_pref_acc
 
-SCORERS = ("dlma", "rlaif", "loglik", "random")
+SCORERS = ("dlma", "rlaif", "loglik", "length", "random")
 LIMIT = 6
 
 # ---------------------------------------------------------------- statistics
@@ -105,15 +105,33 @@ def pref_run(embedded, tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_metrics_shape(pref_run):
     metrics = json.loads((pref_run / "metrics.json").read_text())
-    assert set(metrics) == set(SCORERS)
-    for name, m in metrics.items():
+    assert set(metrics) == {"accuracy", "paired", "splits"} and set(metrics["accuracy"]) == set(SCORERS)
+    for name, m in metrics["accuracy"].items():
         assert set(m) == {"accuracy", "ci95", "n", "ties"}, name
         assert m["n"] == LIMIT
         assert 0 <= m["accuracy"] <= 1 and isinstance(m["ties"], int)
         lo, hi = m["ci95"]
         assert 0 <= lo <= m["accuracy"] <= hi <= 1
+    # every pair of scorers, compared on the same pairs
+    assert [(p["a"], p["b"]) for p in metrics["paired"]] == [(a, b) for k, a in enumerate(SCORERS)
+                                                             for b in SCORERS[k + 1:]]
+    for p in metrics["paired"]:
+        a, b = metrics["accuracy"][p["a"]]["accuracy"], metrics["accuracy"][p["b"]]["accuracy"]
+        assert p["difference"] == pytest.approx(a - b) and p["n"] == LIMIT
+        assert p["difference"] == pytest.approx((p["a_only"] - p["b_only"]) / LIMIT)
+        assert 0 <= p["mcnemar_p"] <= 1 and p["ci95"][0] <= p["difference"] <= p["ci95"][1]
+    for by in ("length", "turns"):
+        for s in SCORERS:
+            groups = metrics["splits"][by][s]
+            assert sum(g["n"] for g in groups) == LIMIT
+            n_right = sum(round(g["accuracy"] * g["n"]) for g in groups)
+            assert n_right == round(metrics["accuracy"][s]["accuracy"] * LIMIT)
+    # the length scorer is right exactly where the human chose the shorter response
+    for g in metrics["splits"]["length"]["length"]:
+        assert g["accuracy"] == (1.0 if g["group"] == "chosen shorter" else 0.0), g
     calibration = json.loads((pref_run / "calibration.json").read_text())
     assert set(calibration) == set(SCORERS)
+    assert all(b["ci95"][0] <= b["accuracy"] <= b["ci95"][1] for bins in calibration.values() for b in bins)
     manifest = json.loads((pref_run / "manifest.json").read_text())
     assert manifest["stage"] == "pref-acc" and manifest["n_examples"] == LIMIT
     assert set(manifest["files"]) >= {"predictions.jsonl", "metrics.json", "calibration.json"}
@@ -131,8 +149,8 @@ def test_predictions_rows(pref_run):
         assert r["correct"] == (r["score"] > 0)
     for s in SCORERS:
         mine = [r for r in rows if r["scorer"] == s]
-        assert metrics[s]["accuracy"] == pytest.approx(np.mean([r["correct"] for r in mine]))
-        assert metrics[s]["ties"] == sum(r["score"] == 0 for r in mine)
+        assert metrics["accuracy"][s]["accuracy"] == pytest.approx(np.mean([r["correct"] for r in mine]))
+        assert metrics["accuracy"][s]["ties"] == sum(r["score"] == 0 for r in mine)
     for r in rows:
         if r["scorer"] == "dlma":  # the four log-probabilities, and R built from them
             terms = [r[k] for k in SCORE_KEYS]
@@ -143,6 +161,9 @@ def test_predictions_rows(pref_run):
             assert r["order_ab"] != r["order_ba"]
         elif r["scorer"] == "random":
             assert -1 <= r["score"] <= 1
+        elif r["scorer"] == "length":  # characters of the rejected minus the chosen response
+            ex = next(e for e in load_examples("sample:pairs", limit=LIMIT) if e.id == r["id"])
+            assert r["score"] == len(ex.rejected) - len(ex.chosen)
 
 
 @pytest.mark.slow

@@ -158,3 +158,67 @@ def test_user_defined_pair_is_usable_by_name():
         PAIRS.pop("rlcd-ethical", None)
     with pytest.raises(DLMAError, match="exactly one"):
         PromptPair("bad", "no placeholder", "USER: {}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Prompt pairs as data: --pairs-file
+
+
+def test_pairs_file_in_yaml_and_json(tmp_path):
+    from dlma.prompts import load_pairs_file
+
+    yml = tmp_path / "pairs.yaml"
+    yml.write_text('ethical:\n  pos_attributes: "ethical"\n  neg_attributes: "toxic"\n'
+                   'custom:\n  pos: "Q: {}\\nA (kind):"\n  neg: "Q: {}\\nA (cruel):"\n  pos_system: "Be kind."\n')
+    ethical, custom = load_pairs_file(yml)
+    assert ethical.pos == "USER: {}\nASSISTANT(ethical):\n" and ethical.neg == "USER: {}\nASSISTANT(toxic):\n"
+    assert (custom.pos, custom.neg, custom.pos_system, custom.neg_system) == ("Q: {}\nA (kind):", "Q: {}\nA (cruel):",
+                                                                             "Be kind.", "")
+    assert get_pair("ethical") is ethical  # named like a built-in pair from now on
+    js = tmp_path / "pairs.json"
+    js.write_text('{"honest": {"pos_attributes": "honest", "neg_attributes": "deceptive"}}')
+    (honest,) = load_pairs_file(js)
+    assert honest.name == "honest" and "(deceptive)" in honest.neg
+    assert load_pairs_file("") == []
+
+
+@pytest.mark.parametrize("text, where", [
+    ("a:\n  pos: 'x {}'\n", "pairs.yaml:1: field 'a': needs pos and neg"),
+    ("a:\n  pos: 'x'\n  neg: 'y {}'\n", "pairs.yaml:2: field 'a.pos': needs exactly one '{}'"),
+    ("a:\n  pos: 'x {}'\n  neg: 'y {}'\n  tone: 'z'\n", "pairs.yaml:4: field 'a.tone': unknown"),
+    ("a:\n  pos: 'x {}'\n  neg: ['y']\n", "pairs.yaml:3: field 'a.neg': expected a non-empty string"),
+    ("harmless:\n  pos: 'x {}'\n  neg: 'y {}'\n", "pairs.yaml:1: field 'harmless': 'harmless' is a built-in pair"),
+    ("a: [1, 2\n", "pairs.yaml:2: not valid YAML or JSON"),
+    ("- a\n", "pairs.yaml:1: expected a mapping"),
+])
+def test_a_malformed_pairs_file_is_one_error_with_its_line(tmp_path, text, where):
+    from dlma.prompts import load_pairs_file
+
+    (tmp_path / "pairs.yaml").write_text(text)
+    with pytest.raises(DLMAError) as e:
+        load_pairs_file(tmp_path / "pairs.yaml")
+    assert str(e.value).startswith(str(tmp_path / where))
+
+
+def test_generate_and_score_with_a_pairs_file(tmp_path, tiny_model_dir):
+    import json
+
+    from dlma.cli import main
+
+    pairs = tmp_path / "pairs.yaml"
+    pairs.write_text('kindness:\n  pos_attributes: "kind, gentle"\n  neg_attributes: "cruel, harsh"\n')
+    queries = tmp_path / "q.jsonl"  # rows without a pair of their own: --pair applies
+    queries.write_text('{"id": "a", "prompt": "How do I cook rice?"}\n{"id": "b", "prompt": "Is it safe?"}\n')
+    out = tmp_path / "gen"
+    assert main(["generate", "--pairs-file", str(pairs), "--pair", "kindness", "--model", tiny_model_dir,
+                 "--queries", str(queries), "--max-new-tokens", "4", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
+    assert {r["pair"] for r in rows} == {"kindness"}
+    definition = json.loads((out / "params.json").read_text())["pair_definitions"]["kindness"]
+    assert definition["pos"] == "USER: {}\nASSISTANT(kind, gentle):\n"
+    assert main(["score", "--pairs-file", str(pairs), "--model", tiny_model_dir, "--pairs", str(out),
+                 "--out", str(tmp_path / "score")]) == 0
+    # the same pair name with other words is other parameters: refused, not mixed
+    pairs.write_text('kindness:\n  pos_attributes: "kind"\n  neg_attributes: "cruel"\n')
+    assert main(["score", "--pairs-file", str(pairs), "--model", tiny_model_dir, "--pairs", str(out),
+                 "--out", str(tmp_path / "score")]) == 2

@@ -26,3 +26,11 @@ def test_responses_side_by_side_and_train_summary():
     assert report.responses_side_by_side(responses).loc["q1"].to_dict() == {"base": "a", "dlma": "b"}
     shown = report.train_summary({"n_steps": 7, "wall_time_s": 12.5, "s_per_step": 1.2, "train_runtime_s": 9.0})
     assert shown.to_dict() == {"n_steps": 7}  # timings differ on every rerun: kept in the manifest only
+
+
+def test_paired_frame_shows_each_comparison():
+    paired = [{"a": "dlma", "b": "rlaif", "difference": 0.05, "ci95": [-0.02, 0.11], "a_only": 72, "b_only": 57,
+               "mcnemar_p": 0.2176, "n": 300}]
+    row = report.paired_frame(paired).loc["dlma - rlaif"]
+    assert (row["difference"], row["paired 95% CI"], row["a only"], row["McNemar p"]) == (0.05, "[-0.020, +0.110]",
+                                                                                        72, 0.218)

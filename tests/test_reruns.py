@@ -81,7 +81,7 @@ def test_pref_acc_metrics_are_strict_json(tmp_path, tiny_model_dir):
     assert cli("pref-acc", "--model", tiny_model_dir, "--pref-data", "sample:pairs", "--pref-limit", "1", "--scorers",
                "random,loglik", "--out", str(tmp_path / "o")) == 0
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text(), parse_constant=pytest.fail)
-    assert metrics["random"]["n"] == 1
+    assert metrics["accuracy"]["random"]["n"] == 1 and metrics["paired"][0]["n"] == 1
 
 
 def test_known_library_noise_is_filtered_at_its_source():

@@ -38,5 +38,5 @@ def test_a_clear_difference_is_separated_and_identical_judges_are_not():
 def test_accuracy_by_group_counts_and_intervals():
     correct = [1, 1, 0, 1, 0, 0]
     rows = accuracy_by_group(correct, ["short", "short", "long", "short", "long", "long"], n_boot=200)
-    assert [(r["group"], r["n"], r["accuracy"]) for r in rows] == [("short", 3, 1.0), ("long", 3, 0.0)]
-    assert rows[0]["ci95"] == [1.0, 1.0] and rows[1]["ci95"] == [0.0, 0.0]
+    assert [(r["group"], r["n"], r["accuracy"]) for r in rows] == [("long", 3, 0.0), ("short", 3, 1.0)]
+    assert rows[0]["ci95"] == [0.0, 0.0] and rows[1]["ci95"] == [1.0, 1.0]
