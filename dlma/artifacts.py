@@ -156,12 +156,15 @@ def record_params(folder: str | Path, params: dict, hint: str, inputs: dict[str,
         entries = []
     if path.exists() and [p.name for p in entries] != ["params.json"]:
         before = json.loads(path.read_text(encoding="utf-8"))
-        stale = sorted(k for k in record["inputs"] if before.get("inputs", {}).get(k) != record["inputs"][k])
+        was = before.get("inputs", {})
+        moved = sorted(k for k in record["inputs"] if (was.get(k) or {}).get("path") != record["inputs"][k]["path"])
+        stale = sorted(k for k in record["inputs"] if k not in moved and was.get(k) != record["inputs"][k])
         if stale:
             k = stale[0]
             raise DLMAError(f"{record['inputs'][k]['path']}: changed since {folder} was made from it (its content "
                             "hash differs); rerun with --force to redo this stage, or write to another folder")
-        changed = sorted(k for k in set(before) | set(record) if k != "inputs" and before.get(k) != record.get(k))
+        changed = sorted({k for k in set(before) | set(record) if k != "inputs" and before.get(k) != record.get(k)}
+                         | set(moved))
         if changed:
             raise DLMAError(f"{folder} holds results made with other parameters ({', '.join(changed)}): {hint}")
         return

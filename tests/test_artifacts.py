@@ -95,3 +95,23 @@ def test_write_manifest_lists_file_hashes(tmp_path):
     # a rewrite does not hash the manifest itself
     write_manifest(tmp_path, "generate", {"seed": 3}, started=0.0)
     assert "manifest.json" not in json.loads((tmp_path / "manifest.json").read_text())["files"]
+
+
+def test_record_params_names_what_changed(tmp_path):
+    from dlma.artifacts import record_params
+    from dlma.errors import DLMAError
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("one\n")
+    b.write_text("one\n")
+    out = tmp_path / "out"
+    record_params(out, {"k": 1}, "hint", {"data": a})
+    (out / "result.jsonl").write_text("{}\n")  # a result: from now on the folder keeps its parameters
+    record_params(out, {"k": 1}, "hint", {"data": a})  # the same: accepted
+    with pytest.raises(DLMAError, match=r"other parameters \(data\)"):  # another file, even with the same bytes
+        record_params(out, {"k": 1}, "hint", {"data": b})
+    a.write_text("two\n")
+    with pytest.raises(DLMAError, match=r"a.jsonl: changed since .* --force"):  # the same file, other bytes
+        record_params(out, {"k": 1}, "hint", {"data": a})
+    with pytest.raises(DLMAError, match=r"other parameters \(k\)"):
+        record_params(out, {"k": 2}, "hint")
