@@ -17,9 +17,10 @@ import torch
 
 from dlma.data import load_examples
 from dlma.generate import GenerateConfig, sample
-from dlma.logprobs import response_ids, sequence_logprobs
+from dlma.logprobs import buckets, packed_inputs, packed_mask, pad, response_ids, sequence_logprobs
 from dlma.models import ModelConfig, load_model
 from dlma.prompts import PAIRS, prompt_ids, render
+from dlma.score import contrast_prompts, self_reward_terms
 
 ROOT = Path(__file__).resolve().parents[1]
 HH = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test-dev512.jsonl"
@@ -34,6 +35,7 @@ def timed(fn):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=24)
+    ap.add_argument("--r-pairs", type=int, default=48, help="HH pairs for the self-reward scoring figure")
     args = ap.parse_args()
     rows = []
 
@@ -56,6 +58,39 @@ def main() -> None:
     diff = max(abs(a - b) for a, b in zip(s1, s8, strict=True))
     rows.append((f"score {len(prompts)} sequences ({source.split('/')[-1]})", "batch 1", f"{n_tok / t1:.0f} tok/s",
                  "length-sorted batch 8", f"{n_tok / t8:.0f} tok/s (max abs diff {diff:.1e})", t1 / t8))
+
+    # 2b. the self-rewarding score R of human pairs: one sequence per S term (baseline) vs each contrastive
+    #     prompt read once with both responses behind it, and the raw forward pass over those same packed
+    #     batches (the ceiling: what the shared scorer would cost if gathering log-probs were free)
+    ex2 = load_examples(source, limit=args.r_pairs, on_invalid="skip")
+    items = [(e.turns, e.chosen, e.rejected) for e in ex2]
+    pair = PAIRS["harmless"]
+    t_sep, sep = timed(lambda: self_reward_terms(model, tok, items, pair, batch_size=8, max_length=384, desc=False))
+    t_sh, sh = timed(lambda: self_reward_terms(model, tok, items, pair, batch_size=8, max_length=384, desc=False,
+                                               share_prompts=True))
+    d_r = max(abs(a["self_reward"] - b["self_reward"]) for a, b in zip(sep, sh, strict=True))
+    groups = [(p, [response_ids(e.chosen, tok), response_ids(e.rejected, tok)]) for e in ex2
+              for p in contrast_prompts(e.turns, pair, "affix", tok)]
+    fit = [packed_inputs(p, rs) for p, rs in groups if all(len(p) + len(r) <= 384 for r in rs)]
+    tok_sep = sum(min(len(p) + len(r), 384) for p, rs in groups for r in rs)
+    tok_sh = sum(len(ids) for ids, _, _ in fit) + sum(min(len(p) + len(r), 384) for p, rs in groups
+                                                      if not all(len(p) + len(r) <= 384 for r in rs) for r in rs)
+
+    def ceiling():
+        with torch.no_grad():
+            for b in buckets([len(ids) for ids, _, _ in fit], 8):
+                ids, real = pad([fit[i][0] for i in b], tok.pad_token_id, "right")
+                pos, _ = pad([fit[i][1] for i in b], 0, "right")
+                seg, _ = pad([fit[i][2] for i in b], -1, "right")
+                model(input_ids=ids, attention_mask=packed_mask(seg, real, torch.float32), position_ids=pos)
+
+    t_ceil, _ = timed(ceiling)
+    n_fit = sum(len(ids) for ids, _, _ in fit)
+    rows.append((f"self-reward R of {len(items)} HH pairs (4 S terms each, max length 384)", "one sequence per S",
+                 f"{len(items) / t_sep:.2f} pairs/s, {tok_sep / t_sep:.0f} tok/s ({tok_sep} tokens)",
+                 "each prompt read once", f"{len(items) / t_sh:.2f} pairs/s, {tok_sh / t_sh:.0f} tok/s ({tok_sh} "
+                 f"tokens; raw forward over them {n_fit / t_ceil:.0f} tok/s; max abs diff of R {d_r:.1e})",
+                 t_sep / t_sh))
 
     # 3. generation: new tokens per second, batch 1 vs batch 16 (8 queries x p+/p-)
     q = load_examples("sample:queries", limit=8)
@@ -81,7 +116,11 @@ def main() -> None:
         *[f"| {a} | {b} | {c} | {d} | {e} | {f:.1f}x |" for a, b, c, d, e, f in rows],
         "",
         "Scoring results do not depend on the batch: the largest difference in a summed log-probability "
-        "between batch 1 and batch 8 is given in the table (float32 forward, float64 sums).",
+        "between batch 1 and batch 8 is given in the table (float32 forward, float64 sums). For R, the shared "
+        "scorer packs each contrastive prompt with both responses behind it, an attention mask keeping the "
+        "responses apart and their positions restarting after the prompt; a pair whose prompt must be cut "
+        "to the maximum length is scored one sequence per term, cut as before. The raw forward pass over the "
+        "shared scorer's packed batches is its ceiling.",
         "",
     ]
     (ROOT / "book" / "benchmarks.md").write_text("\n".join(lines))

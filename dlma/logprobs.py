@@ -78,6 +78,73 @@ def sequence_logprobs(
     return out
 
 
+def packed_inputs(prompt: list[int], responses: list[list[int]]) -> tuple[list[int], list[int], list[int]]:
+    """One sequence holding a prompt once and its responses one after another: (ids, position ids, segment),
+    where segment 0 is the prompt and k the k-th response. Each response's positions restart after the
+    prompt, so with `packed_mask` it is read exactly as if it followed the prompt alone."""
+    ids, pos, seg = list(prompt), list(range(len(prompt))), [0] * len(prompt)
+    for k, r in enumerate(responses, start=1):
+        ids += r
+        pos += range(len(prompt), len(prompt) + len(r))
+        seg += [k] * len(r)
+    return ids, pos, seg
+
+
+def packed_mask(segments: torch.Tensor, real: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[batch, 1, L, L] additive mask: a token sees the prompt and the earlier tokens of its own response,
+    never another response or padding (a padding row sees itself, so no row is empty)."""
+    i = torch.arange(segments.shape[1])
+    causal = i[None, :] <= i[:, None]
+    same = (segments[:, None, :] == 0) | (segments[:, None, :] == segments[:, :, None])
+    real = real.bool()
+    allowed = causal[None] & same & real[:, None, :] & real[:, :, None] | torch.eye(len(i), dtype=torch.bool)[None]
+    return torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)[:, None]
+
+
+@torch.no_grad()
+def shared_prompt_logprobs(model, prompts: list[list[int]], responses: list[list[list[int]]], pad_id: int,
+                           batch_size: int = 8, max_length: int | None = None, desc: str | None = None
+                           ) -> list[list[float]]:
+    """S of every response behind its prompt, reading each prompt once: [[S(r) for r in group] per prompt].
+
+    The same numbers as `sequence_logprobs` on (prompt, response) pairs, for less work: the prompt's tokens
+    are read once per group instead of once per response. A group where some response needs its prompt cut
+    to `max_length` is scored as separate sequences, exactly as `sequence_logprobs` cuts them."""
+    out: list[list[float]] = [[0.0] * len(group) for group in responses]
+    fits = [max_length is None or all(len(p) + len(r) <= max_length for r in group)
+            for p, group in zip(prompts, responses, strict=True)]
+    cut = [i for i, ok in enumerate(fits) if not ok]
+    if cut:  # per response, cut as sequence_logprobs cuts
+        flat = [(i, k) for i in cut for k in range(len(responses[i]))]
+        s = sequence_logprobs(model, [prompts[i] for i, _ in flat], [responses[i][k] for i, k in flat], pad_id,
+                              batch_size, max_length=max_length, desc=False)
+        for (i, k), v in zip(flat, s, strict=True):
+            out[i][k] = v
+    packed = {i: packed_inputs(prompts[i], responses[i]) for i, ok in enumerate(fits) if ok}
+    order = [i for i in range(len(prompts)) if fits[i]]
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    dtype = dtype if dtype.is_floating_point else torch.float32
+    for batch in tqdm([[order[j] for j in b] for b in buckets([len(packed[i][0]) for i in order], batch_size)],
+                      desc=desc or "log-probs", disable=desc is False or not progress(), leave=False):
+        ids, real = pad([packed[i][0] for i in batch], pad_id, "right")
+        pos, _ = pad([packed[i][1] for i in batch], 0, "right")
+        seg, _ = pad([packed[i][2] for i in batch], -1, "right")
+        mask = packed_mask(seg, real, dtype)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device)).logits
+        for row, i in enumerate(batch):
+            start = len(prompts[i])
+            for k, r in enumerate(responses[i]):
+                if not r:
+                    continue  # an empty response has S = 0
+                # the first token is predicted at the prompt's last position, the others inside the response
+                at = torch.tensor([len(prompts[i]) - 1] + list(range(start, start + len(r) - 1)))
+                logp = torch.log_softmax(logits[row, at.to(logits.device)].double(), dim=-1)
+                target = torch.tensor(r, device=logp.device)
+                out[i][k] = logp.gather(-1, target[:, None]).squeeze(-1).sum().item()
+                start += len(r)
+    return out
+
+
 @torch.no_grad()
 def next_token_logits(model, prompts: list[list[int]], token_ids: list[int], pad_id: int,
                       batch_size: int = 8, desc: str | None = None):

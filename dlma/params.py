@@ -41,6 +41,7 @@ HELP = {
     "gen_batch_size": "queries per generation batch (2 sequences each)",
     # 2 self-reward
     "score_batch_size": "sequences per forward pass (results do not depend on it)",
+    "share_prompts": "read each prompt once with all its responses behind it (the same scores, less work)",
     "score_max_length": "prompt + response tokens when scoring pairs, longer prompts cut from the left",
     # 3 preference accuracy
     "pref_data": "human-labelled pairs: HH-RLHF, PKU-SafeRLHF or TRL format",

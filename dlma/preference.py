@@ -19,7 +19,7 @@ import numpy as np
 
 from .data import Example
 from .errors import DLMAError, check_fields
-from .logprobs import next_token_logits, response_ids, sequence_logprobs
+from .logprobs import next_token_logits, response_ids, sequence_logprobs, shared_prompt_logprobs
 from .params import documented
 from .prompts import PAIRS, policy_prompt, prompt_ids
 from .score import check_score_settings, self_reward_terms
@@ -40,6 +40,7 @@ class PrefAccConfig:
     beta: float = 0.1
     score_batch_size: int = 8
     pref_max_length: int = 1024
+    share_prompts: bool = True
     n_bootstrap: int = 1000
     seed: int = 0
 
@@ -145,6 +146,11 @@ def policy_logprobs(model, tokenizer, examples: list[Example], cfg: PrefAccConfi
         p = prompt_ids(policy_prompt(ex.turns, cfg.rendering, tokenizer), tokenizer, cfg.rendering)
         prompts += [p, p]
         responses += [response_ids(ex.chosen, tokenizer), response_ids(ex.rejected, tokenizer)]
+    if cfg.share_prompts:  # chosen and rejected behind one reading of their shared prompt
+        s = shared_prompt_logprobs(model, prompts[::2], [[a, b] for a, b in zip(responses[::2], responses[1::2],
+                                                                                  strict=True)],
+                                   tokenizer.pad_token_id, cfg.score_batch_size, cfg.pref_max_length, desc)
+        return np.asarray(s, dtype=float)
     s = sequence_logprobs(model, prompts, responses, tokenizer.pad_token_id, cfg.score_batch_size,
                           max_length=cfg.pref_max_length, desc=desc)
     return np.asarray(s).reshape(-1, 2)
@@ -165,7 +171,7 @@ def score_examples(model, tokenizer, examples: list[Example], scorer: str, cfg: 
     if scorer == "dlma":
         items = [(ex.turns, ex.chosen, ex.rejected) for ex in examples]
         terms = self_reward_terms(model, tokenizer, items, PAIRS[cfg.pref_pair], cfg.rendering, cfg.score_batch_size,
-                                  max_length=cfg.pref_max_length, desc="dlma")
+                                  max_length=cfg.pref_max_length, desc="dlma", share_prompts=cfg.share_prompts)
         rows = [{"id": ex.id, "score": t["self_reward"], **t} for ex, t in zip(examples, terms, strict=True)]
     elif scorer == "rlaif":
         rows = score_rlaif(model, tokenizer, examples, cfg)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import check_fields
-from .logprobs import response_ids, sequence_logprobs
+from .logprobs import response_ids, sequence_logprobs, shared_prompt_logprobs
 from .params import documented
 from .prompts import RENDERINGS, PromptPair, get_pair, prompt_ids, render
 
@@ -27,6 +27,7 @@ class ScoreConfig:
     rendering: str = "affix"
     score_batch_size: int = 8
     score_max_length: int = 1024
+    share_prompts: bool = True
 
     def __post_init__(self):
         check_score_settings(self, "pair", "score_max_length")
@@ -52,17 +53,27 @@ def self_reward_terms(
     padding_side: str = "right",
     max_length: int | None = 1024,
     desc: str | None = "self-reward",
+    share_prompts: bool = False,
 ) -> list[dict]:
-    """For (turns, o1, o2) items: the four S terms and R, as plain dicts (one forward per S)."""
+    """For (turns, o1, o2) items: the four S terms and R, as plain dicts. By default one sequence per S;
+    with `share_prompts`, each of p+ and p- is read once with both responses behind it (the same S, less
+    work: see logprobs.shared_prompt_logprobs)."""
     prompts, responses = [], []
     for turns, o1, o2 in items:
         p_pos, p_neg = contrast_prompts(turns, pair, rendering, tokenizer)
         r1, r2 = response_ids(o1, tokenizer), response_ids(o2, tokenizer)
         prompts += [p_pos, p_neg, p_pos, p_neg]  # order of SCORE_KEYS
         responses += [r1, r1, r2, r2]
-    s = sequence_logprobs(
-        model, prompts, responses, tokenizer.pad_token_id, batch_size, padding_side, max_length, desc
-    )
+    if share_prompts:  # [S(o1|p+), S(o2|p+)] and [S(o1|p-), S(o2|p-)] per item
+        groups = shared_prompt_logprobs(model, [p for k in range(0, len(prompts), 4) for p in prompts[k:k + 2]],
+                                        [[responses[k], responses[k + 2]] for k in range(0, len(prompts), 4)
+                                         for _ in range(2)], tokenizer.pad_token_id, batch_size, max_length, desc)
+        s = [v for k in range(0, len(groups), 2) for v in (groups[k][0], groups[k + 1][0], groups[k][1],
+                                                            groups[k + 1][1])]
+    else:
+        s = sequence_logprobs(
+            model, prompts, responses, tokenizer.pad_token_id, batch_size, padding_side, max_length, desc
+        )
     rows = []
     for k in range(len(items)):
         terms = dict(zip(SCORE_KEYS, s[4 * k : 4 * k + 4], strict=True))

@@ -204,7 +204,8 @@ def run_score(out_dir, model_cfg: ModelConfig, pairs_path, cfg: ScoreConfig, chu
                 group = [p for p, s in zip(part, setting, strict=True) if s == (name, rendering)]
                 terms = self_reward_terms(model, tokenizer, [(p["turns"], p["o1"], p["o2"]) for p in group],
                                           get_pair(name), rendering, cfg.score_batch_size,
-                                          max_length=cfg.score_max_length, desc=f"score {k + len(part)}/{len(todo)}")
+                                          max_length=cfg.score_max_length, desc=f"score {k + len(part)}/{len(todo)}",
+                                          share_prompts=cfg.share_prompts)
                 rows += [{**p, "pair": name, **t} for p, t in zip(group, terms, strict=True)]
             store.append(rows)  # grouped by setting within a chunk: the order the published run's split used
     store.finish()

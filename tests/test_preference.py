@@ -227,3 +227,14 @@ def test_cli_implicit_without_adapter_fails_before_loading(tmp_path):
     assert "dlma pref-acc: error: scorer 'implicit' needs a trained adapter: pass --adapter DIR" in \
         proc.stderr.splitlines()
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_shared_prompts_give_the_same_scores(embedded):
+    """dlma and loglik read each prompt once with both responses behind it: the same scores as one sequence each."""
+    model, tok = embedded
+    examples = load_examples("sample:pairs", limit=LIMIT)
+    for scorer in ("dlma", "loglik"):
+        shared = score_examples(model, tok, examples, scorer, PrefAccConfig(score_batch_size=4))
+        separate = score_examples(model, tok, examples, scorer, PrefAccConfig(score_batch_size=4, share_prompts=False))
+        assert max(abs(a["score"] - b["score"]) for a, b in zip(shared, separate, strict=True)) <= 1e-3, scorer

@@ -86,3 +86,33 @@ def test_R_does_not_depend_on_batch_size_or_padding_side(embedded, hh_items):
             assert abs(a["self_reward"] - b["self_reward"]) <= 1e-3, key
             for k in SCORE_KEYS:
                 assert abs(a[k] - b[k]) <= 1e-3, (key, k)
+
+
+@pytest.mark.slow
+def test_shared_prompts_give_the_same_terms(embedded, hh_items):
+    """Each contrastive prompt read once with both responses behind it (a mask keeps them apart): the same four
+    S terms as one sequence per term, whatever the batch size, and the same cut where a prompt must be cut."""
+    model, tok = embedded
+    pair = PAIRS["harmless"]
+    ref = self_reward_terms(model, tok, hh_items, pair, batch_size=1, desc=False)
+    for bs in (1, 3, 8):
+        shared = self_reward_terms(model, tok, hh_items, pair, batch_size=bs, desc=False, share_prompts=True)
+        for a, b in zip(ref, shared, strict=True):
+            for k in (*SCORE_KEYS, "self_reward"):
+                assert abs(a[k] - b[k]) <= 1e-3, (bs, k)
+    # a max_length that cuts some prompts: those groups fall back to separate sequences, cut the same way
+    cut = self_reward_terms(model, tok, hh_items, pair, batch_size=4, max_length=48, desc=False)
+    shared = self_reward_terms(model, tok, hh_items, pair, batch_size=4, max_length=48, desc=False, share_prompts=True)
+    assert max(abs(a["self_reward"] - b["self_reward"]) for a, b in zip(cut, shared, strict=True)) <= 1e-3
+    assert any(abs(a["self_reward"] - b["self_reward"]) > 1e-3 for a, b in zip(cut, ref, strict=True))  # it did cut
+
+
+def test_packed_mask_keeps_responses_apart():
+    from dlma.logprobs import packed_inputs, packed_mask
+
+    ids, pos, seg = packed_inputs([1, 2], [[3, 4], [5]])
+    assert (ids, pos, seg) == ([1, 2, 3, 4, 5], [0, 1, 2, 3, 2], [0, 0, 1, 1, 2])
+    allowed = packed_mask(torch.tensor([seg + [-1]]), torch.tensor([[1] * 5 + [0]]), torch.float32)[0, 0] == 0
+    assert allowed[4].tolist() == [True, True, False, False, True, False]  # r2 sees the prompt and itself only
+    assert allowed[3].tolist() == [True, True, True, True, False, False]  # r1 sees the prompt and r1 before it
+    assert allowed[5].tolist() == [False] * 5 + [True]  # padding sees itself only
