@@ -58,19 +58,18 @@ def self_reward_terms(
     """For (turns, o1, o2) items: the four S terms and R, as plain dicts. By default one sequence per S;
     with `share_prompts`, each of p+ and p- is read once with both responses behind it (the same S, less
     work: see logprobs.shared_prompt_logprobs)."""
-    prompts, responses = [], []
+    contrast, both = [], []  # per item: (p+, p-) and (o1, o2) as token ids
     for turns, o1, o2 in items:
-        p_pos, p_neg = contrast_prompts(turns, pair, rendering, tokenizer)
-        r1, r2 = response_ids(o1, tokenizer), response_ids(o2, tokenizer)
-        prompts += [p_pos, p_neg, p_pos, p_neg]  # order of SCORE_KEYS
-        responses += [r1, r1, r2, r2]
-    if share_prompts:  # [S(o1|p+), S(o2|p+)] and [S(o1|p-), S(o2|p-)] per item
-        groups = shared_prompt_logprobs(model, [p for k in range(0, len(prompts), 4) for p in prompts[k:k + 2]],
-                                        [[responses[k], responses[k + 2]] for k in range(0, len(prompts), 4)
-                                         for _ in range(2)], tokenizer.pad_token_id, batch_size, max_length, desc)
-        s = [v for k in range(0, len(groups), 2) for v in (groups[k][0], groups[k + 1][0], groups[k][1],
-                                                            groups[k + 1][1])]
-    else:
+        contrast.append(contrast_prompts(turns, pair, rendering, tokenizer))
+        both.append((response_ids(o1, tokenizer), response_ids(o2, tokenizer)))
+    if share_prompts:  # p+ once with o1 and o2 behind it, then p- likewise
+        groups = shared_prompt_logprobs(model, [p for ps in contrast for p in ps], [list(rs) for rs in both
+                                                                                  for _ in range(2)],
+                                        tokenizer.pad_token_id, batch_size, max_length, desc)
+        s = [v for pos, neg in zip(groups[::2], groups[1::2], strict=True) for v in (pos[0], neg[0], pos[1], neg[1])]
+    else:  # one sequence per term, in the order of SCORE_KEYS
+        prompts = [p for (p_pos, p_neg) in contrast for p in (p_pos, p_neg, p_pos, p_neg)]
+        responses = [r for (r1, r2) in both for r in (r1, r1, r2, r2)]
         s = sequence_logprobs(
             model, prompts, responses, tokenizer.pad_token_id, batch_size, padding_side, max_length, desc
         )

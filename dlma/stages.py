@@ -71,9 +71,10 @@ def run_generate(out_dir, model_cfg: ModelConfig, queries: str, cfg: GenerateCon
         get_pair(ex.pair or cfg.pair, f"{ex.source}: field 'pair'")
     params = {"queries": str(queries), "n_queries": n_queries, **asdict(cfg),
               **with_custom_pairs(ex.pair or cfg.pair for ex in examples)}
-    too_long = [f"{ex.source}: field 'prompt': {n} words" for ex in examples
-                if (n := sum(len(t.split()) for t in ex.turns)) > cfg.max_query_words]
-    examples = [ex for ex in examples if sum(len(t.split()) for t in ex.turns) <= cfg.max_query_words]
+    words = [sum(len(t.split()) for t in ex.turns) for ex in examples]
+    too_long = [f"{ex.source}: field 'prompt': {n} words" for ex, n in zip(examples, words, strict=True)
+                if n > cfg.max_query_words]
+    examples = [ex for ex, n in zip(examples, words, strict=True) if n <= cfg.max_query_words]
     if not examples:
         raise DLMAError(f"{queries}: every query is over max_query_words={cfg.max_query_words} words")
     check_model(model_cfg)  # after the data: a data error is named even when the model is wrong too
