@@ -90,6 +90,7 @@ def commands() -> dict[str, tuple[str, list]]:
     from .generate import GenerateConfig
     from .preference import PrefAccConfig
     from .score import ScoreConfig
+    from .study import StudyConfig
 
     def train_config():
         from .train import TrainConfig
@@ -102,6 +103,8 @@ def commands() -> dict[str, tuple[str, list]]:
         "score": ("self-rewarding score R of generated pairs", [PairsFile, ModelConfig, Pairs, ScoreConfig, Out]),
         "pref-acc": ("preference accuracy on human-labelled pairs", [PairsFile, ModelConfig, PrefData, PrefAccConfig,
                                                                      Out]),
+        "pair-study": ("stage 3b in a run folder: prompt pairs selected on a slice, confirmed on the rest",
+                       [PairsFile, ModelConfig, PrefData, PrefAccConfig, StudyConfig, Run]),
         "split": ("hold out a share of scored pairs (train.jsonl, heldout.jsonl)", [Split, Out]),
         "train": ("QLoRA DLMA training on scored pairs", [BaseModel, Pairs, train_config, Out]),
         "evaluate": ("stage 5 in a run folder: the trained adapter against its base", [ModelConfig, EvalConfig, Run]),
@@ -146,7 +149,7 @@ def usage() -> str:
 def run_command(command: str, parsed: list) -> None:
     from . import stages
 
-    if command in ("generate", "score", "pref-acc"):
+    if command in ("generate", "score", "pref-acc", "pair-study"):
         parsed = parsed[1:]  # the pairs file did its work when parsed
     if command == "generate":
         model_cfg, q, cfg, out = parsed
@@ -164,6 +167,13 @@ def run_command(command: str, parsed: list) -> None:
         metrics = stages.run_pref_acc(out.out, model_cfg, data.pref_data, cfg, data.pref_limit, data.on_invalid,
                                       data.label_field, force=out.force)
         print(metrics_table(metrics))
+    elif command == "pair-study":
+        from .report import confirmation_frame, study_frame
+
+        model_cfg, data, cfg, study, run = parsed
+        result = stages.run_pair_study(run.run, model_cfg, data.pref_data, cfg, study, data.pref_limit,
+                                       data.label_field, force=run.force)
+        print(study_frame(result).to_string(), confirmation_frame(result).to_string(), sep="\n\n")
     elif command == "split":
         split, out = parsed
         train, heldout = stages.run_split(out.out, split.pairs, split.holdout_fraction, split.seed, force=out.force)

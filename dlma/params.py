@@ -53,6 +53,10 @@ HELP = {
     "n_bootstrap": "bootstrap resamples of each 95% interval",
     "on_invalid": "skip or error: rows with an empty response or mismatched contexts (real HH-RLHF has a few)",
     "label_field": "PKU-SafeRLHF label column: safer_response_id or better_response_id",
+    # 3b prompt-pair study
+    "study_variants": "comma-separated prompt pairs to compare (pair@chat for the chat rendering), the paper's "
+                      "pair first; each also length-normalised, and their mean R as an ensemble",
+    "study_select": "labelled pairs drawn (by the seed) to select the best variant on; the rest confirm it",
     # 4 train
     "holdout_fraction": "share of generated pairs held out for stage 5 (paper: 0.05)",
     "beta": "DPO temperature (paper: 0.1)",

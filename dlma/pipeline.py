@@ -28,7 +28,8 @@ from .errors import DLMAError
 from .params import HELP
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("01_generate", "02_self_reward", "03_preference_accuracy", "04_train_dlma", "05_evaluate_alignment")
+STAGES = ("01_generate", "02_self_reward", "03_preference_accuracy", "03b_pair_study", "04_train_dlma",
+          "05_evaluate_alignment")
 SET_BY_PIPELINE = ("run_dir",)
 
 
@@ -248,7 +249,7 @@ def parameter_table() -> str:
         for name, p in pm.inspect_notebook(str(notebook_path(stage))).items():
             default = ast.literal_eval(p["default"])  # the value, as a preset would write it
             row = rows.setdefault(name, {"stages": [], "default": default, "help": HELP[name]})
-            row["stages"].append(stage[:2])
+            row["stages"].append(stage.split("_")[0])
     order = ["smoke"] + [n for n in presets if n != "smoke"]
     head = "| parameter | notebooks | " + " | ".join(f"`{n}`" for n in order) + " | meaning |"
     lines = [head, "|" + "---|" * (3 + len(order))]

@@ -178,3 +178,66 @@ def plot_alignment(responses: list[dict]):
         ax.legend()
     fig.tight_layout()
     return fig
+
+
+def study_frame(study: dict) -> pd.DataFrame:
+    """The selection step: every candidate's accuracy on the selection slice, the selected one marked."""
+    frame = metrics_frame(study["selection"]).rename_axis("variant")
+    frame["selected"] = ["yes" if v == study["selected"] else "" for v in frame.index]
+    return frame
+
+
+def plot_study(study: dict):
+    """Accuracy of each candidate on the selection slice with its 95% interval; the reference (the paper's
+    pair) and the selected candidate coloured."""
+    sel = study["selection"]
+    names = list(sel)[::-1]  # the reference on top
+    acc = np.array([sel[n]["accuracy"] for n in names])
+    err = [acc - [sel[n]["ci95"][0] for n in names], [sel[n]["ci95"][1] for n in names] - acc]
+    colours = ["tab:green" if n == study["selected"] else "tab:blue" if n == study["reference"] else "tab:gray"
+               for n in names]
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(names) + 1.2))
+    ax.barh(names, acc, xerr=err, capsize=3, color=colours)
+    ax.axvline(0.5, color="black", lw=1, ls="--")
+    ax.set(xlim=(0.3, 0.7), xlabel=f"accuracy on the selection slice (n={study['split']['n_select']}, 95% CI)",
+           title="Prompt-pair study: blue = the paper's pair, green = selected")
+    fig.tight_layout()
+    return fig
+
+
+def confirmation_frame(study: dict) -> pd.DataFrame:
+    """The confirmation step: the selected candidate and the reference on the rest, then their paired test."""
+    c = study["confirmation"]
+    frame = metrics_frame({f"selected: {study['selected']}": c["selected"],
+                           f"reference: {study['reference']}": c["reference"]})
+    p = c["paired"]
+    frame["selected - reference"] = [f"{p['difference']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]", ""]
+    frame["McNemar p"] = [round(p["mcnemar_p"], 3), ""]
+    return frame
+
+
+def pairs_frame(variants: list[str]) -> pd.DataFrame:
+    """The prompt pairs of a study: each variant's rendering and its p+ and p- (affix text, or the system
+    messages of the chat rendering)."""
+    from .prompts import PAIRS
+
+    rows = []
+    for v in variants:
+        pair, _, rendering = v.partition("@")
+        p = PAIRS[pair]
+        pos, neg = (p.pos_system, p.neg_system) if rendering == "chat" else (p.pos, p.neg)
+        rows.append({"variant": v, "rendering": rendering or "affix", "p+": pos.replace("\n", "\\n"),
+                     "p-": neg.replace("\n", "\\n")})
+    return pd.DataFrame(rows).set_index("variant")
+
+
+def run_label(run_dir) -> str:
+    """Which run a notebook shows: the run folder's name and its preset's description (from the params.json
+    that `dlma run` writes), or the folder's name alone for a notebook run by hand or by nbval."""
+    import json
+    from pathlib import Path
+
+    path = Path(run_dir) / "params.json"
+    described = json.loads(path.read_text(encoding="utf-8")).get("description") if path.is_file() else None
+    name = Path(run_dir).resolve().name
+    return f"`{name}`: {described}" if described else f"`{name}`"

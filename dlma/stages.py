@@ -19,14 +19,32 @@ import numpy as np
 import torch
 
 from .alignment import EvalConfig
-from .artifacts import PartialJSONL, check_out, read_jsonl, record_params, write_json, write_jsonl, write_manifest
+from .artifacts import (
+    PartialJSONL,
+    check_out,
+    input_record,
+    read_jsonl,
+    record_params,
+    write_json,
+    write_jsonl,
+    write_manifest,
+)
 from .data import Example, check_limit, load_examples, read_text, usable
 from .errors import DLMAError, where
 from .generate import GenerateConfig, generate_pairs
+from .logprobs import response_ids
 from .models import ModelConfig, check_model, load_model, model_fingerprint
-from .preference import PrefAccConfig, accuracy_by_confidence, implicit_and_loglik, judge_metrics, score_examples
+from .preference import (
+    PrefAccConfig,
+    accuracy_by_confidence,
+    implicit_and_loglik,
+    judge_metrics,
+    score_examples,
+    summarize,
+)
 from .prompts import PAIRS, RENDERINGS, custom_pairs, get_pair
 from .score import ScoreConfig, self_reward_terms
+from .study import StudyConfig
 
 
 def seed_everything(seed: int) -> None:
@@ -253,6 +271,99 @@ def run_pref_acc(out_dir, model_cfg: ModelConfig, pref_data: str, cfg: PrefAccCo
     return metrics
 
 
+def stage3_rows(run_dir: Path, pref_data: str, cfg: PrefAccConfig, variant: tuple[str, str, str],
+                label_field: str) -> dict[str, dict]:
+    """{id: dlma row} of stage 3 when it scored `variant` with the very settings the study would use (the same
+    numbers, so not computed twice); else {}."""
+    folder = run_dir / "03_preference_accuracy"
+    if not (folder / "predictions.jsonl").is_file():
+        return {}
+    before = json.loads((folder / "params.json").read_text(encoding="utf-8"))
+    same = {"pref_data": str(pref_data), "pref_pair": variant[1], "rendering": variant[2], "label_field": label_field,
+            "pref_max_length": cfg.pref_max_length, "share_prompts": cfg.share_prompts}
+    if any(before.get(k) != v for k, v in same.items()) or before["inputs"]["pref_data"] != input_record(pref_data):
+        return {}
+    return {r["id"]: r for r in read_jsonl(folder / "predictions.jsonl") if r["scorer"] == "dlma"}
+
+
+def run_pair_study(run_dir, model_cfg: ModelConfig, pref_data: str, cfg: PrefAccConfig, study: StudyConfig,
+                   pref_limit: int | None = None, label_field: str = "safer_response_id", model=None,
+                   force: bool = False) -> dict:
+    """Stage 3b in a run folder: the prompt-pair study (see dlma.study). Writes `03b_pair_study/` (scores.jsonl,
+    study.json, manifest.json) and resumes variant by variant, reusing stage 3's scores of the reference."""
+    from .study import candidate_scores, confirm, needs, select, split_ids, terms_row
+
+    started, run_dir = time.time(), Path(run_dir)
+    out = run_dir / "03b_pair_study"
+    check_out(out)
+    check_limit(pref_limit, "pref_limit")
+    variants = study.variant_list()
+    skipped: list[str] = []
+    examples = load_examples(pref_data, limit=pref_limit, require="labelled", label_field=label_field,
+                             on_invalid="skip", skipped=skipped)
+    by_id = {e.id: e for e in examples}
+    select_ids, rest_ids = split_ids(list(by_id), study.study_select, cfg.seed)
+    check_model(model_cfg)
+    params = {"pref_data": str(pref_data), "pref_limit": pref_limit, "label_field": label_field, **asdict(study),
+              **{k: v for k, v in asdict(cfg).items() if k not in ("scorers", "pref_pair", "rendering",
+                                                                    "rlaif_instruction", "beta")},
+              **with_custom_pairs([p for _, p, _ in variants])}
+    begin(out, {**params, "model": model_cfg.to_dict()}, {"pref_data": pref_data}, force)
+    store = PartialJSONL(out / "scores.jsonl", key=("variant", "id"))
+    loaded = [model]
+
+    def score(variant: tuple[str, str, str], ids: list[str]) -> None:
+        v, pair, rendering = variant
+        todo = [i for i in ids if (v, i) not in store.done]
+        if not todo:
+            return
+        if loaded[0] is None:
+            loaded[0] = _model(model_cfg)
+        m, tok = loaded[0]
+        reuse = stage3_rows(run_dir, pref_data, cfg, variant, label_field)
+        fresh = [i for i in todo if i not in reuse]
+        items = [(by_id[i].turns, by_id[i].chosen, by_id[i].rejected) for i in fresh]
+        terms = dict(zip(fresh, self_reward_terms(m, tok, items, get_pair(pair), rendering, cfg.score_batch_size,
+                                                  max_length=cfg.pref_max_length, desc=v,
+                                                  share_prompts=cfg.share_prompts), strict=True)) if fresh else {}
+        store.append([{"variant": v, "id": i, **terms_row(terms.get(i) or reuse[i],
+                                                         len(response_ids(by_id[i].chosen, tok)),
+                                                         len(response_ids(by_id[i].rejected, tok)))} for i in todo])
+
+    if not store.finished:
+        for variant in variants:  # step 2: every variant on the selection slice
+            score(variant, select_ids)
+    rows = {(r["variant"], r["id"]): r for r in store.rows}
+    names = [v for v, _, _ in variants]
+    on_slice = candidate_scores(rows, names, select_ids)
+    selection = {c: summarize(s, cfg.n_bootstrap, cfg.seed) for c, s in on_slice.items()}
+    chosen = select(selection)
+    if not store.finished:  # step 3: the selected candidate and the reference on the rest
+        for variant in variants:
+            if variant[0] in needs(chosen, names) or variant[0] == names[0]:
+                score(variant, rest_ids)
+        store.finish()
+    rows = {(r["variant"], r["id"]): r for r in store.rows}
+    scored_rest = [v for v in names if all((v, i) in rows for i in rest_ids)]
+    on_rest = candidate_scores(rows, scored_rest, rest_ids)  # the selected candidate and the reference among them
+    reference = names[0]
+    result = {
+        "split": {"seed": cfg.seed, "n_select": len(select_ids), "n_rest": len(rest_ids)},
+        "reference": reference,
+        "selection": selection,
+        "selected": chosen,
+        "confirmation": {
+            "selected": summarize(on_rest[chosen], cfg.n_bootstrap, cfg.seed),
+            "reference": summarize(on_rest[reference], cfg.n_bootstrap, cfg.seed),
+            "paired": confirm(on_rest[chosen], on_rest[reference], cfg.n_bootstrap, cfg.seed),
+        },
+    }
+    write_json(out / "study.json", result)
+    write_manifest(out, "pair-study", params, started, model=model_fingerprint(model_cfg), skipped_rows=skipped,
+                   n_examples=len(examples))
+    return result
+
+
 def run_train(out_dir, model_cfg: ModelConfig, scored_path, cfg, force: bool = False) -> dict:
     """Stage 4: a QLoRA DLMA adapter in `out_dir` (see dlma.train)."""
     from .train import train_dlma
@@ -333,6 +444,7 @@ def run_evaluate(run_dir, model_cfg: ModelConfig, cfg: EvalConfig, force: bool =
     used_pairs = {r["id"] for r in read_jsonl(run_dir / "03_preference_accuracy" / "predictions.jsonl")}
     prompts = unused_queries(queries, [r["id"] for r in read_jsonl(generated)], cfg.eval_n_prompts)
     pairs = unused_pairs(cfg.pref_data, used_pairs, cfg.eval_n_pairs, cfg.label_field)
+    reused = [e.id for e in pairs if e.id in used_pairs]
     heldout = [Example(str(r["id"]), r["turns"], r["o1"], r["o2"]) for r in read_pairs(heldout_path)] \
         if heldout_path.read_text(encoding="utf-8").strip() else []
     if not prompts:
@@ -344,6 +456,9 @@ def run_evaluate(run_dir, model_cfg: ModelConfig, cfg: EvalConfig, force: bool =
                         "pref_data": cfg.pref_data}, force)
     print(f"{len(prompts)} held-out prompts, {len(pairs)} held-out human pairs from {cfg.pref_data}, "
           f"{len(heldout)} held-out generated pairs")
+    if reused:
+        print(f"{len(reused)} of the human pairs were also scored in stage 3, which used all but "
+              f"{len(pairs) - len(reused)} of the file (stage 3 trains nothing, so the adapter has seen none)")
     gen_cfg, pref_cfg = cfg.generate_config(), cfg.pref_config()
     model = tokenizer = None
 
@@ -378,7 +493,7 @@ def run_evaluate(run_dir, model_cfg: ModelConfig, cfg: EvalConfig, force: bool =
     summary = summarize_alignment(*read, pref_cfg.n_bootstrap, pref_cfg.seed)
     write_json(out / "alignment.json", summary)
     write_manifest(out, "evaluate", params, started, model=model_fingerprint(model_cfg), n_prompts=len(prompts),
-                   n_pairs=len(pairs), n_heldout_generated=len(heldout))
+                   n_pairs=len(pairs), n_pairs_also_in_stage3=len(reused), n_heldout_generated=len(heldout))
     return summary
 
 
@@ -391,7 +506,8 @@ def unused_queries(source: str, used_ids, n: int, prefer_pair: str | None = "har
 
 
 def unused_pairs(data: str, used_ids, n: int, label_field: str = "safer_response_id") -> list[Example]:
-    """n human-labelled pairs that an earlier evaluation did not use (valid rows only)."""
+    """n human-labelled pairs (valid rows only), those an earlier evaluation did not use first: when stage 3
+    scored (nearly) all of the file, the rest are pairs it scored, in file order."""
     used = set(map(str, used_ids))
-    return [e for e in load_examples(data, require="labelled", label_field=label_field, on_invalid="skip")
-            if e.id not in used][:n]
+    rows = load_examples(data, require="labelled", label_field=label_field, on_invalid="skip")
+    return ([e for e in rows if e.id not in used] + [e for e in rows if e.id in used])[:n]
