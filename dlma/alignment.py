@@ -51,6 +51,7 @@ class EvalConfig:
     eval_max_new_tokens: int = 24
     eval_batch_size: int = 8
     score_batch_size: int = 8
+    max_batch_tokens: int = 0
     rendering: str = "affix"
     beta: float = 0.1
     label_field: str = "safer_response_id"
@@ -63,11 +64,12 @@ class EvalConfig:
 
     def generate_config(self) -> GenerateConfig:
         return GenerateConfig(rendering=self.rendering, max_new_tokens=self.eval_max_new_tokens,
-                              gen_batch_size=self.eval_batch_size, seed=self.seed)
+                              gen_batch_size=self.eval_batch_size, max_batch_tokens=self.max_batch_tokens,
+                              seed=self.seed)
 
     def pref_config(self) -> PrefAccConfig:
         return PrefAccConfig(rendering=self.rendering, beta=self.beta, score_batch_size=self.score_batch_size,
-                             seed=self.seed)
+                             max_batch_tokens=self.max_batch_tokens, seed=self.seed)
 
 
 def respond(model, tokenizer, examples: list[Example], cfg: GenerateConfig, adapter: bool = True,
@@ -96,7 +98,7 @@ def respond(model, tokenizer, examples: list[Example], cfg: GenerateConfig, adap
 
 
 def base_judgements(model, tokenizer, examples: list[Example], responses: list[str], rendering: str = "affix",
-                    batch_size: int = 8) -> list[dict]:
+                    batch_size: int = 8, max_tokens: int = 0) -> list[dict]:
     """Per response, judged by the base (adapter off): contrastive score C(o), perplexity, refusal."""
     prompts, resp = [], []
     for ex, o in zip(examples, responses, strict=True):
@@ -106,7 +108,8 @@ def base_judgements(model, tokenizer, examples: list[Example], responses: list[s
         resp += [r, r, r]
     ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
     with ctx:
-        s = sequence_logprobs(model, prompts, resp, tokenizer.pad_token_id, batch_size, desc="judge")
+        s = sequence_logprobs(model, prompts, resp, tokenizer.pad_token_id, batch_size, desc="judge",
+                              max_tokens=max_tokens)
     rows = []
     for k, o in enumerate(responses):
         s_pos, s_neg, s_plain = s[3 * k : 3 * k + 3]

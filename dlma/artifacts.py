@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 PACKAGES = ("dlma", "torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "numpy")
@@ -93,11 +94,19 @@ class PartialJSONL:
         self.rows.extend(rows)
         self.done.update(self._key(r) for r in rows)
 
-    def finish(self) -> Path:
+    def finish(self, order: list | None = None) -> Path:
+        """Rename the partial file to its final name; with `order` (keys), rewrite the rows in that order
+        (rows made out of order, e.g. in length-sorted batches, end in their input order)."""
         if not self.final.exists():
             if not self.partial.exists():  # nothing was needed: still leave an (empty) artifact
                 self.partial.write_text("", encoding="utf-8")
-            os.replace(self.partial, self.final)
+            if order is not None:
+                rank = {k: i for i, k in enumerate(order)}
+                self.rows.sort(key=lambda r: rank[self._key(r)])
+                write_jsonl(self.final, self.rows)
+                self.partial.unlink()
+            else:
+                os.replace(self.partial, self.final)
         return self.final
 
 
@@ -124,6 +133,11 @@ def input_record(source: str | Path) -> dict:
 
     path = resolve_source(source)
     return {"path": str(source), "sha256": sha256_file(path) if path is not None else None}
+
+
+# Parameters added after results were made: at these values they change nothing, so a folder made before
+# they existed is the same run (a token budget of 0 batches by count on a CPU, as before).
+ADDED_LATER = MappingProxyType({"max_batch_tokens": 0, "static_cache": False})
 
 
 def record_params(folder: str | Path, params: dict, hint: str, inputs: dict[str, str | Path] | None = None,
@@ -156,6 +170,7 @@ def record_params(folder: str | Path, params: dict, hint: str, inputs: dict[str,
         entries = []
     if path.exists() and [p.name for p in entries] != ["params.json"]:
         before = json.loads(path.read_text(encoding="utf-8"))
+        before = {**{k: v for k, v in ADDED_LATER.items() if k in record}, **before}
         was = before.get("inputs", {})
         moved = sorted(k for k in record["inputs"] if (was.get(k) or {}).get("path") != record["inputs"][k]["path"])
         stale = sorted(k for k in record["inputs"] if k not in moved and was.get(k) != record["inputs"][k])

@@ -1,9 +1,17 @@
 """Contrastive generation (SPEC section 2): o1 ~ pi(. | p+, q) and o2 ~ pi(. | p-, q), one sample each.
 
-Queries are cut into fixed batches by their position in the query list; each batch is seeded from
-(seed, batch index), generated p+ and p- side by side, left-padded, and appended to the output as soon
-as it is done. A rerun skips the batches already on disk, so an interrupted run ends with the same
-pairs, byte for byte, as an uninterrupted one.
+Queries are cut into batches; each batch is seeded from (seed, batch index), generated p+ and p- side by
+side, left-padded, and appended to the output as soon as it is done. A rerun skips the batches already on
+disk, so an interrupted run ends with the same pairs, byte for byte, as an uninterrupted one.
+
+Batches are either `gen_batch_size` queries in query order, or, under a token budget (`max_batch_tokens`,
+on a GPU by default), length-sorted queries packed until prompt and new tokens of the batch would pass the
+budget: the KV cache, not a count, bounds memory. The output is in query order either way.
+
+A sequence stops at EOS or where its last tokens spell the start of a new turn (token ids compared on the
+device, not a string search per step); the response is then cut at the turn's text (`cut_response`), so the
+early stop changes no kept token. `static_cache` uses transformers' static KV cache, whose decode step it
+compiles on a GPU.
 """
 
 from __future__ import annotations
@@ -13,11 +21,12 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .artifacts import PartialJSONL
 from .data import Example
 from .errors import check_fields
-from .logprobs import pad
+from .logprobs import buckets, kv_bytes_per_token, pad, token_budget
 from .params import documented
 from .prompts import RENDERINGS, get_pair, prompt_ids, render, stop_strings
 from .quiet import progress
@@ -36,6 +45,8 @@ class GenerateConfig:
     max_new_tokens: int = 200
     max_query_words: int = 600
     gen_batch_size: int = 16
+    max_batch_tokens: int = 0
+    static_cache: bool = False
     seed: int = 0
 
     def __post_init__(self):
@@ -46,6 +57,7 @@ class GenerateConfig:
             (self.max_new_tokens >= 1, ("max_new_tokens",), "must be >= 1"),
             (self.max_query_words >= 1, ("max_query_words",), "must be >= 1"),
             (self.gen_batch_size >= 1, ("gen_batch_size",), "must be >= 1"),
+            (self.max_batch_tokens >= 0, ("max_batch_tokens",), "must be >= 0 (0: by count on a CPU, auto on a GPU)"),
             (self.rendering in RENDERINGS, ("rendering",), f"must be one of {', '.join(RENDERINGS)}"),
         ])
         get_pair(self.pair, "GenerateConfig: pair")
@@ -83,12 +95,31 @@ def batch_seed(seed: int, batch_index: int) -> int:
     return (seed * 1_000_003 + batch_index) % (2**63)
 
 
+class StopAtTurn(StoppingCriteria):
+    """Done where a sequence's last tokens are one of the token spellings of a new turn: a comparison of ids
+    on the device, cheap at every step. A spelling it misses only lets the sequence run on; the cut below
+    is made on the text, so the kept tokens are the same either way."""
+
+    def __init__(self, tokenizer, stops: list[str], device):
+        spellings = {tuple(tokenizer(s, add_special_tokens=False).input_ids) for s in stops}
+        spellings |= {tuple(tokenizer("x" + s, add_special_tokens=False).input_ids[1:]) for s in stops}
+        self.stops = [torch.tensor(t, device=device) for t in sorted(spellings) if t]
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for t in self.stops:
+            if input_ids.shape[1] >= len(t):
+                done |= (input_ids[:, -len(t):] == t).all(-1)
+        return done
+
+
 @torch.no_grad()
 def sample(model, tokenizer, prompts: list[list[int]], cfg: GenerateConfig, seed: int) -> list[tuple[list[int], str]]:
     """One sampled continuation per prompt (ids), left-padded in one batch, cut at EOS or a new turn."""
     ids, mask = pad(prompts, tokenizer.pad_token_id, "left")
     width = ids.shape[1]
     device = next(model.parameters()).device
+    stops = stop_strings(cfg.rendering)
     torch.manual_seed(seed)
     out = model.generate(
         input_ids=ids.to(device),
@@ -99,10 +130,10 @@ def sample(model, tokenizer, prompts: list[list[int]], cfg: GenerateConfig, seed
         top_p=cfg.top_p,
         max_new_tokens=cfg.max_new_tokens,
         pad_token_id=tokenizer.pad_token_id,
-        stop_strings=stop_strings(cfg.rendering) or None,  # ends a sequence early; the cut is below
-        tokenizer=tokenizer,
+        stopping_criteria=StoppingCriteriaList([StopAtTurn(tokenizer, stops, device)]) if stops else None,
+        cache_implementation="static" if cfg.static_cache else None,
     )[:, width:].tolist()
-    eos, stops = eos_token_ids(model, tokenizer), stop_strings(cfg.rendering)
+    eos = eos_token_ids(model, tokenizer)
     return [cut_response(o, tokenizer, eos, stops) for o in out]
 
 
@@ -133,13 +164,31 @@ def generate_batch(model, tokenizer, examples: list[Example], cfg: GenerateConfi
     return rows
 
 
-def generate_pairs(model, tokenizer, examples: list[Example], cfg: GenerateConfig, out_path: str | Path) -> list[dict]:
-    """Generate (o1, o2) for every query into `out_path` (JSONL), resuming what is already there."""
+def query_batches(model, tokenizer, examples: list[Example], cfg: GenerateConfig) -> tuple[list[list[Example]], int]:
+    """(batches, token budget): `gen_batch_size` queries in query order when there is no budget; else
+    length-sorted batches whose 2 x queries x (longest prompt + max_new_tokens) fit the budget."""
+    budget = token_budget(model, cfg.max_batch_tokens, kv_bytes_per_token(model), share=0.6)
+    if not budget:
+        return [examples[i : i + cfg.gen_batch_size] for i in range(0, len(examples), cfg.gen_batch_size)], 0
+    widths = []
+    for ex in examples:
+        pair = get_pair(ex.pair or cfg.pair, f"{ex.source}: field 'pair'")
+        widths.append(max(len(prompt_ids(render(ex.turns, pair, side, cfg.rendering, tokenizer), tokenizer,
+                                         cfg.rendering)) for side in ("pos", "neg")) + cfg.max_new_tokens)
+    return [[examples[i] for i in b] for b in buckets(widths, cfg.gen_batch_size, budget // 2)], budget
+
+
+def generate_pairs(model, tokenizer, examples: list[Example], cfg: GenerateConfig, out_path: str | Path,
+                   info: dict | None = None) -> list[dict]:
+    """Generate (o1, o2) for every query into `out_path` (JSONL, in query order), resuming what is already
+    there. `info` receives the token budget the batches were formed under (0: by count)."""
     examples = [ex for ex in examples if sum(len(t.split()) for t in ex.turns) <= cfg.max_query_words]
     store = PartialJSONL(out_path)
     if store.finished:
         return store.rows
-    batches = [examples[i : i + cfg.gen_batch_size] for i in range(0, len(examples), cfg.gen_batch_size)]
+    batches, budget = query_batches(model, tokenizer, examples, cfg)
+    if info is not None:
+        info["max_batch_tokens"] = budget
     todo = [(b, batch) for b, batch in enumerate(batches) if not all(ex.id in store.done for ex in batch)]
     with tqdm(total=len(examples), initial=len(examples) - sum(len(b) for _, b in todo), desc="generate",
               disable=not progress()) as bar:
@@ -148,5 +197,5 @@ def generate_pairs(model, tokenizer, examples: list[Example], cfg: GenerateConfi
             # rows) and append only the missing ones, so no row is written twice
             store.append([r for r in generate_batch(model, tokenizer, batch, cfg, b) if r["id"] not in store.done])
             bar.update(len(batch))
-    store.finish()
+    store.finish(order=[ex.id for ex in examples] if budget else None)
     return store.rows

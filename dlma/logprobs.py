@@ -25,10 +25,45 @@ def pad(seqs: list[list[int]], pad_id: int, side: str = "right") -> tuple[torch.
     return ids, mask
 
 
-def buckets(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Indices in length-sorted batches, longest first: padding stays small and the memory peak comes first."""
+def buckets(lengths: list[int], batch_size: int, max_tokens: int = 0) -> list[list[int]]:
+    """Indices in length-sorted batches, longest first: padding stays small and the memory peak comes first.
+
+    Each batch holds at most `batch_size` items and, when `max_tokens` > 0, at most `max_tokens` padded
+    tokens (items x the longest): memory is bounded by tokens, not by a count. An item longer than the
+    budget is a batch of its own."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    out: list[list[int]] = []
+    for i in order:
+        last = out[-1] if out else None
+        if last and len(last) < batch_size and (not max_tokens or (len(last) + 1) * lengths[last[0]] <= max_tokens):
+            last.append(i)
+        else:
+            out.append([i])
+    return out
+
+
+def token_budget(model, max_batch_tokens: int = 0, bytes_per_token: int | None = None, share: float = 0.5) -> int:
+    """Tokens per batch: `max_batch_tokens` when given (> 0); else none on a CPU (batches by count, as memory is
+    plentiful and results stay as they were); else, on a GPU, `share` of its free memory over the bytes one
+    token costs: the KV cache of every layer for generation, or a forward pass's logits and activations."""
+    if max_batch_tokens > 0:
+        return max_batch_tokens
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return 0
+    cfg = model.config
+    if bytes_per_token is None:  # a forward pass: float32 logits over the vocabulary and a few hidden states
+        bytes_per_token = 4 * cfg.vocab_size * 2 + 2 * cfg.hidden_size * 16
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, int(share * free / bytes_per_token))
+
+
+def kv_bytes_per_token(model) -> int:
+    """Bytes the KV cache takes per token: keys and values of every layer (about 0.5 MiB for LLaMA2-7B in bf16)."""
+    cfg = model.config
+    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return 2 * cfg.num_hidden_layers * heads * head_dim * next(model.parameters()).element_size()
 
 
 def forward(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -53,8 +88,10 @@ def sequence_logprobs(
     padding_side: str = "right",
     max_length: int | None = None,
     desc: str | None = None,
+    max_tokens: int = 0,
 ) -> list[float]:
-    """S for each (prompt ids, response ids): the summed float64 log-probability of the response."""
+    """S for each (prompt ids, response ids): the summed float64 log-probability of the response, in
+    length-sorted batches of at most `batch_size` sequences and `max_tokens` padded tokens (0: no cap)."""
     seqs, starts = [], []
     for p, r in zip(prompts, responses, strict=True):
         if max_length is not None and len(p) + len(r) > max_length:
@@ -62,7 +99,8 @@ def sequence_logprobs(
         seqs.append(p + r)
         starts.append(len(p))
     out = [0.0] * len(seqs)
-    for batch in tqdm(buckets([len(s) for s in seqs], batch_size), desc=desc or "log-probs",
+    max_tokens = token_budget(model, max_tokens)
+    for batch in tqdm(buckets([len(s) for s in seqs], batch_size, max_tokens), desc=desc or "log-probs",
                       disable=desc is False or not progress(), leave=False):
         ids, mask = pad([seqs[i] for i in batch], pad_id, padding_side)
         logits = forward(model, ids, mask)
@@ -103,29 +141,30 @@ def packed_mask(segments: torch.Tensor, real: torch.Tensor, dtype: torch.dtype) 
 
 @torch.no_grad()
 def shared_prompt_logprobs(model, prompts: list[list[int]], responses: list[list[list[int]]], pad_id: int,
-                           batch_size: int = 8, max_length: int | None = None, desc: str | None = None
-                           ) -> list[list[float]]:
+                           batch_size: int = 8, max_length: int | None = None, desc: str | None = None,
+                           max_tokens: int = 0) -> list[list[float]]:
     """S of every response behind its prompt, reading each prompt once: [[S(r) for r in group] per prompt].
 
     The same numbers as `sequence_logprobs` on (prompt, response) pairs, for less work: the prompt's tokens
     are read once per group instead of once per response. A group where some response needs its prompt cut
     to `max_length` is scored as separate sequences, exactly as `sequence_logprobs` cuts them."""
     out: list[list[float]] = [[0.0] * len(group) for group in responses]
+    max_tokens = token_budget(model, max_tokens)
     fits = [max_length is None or all(len(p) + len(r) <= max_length for r in group)
             for p, group in zip(prompts, responses, strict=True)]
     cut = [i for i, ok in enumerate(fits) if not ok]
     if cut:  # per response, cut as sequence_logprobs cuts
         flat = [(i, k) for i in cut for k in range(len(responses[i]))]
         s = sequence_logprobs(model, [prompts[i] for i, _ in flat], [responses[i][k] for i, k in flat], pad_id,
-                              batch_size, max_length=max_length, desc=False)
+                              batch_size, max_length=max_length, desc=False, max_tokens=max_tokens)
         for (i, k), v in zip(flat, s, strict=True):
             out[i][k] = v
     packed = {i: packed_inputs(prompts[i], responses[i]) for i, ok in enumerate(fits) if ok}
     order = [i for i in range(len(prompts)) if fits[i]]
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     dtype = dtype if dtype.is_floating_point else torch.float32
-    for batch in tqdm([[order[j] for j in b] for b in buckets([len(packed[i][0]) for i in order], batch_size)],
-                      desc=desc or "log-probs", disable=desc is False or not progress(), leave=False):
+    batches = [[order[j] for j in b] for b in buckets([len(packed[i][0]) for i in order], batch_size, max_tokens)]
+    for batch in tqdm(batches, desc=desc or "log-probs", disable=desc is False or not progress(), leave=False):
         ids, real = pad([packed[i][0] for i in batch], pad_id, "right")
         pos, _ = pad([packed[i][1] for i in batch], 0, "right")
         seg, _ = pad([packed[i][2] for i in batch], -1, "right")
@@ -147,13 +186,14 @@ def shared_prompt_logprobs(model, prompts: list[list[int]], responses: list[list
 
 @torch.no_grad()
 def next_token_logits(model, prompts: list[list[int]], token_ids: list[int], pad_id: int,
-                      batch_size: int = 8, desc: str | None = None):
+                      batch_size: int = 8, desc: str | None = None, max_tokens: int = 0):
     """[n, len(token_ids)] float64 logits of `token_ids` at the position after each prompt (left-padded)."""
     import numpy as np
 
     out = np.zeros((len(prompts), len(token_ids)))
-    for batch in tqdm(buckets([len(p) for p in prompts], batch_size), desc=desc or "next-token", leave=False,
-                      disable=not progress()):
+    max_tokens = token_budget(model, max_tokens)
+    for batch in tqdm(buckets([len(p) for p in prompts], batch_size, max_tokens), desc=desc or "next-token",
+                      leave=False, disable=not progress()):
         ids, mask = pad([prompts[i] for i in batch], pad_id, "left")
         out[batch] = forward(model, ids, mask)[:, -1, token_ids].double().cpu().numpy()
     return out

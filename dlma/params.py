@@ -37,6 +37,9 @@ HELP = {
     "top_k": "top-k sampling (paper: 50)",
     "top_p": "nucleus sampling (paper: 1.0, off)",
     "max_new_tokens": "response length cap (paper: 200)",
+    "max_batch_tokens": "tokens per batch, prompts and new tokens padded (0: batches by count on a CPU, half "
+                        "the free memory on a GPU)",
+    "static_cache": "generate with a static KV cache, whose decode step transformers compiles on a GPU",
     "max_query_words": "longer queries are left out and counted, as in the released code",
     "gen_batch_size": "queries per generation batch (2 sequences each)",
     # 2 self-reward

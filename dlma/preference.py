@@ -40,6 +40,7 @@ class PrefAccConfig:
     beta: float = 0.1
     score_batch_size: int = 8
     pref_max_length: int = 1024
+    max_batch_tokens: int = 0
     share_prompts: bool = True
     n_bootstrap: int = 1000
     seed: int = 0
@@ -130,7 +131,8 @@ def score_rlaif(model, tokenizer, examples: list[Example], cfg: PrefAccConfig) -
         for a, b in ((ex.chosen, ex.rejected), (ex.rejected, ex.chosen)):
             text = rlaif_prompt(ex.turns, a, b, cfg.rlaif_instruction)
             prompts.append(_truncate(prompt_ids(text, tokenizer, "affix"), cfg.pref_max_length))
-    logits = next_token_logits(model, prompts, [a_id, b_id], tokenizer.pad_token_id, cfg.score_batch_size, "rlaif")
+    logits = next_token_logits(model, prompts, [a_id, b_id], tokenizer.pad_token_id, cfg.score_batch_size, "rlaif",
+                               cfg.max_batch_tokens)
     rows = []
     for k, ex in enumerate(examples):
         d1 = logits[2 * k, 0] - logits[2 * k, 1]  # prefers A = chosen
@@ -149,10 +151,11 @@ def policy_logprobs(model, tokenizer, examples: list[Example], cfg: PrefAccConfi
     if cfg.share_prompts:  # chosen and rejected behind one reading of their shared prompt
         s = shared_prompt_logprobs(model, prompts[::2], [[a, b] for a, b in zip(responses[::2], responses[1::2],
                                                                                   strict=True)],
-                                   tokenizer.pad_token_id, cfg.score_batch_size, cfg.pref_max_length, desc)
+                                   tokenizer.pad_token_id, cfg.score_batch_size, cfg.pref_max_length, desc,
+                                   cfg.max_batch_tokens)
         return np.asarray(s, dtype=float)
     s = sequence_logprobs(model, prompts, responses, tokenizer.pad_token_id, cfg.score_batch_size,
-                          max_length=cfg.pref_max_length, desc=desc)
+                          max_length=cfg.pref_max_length, desc=desc, max_tokens=cfg.max_batch_tokens)
     return np.asarray(s).reshape(-1, 2)
 
 
@@ -171,7 +174,8 @@ def score_examples(model, tokenizer, examples: list[Example], scorer: str, cfg: 
     if scorer == "dlma":
         items = [(ex.turns, ex.chosen, ex.rejected) for ex in examples]
         terms = self_reward_terms(model, tokenizer, items, PAIRS[cfg.pref_pair], cfg.rendering, cfg.score_batch_size,
-                                  max_length=cfg.pref_max_length, desc="dlma", share_prompts=cfg.share_prompts)
+                                  max_length=cfg.pref_max_length, desc="dlma", share_prompts=cfg.share_prompts,
+                                  max_tokens=cfg.max_batch_tokens)
         rows = [{"id": ex.id, "score": t["self_reward"], **t} for ex, t in zip(examples, terms, strict=True)]
     elif scorer == "rlaif":
         rows = score_rlaif(model, tokenizer, examples, cfg)

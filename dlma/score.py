@@ -27,6 +27,7 @@ class ScoreConfig:
     rendering: str = "affix"
     score_batch_size: int = 8
     score_max_length: int = 1024
+    max_batch_tokens: int = 0
     share_prompts: bool = True
 
     def __post_init__(self):
@@ -39,6 +40,7 @@ def check_score_settings(cfg, pair: str, max_length: str) -> None:
         (cfg.score_batch_size >= 1, ("score_batch_size",), "must be >= 1"),
         (getattr(cfg, max_length) >= 2, (max_length,), "must be >= 2 (a prompt token and a response token)"),
         (cfg.rendering in RENDERINGS, ("rendering",), f"must be one of {', '.join(RENDERINGS)}"),
+        (cfg.max_batch_tokens >= 0, ("max_batch_tokens",), "must be >= 0 (0: by count on a CPU, auto on a GPU)"),
     ])
     get_pair(getattr(cfg, pair), f"{type(cfg).__name__}: {pair}")
 
@@ -54,6 +56,7 @@ def self_reward_terms(
     max_length: int | None = 1024,
     desc: str | None = "self-reward",
     share_prompts: bool = False,
+    max_tokens: int = 0,
 ) -> list[dict]:
     """For (turns, o1, o2) items: the four S terms and R, as plain dicts. By default one sequence per S;
     with `share_prompts`, each of p+ and p- is read once with both responses behind it (the same S, less
@@ -65,13 +68,13 @@ def self_reward_terms(
     if share_prompts:  # p+ once with o1 and o2 behind it, then p- likewise
         groups = shared_prompt_logprobs(model, [p for ps in contrast for p in ps], [list(rs) for rs in both
                                                                                   for _ in range(2)],
-                                        tokenizer.pad_token_id, batch_size, max_length, desc)
+                                        tokenizer.pad_token_id, batch_size, max_length, desc, max_tokens)
         s = [v for pos, neg in zip(groups[::2], groups[1::2], strict=True) for v in (pos[0], neg[0], pos[1], neg[1])]
     else:  # one sequence per term, in the order of SCORE_KEYS
         prompts = [p for (p_pos, p_neg) in contrast for p in (p_pos, p_neg, p_pos, p_neg)]
         responses = [r for (r1, r2) in both for r in (r1, r1, r2, r2)]
         s = sequence_logprobs(
-            model, prompts, responses, tokenizer.pad_token_id, batch_size, padding_side, max_length, desc
+            model, prompts, responses, tokenizer.pad_token_id, batch_size, padding_side, max_length, desc, max_tokens
         )
     rows = []
     for k in range(len(items)):

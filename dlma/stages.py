@@ -99,9 +99,10 @@ def run_generate(out_dir, model_cfg: ModelConfig, queries: str, cfg: GenerateCon
     begin(out_dir, {**params, "model": model_cfg.to_dict()}, {"queries": queries}, force)
     note_dropped("generate", too_long, f"over max_query_words={cfg.max_query_words}")
     model, tokenizer = _model(model_cfg, model)
-    rows = generate_pairs(model, tokenizer, examples, cfg, out_dir / "pairs.jsonl")
+    info: dict = {}
+    rows = generate_pairs(model, tokenizer, examples, cfg, out_dir / "pairs.jsonl", info)
     write_manifest(out_dir, "generate", params, started, model=model_fingerprint(model_cfg), n_pairs=len(rows),
-                   dropped={"over_max_query_words": too_long})
+                   dropped={"over_max_query_words": too_long}, **info)
     return rows
 
 
@@ -224,7 +225,7 @@ def run_score(out_dir, model_cfg: ModelConfig, pairs_path, cfg: ScoreConfig, chu
                 terms = self_reward_terms(model, tokenizer, [(p["turns"], p["o1"], p["o2"]) for p in group],
                                           get_pair(name), rendering, cfg.score_batch_size,
                                           max_length=cfg.score_max_length, desc=f"score {k + len(part)}/{len(todo)}",
-                                          share_prompts=cfg.share_prompts)
+                                          share_prompts=cfg.share_prompts, max_tokens=cfg.max_batch_tokens)
                 rows += [{**p, "pair": name, **t} for p, t in zip(group, terms, strict=True)]
             store.append(rows)  # grouped by setting within a chunk: the order the published run's split used
     store.finish()
@@ -325,7 +326,8 @@ def run_pair_study(run_dir, model_cfg: ModelConfig, pref_data: str, cfg: PrefAcc
         items = [(by_id[i].turns, by_id[i].chosen, by_id[i].rejected) for i in fresh]
         terms = dict(zip(fresh, self_reward_terms(m, tok, items, get_pair(pair), rendering, cfg.score_batch_size,
                                                   max_length=cfg.pref_max_length, desc=v,
-                                                  share_prompts=cfg.share_prompts), strict=True)) if fresh else {}
+                                                  share_prompts=cfg.share_prompts, max_tokens=cfg.max_batch_tokens),
+                         strict=True)) if fresh else {}
         store.append([{"variant": v, "id": i, **terms_row(terms.get(i) or reuse[i],
                                                          len(response_ids(by_id[i].chosen, tok)),
                                                          len(response_ids(by_id[i].rejected, tok)))} for i in todo])
@@ -478,7 +480,8 @@ def run_evaluate(run_dir, model_cfg: ModelConfig, cfg: EvalConfig, force: bool =
                 texts.append([{"model": name, "id": i, "response": t} for i, t in new.items()])
 
             got = respond(*loaded(), prompts, gen_cfg, adapter=name == "dlma", done=done, save=save)
-            judged = base_judgements(*loaded(), prompts, got, gen_cfg.rendering, pref_cfg.score_batch_size)
+            judged = base_judgements(*loaded(), prompts, got, gen_cfg.rendering, pref_cfg.score_batch_size,
+                                     pref_cfg.max_batch_tokens)
             responses += [{"id": ex.id, "model": name, "query": ex.turns[-1], "response": t, **j}
                           for ex, t, j in zip(prompts, got, judged, strict=True)]
         write_jsonl(out / "responses.jsonl", responses)

@@ -60,6 +60,11 @@ def pref(tmp, tiny, *extra, rows=None):
     return ["pref-acc", "--model", tiny, "--pref-data", h(tmp, rows or [LABELLED]), "--out", str(tmp / "out"), *extra]
 
 
+def study(tmp, tiny, *extra):
+    rows = [{**LABELLED, "id": f"h{i}"} for i in range(5)]
+    return ["pair-study", "--model", tiny, "--pref-data", h(tmp, rows), "--run", str(tmp / "run"), *extra]
+
+
 def train(tmp, tiny, rows, *extra):
     return ["train", "--model", tiny, "--pairs", p(tmp, rows), "--out", str(tmp / "out"), *extra]
 
@@ -205,6 +210,13 @@ CASES = [
     ("pref-pku-label-not-0-1", lambda t, m: pref(t, m, rows=[{"prompt": "q", "response_0": "a", "response_1": "b",
                                                               "safer_response_id": 2}]),
      ["h.jsonl:1: field 'safer_response_id': must be 0 or 1"]),
+    # pair-study
+    ("study-unknown-variant", lambda t, m: study(t, m, "--study-variants", "harmless,kindly"),
+     ["study_variants: 'kindly': unknown prompt pair 'kindly'"]),
+    ("study-select-all", lambda t, m: study(t, m, "--study-select", "5"),
+     ["study_select=5: leaves no pair to confirm"]),
+    ("study-select-0", lambda t, m: study(t, m, "--study-select", "0"), ["study_select=0: must be >= 1"]),
+    ("generate-budget-negative", lambda t, m: gen(t, m, "--max-batch-tokens", "-1"), ["max_batch_tokens=-1"]),
     # train
     ("train-no-self-reward", lambda t, m: train(t, m, [PAIR]), ["pairs.jsonl:1: field 'self_reward': missing"]),
     ("train-self-reward-nan", lambda t, m: train(t, m, [{**PAIR, "self_reward": float("nan")}]),

@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+import torch
 
 from dlma.artifacts import sha256_file
 from dlma.data import load_examples
@@ -197,3 +198,63 @@ def test_another_seed_gives_other_pairs(embedded, tmp_path, uninterrupted):
     differ = sum((a["o1"], a["o2"]) != (b["o1"], b["o2"]) for a, b in zip(rows, base, strict=True))
     assert differ >= N // 2
     assert json.loads((tmp_path / "manifest.json").read_text())["params"]["seed"] == 1
+
+
+def test_turn_stop_on_token_ids(tok):
+    from dlma.generate import StopAtTurn
+
+    stop = StopAtTurn(tok, stop_strings("affix"), "cpu")
+    seqs = [tok("Sure, here it is.\nUSER: and", add_special_tokens=False).input_ids[:-1],  # ends "...\nUSER:"
+            tok("Sure, here it is. More", add_special_tokens=False).input_ids]
+    width = max(map(len, seqs))
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(s)) + s for s in seqs])
+    assert stop(ids, None).tolist() == [True, False]
+
+
+def test_token_stops_keep_what_stop_strings_kept(embedded):
+    """The early stop on token ids keeps, after the cut, the very tokens transformers' `stop_strings` kept:
+    the same seed draws the same tokens, and the cut is made on the text either way."""
+    from dlma.generate import eos_token_ids, sample
+    from dlma.logprobs import pad
+    from dlma.prompts import PAIRS, prompt_ids, render
+
+    model, tok = embedded
+    queries = load_examples("sample:queries", limit=6)
+    prompts = [prompt_ids(render(q.turns, PAIRS["harmless"], side, "affix", tok), tok, "affix")
+               for q in queries for side in ("pos", "neg")]
+    few_shot = "USER: Hi!\nASSISTANT: Hello.\nUSER: What is 2+2?\nASSISTANT: 4.\nUSER: And {k}+{k}?\nASSISTANT:"
+    prompts += [prompt_ids(few_shot.format(k=k), tok, "affix") for k in range(3, 7)]  # these go on to a new turn
+    ours = sample(model, tok, prompts, GenerateConfig(max_new_tokens=40), seed=11)
+    ids, mask = pad(prompts, tok.pad_token_id, "left")
+    torch.manual_seed(11)
+    ref = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=50, top_p=1.0,
+                         max_new_tokens=40, pad_token_id=tok.pad_token_id, stop_strings=stop_strings("affix"),
+                         tokenizer=tok)[:, ids.shape[1]:].tolist()
+    eos = eos_token_ids(model, tok)
+    assert ours == [cut_response(o, tok, eos, stop_strings("affix")) for o in ref]
+    assert {why for _, why in ours} >= {"turn"}  # the stop mattered in this sample
+
+
+def test_token_budget_batches_by_length_and_writes_in_query_order(embedded, tmp_path):
+    from dlma.generate import query_batches
+
+    model, tok = embedded
+    cfg = GenerateConfig(max_new_tokens=6, gen_batch_size=4, max_batch_tokens=200, seed=0)
+    examples = load_examples("sample:queries", limit=10)
+    batches, budget = query_batches(model, tok, examples, cfg)
+    assert budget == 200 and sorted(e.id for b in batches for e in b) == sorted(e.id for e in examples)
+    assert len(batches) > 3  # more than the 3 batches of 4 by count: the budget binds
+    rows = run_generate(tmp_path / "a", ModelConfig(DEFAULT_MODEL), "sample:queries", cfg, 10, model=embedded)
+    assert [r["id"] for r in rows] == [e.id for e in examples]
+    assert sorted({r["batch"] for r in rows}) == list(range(len(batches)))
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["max_batch_tokens"] == 200
+    again = run_generate(tmp_path / "b", ModelConfig(DEFAULT_MODEL), "sample:queries", cfg, 10, model=embedded)
+    assert again == rows
+    assert (tmp_path / "a" / "pairs.jsonl").read_bytes() == (tmp_path / "b" / "pairs.jsonl").read_bytes()
+    # killed after two batches: the rest is generated, the file is the same
+    done = [r for r in rows if r["batch"] < 2]
+    (tmp_path / "c").mkdir()
+    shutil.copy(tmp_path / "a" / "params.json", tmp_path / "c" / "params.json")
+    (tmp_path / "c" / "pairs.partial.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done))
+    run_generate(tmp_path / "c", ModelConfig(DEFAULT_MODEL), "sample:queries", cfg, 10, model=embedded)
+    assert (tmp_path / "c" / "pairs.jsonl").read_bytes() == (tmp_path / "a" / "pairs.jsonl").read_bytes()

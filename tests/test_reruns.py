@@ -128,3 +128,15 @@ def test_published_notebooks_hold_no_path_of_the_machine_that_ran_them():
         nb = nbformat.read(path, as_version=4)
         assert "start_time" not in nb.metadata.get("papermill", {}), path.name
         assert not any("execution" in c.metadata for c in nb.cells), path.name
+
+
+def test_a_parameter_added_later_at_its_default_resumes_an_older_folder(tmp_path):
+    """A folder made before `max_batch_tokens` existed is the same run at its default (0), another value is not."""
+    from dlma.artifacts import record_params
+    from dlma.errors import DLMAError
+
+    record_params(tmp_path, {"seed": 0}, "hint")
+    (tmp_path / "result.jsonl").write_text("{}\n")
+    record_params(tmp_path, {"seed": 0, "max_batch_tokens": 0}, "hint")
+    with pytest.raises(DLMAError, match=r"other parameters \(max_batch_tokens\)"):
+        record_params(tmp_path, {"seed": 0, "max_batch_tokens": 512}, "hint")

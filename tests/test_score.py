@@ -116,3 +116,24 @@ def test_packed_mask_keeps_responses_apart():
     assert allowed[4].tolist() == [True, True, False, False, True, False]  # r2 sees the prompt and itself only
     assert allowed[3].tolist() == [True, True, True, True, False, False]  # r1 sees the prompt and r1 before it
     assert allowed[5].tolist() == [False] * 5 + [True]  # padding sees itself only
+
+
+def test_buckets_under_a_token_budget():
+    from dlma.logprobs import buckets
+
+    lengths = [10, 50, 20, 40, 30, 5]
+    assert buckets(lengths, 2) == [[1, 3], [4, 2], [0, 5]]  # by count, longest first
+    got = buckets(lengths, 8, max_tokens=100)
+    assert got == [[1, 3], [4, 2, 0], [5]]  # 2 x 50 <= 100; 3 x 30 <= 100; 4 x 30 > 100
+    assert all(len(b) * max(lengths[i] for i in b) <= 100 for b in got)
+    assert buckets([300, 10], 8, max_tokens=100) == [[0], [1]]  # too long for the budget: a batch of its own
+
+
+def test_token_budget_and_kv_bytes(embedded):
+    from dlma.logprobs import kv_bytes_per_token, token_budget
+
+    model, _ = embedded
+    assert token_budget(model, 4096) == 4096  # given: taken as is
+    assert token_budget(model, 0) == 0  # on a CPU: batches by count, as before
+    cfg = model.config  # SmolLM2-135M: 30 layers, 3 KV heads of 64, float32 here
+    assert kv_bytes_per_token(model) == 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * 64 * 4 == 46080
