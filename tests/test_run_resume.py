@@ -98,8 +98,8 @@ def test_every_glue_key_the_book_uses_is_in_the_published_notebooks():
     keys = set()
     for page in (ROOT / "book").glob("*.md"):
         text = page.read_text()
-        keys |= set(re.findall(r"results/(\d\d_\w+)\.ipynb::(\w+)", text))
-        directives = re.findall(r"```\{glue\} (\w+)\n:doc: /book/results/(\d\d_\w+)\.ipynb", text)
+        keys |= set(re.findall(r"results/(\d\d[a-z]?_\w+)\.ipynb::(\w+)", text))
+        directives = re.findall(r"```\{glue\} (\w+)\n:doc: /book/results/(\d\d[a-z]?_\w+)\.ipynb", text)
         keys |= {(doc, key) for key, doc in directives}
     assert len(keys) >= 12
     for stage, key in sorted(keys):
