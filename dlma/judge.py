@@ -1,0 +1,202 @@
+"""Pairwise judges: given a conversation and two responses A and B, which is better? "win" (A), "tie" or
+"lose" (A loses). The paper judges its trained models with GPT-4; offline, two local judges stand in.
+
+- `RlaifJudge`: the base model asked with the RLAIF prompt (SPEC section 5), in both orders. At 135M it
+  mostly prefers the longer answer, so every win rate is also given length-controlled (below).
+- `ContrastJudge`: the base model's contrastive score R under a prompt pair (A as o1, B as o2): the
+  difference of differences cancels what the two prompts share, length among it. Order-free.
+- `HttpJudge`: any OpenAI-compatible chat-completions endpoint (base URL and model name as parameters), with
+  the RLAIF prompt in both orders. The key is read from an environment variable at each request and never
+  written anywhere; failed requests are retried with exponential backoff; every answer is cached on disk
+  (keyed by model and prompt), so a rerun asks nothing.
+
+A two-order judge says "win" or "lose" only when both orders agree, else "tie"; `position_consistency` is
+the share of items where they agree. `length_controlled` fits the judge's preference on the length
+difference (a logistic regression, as AlpacaEval 2's length-controlled win rate does) and reads the win
+rate at no length difference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.special import expit
+
+from .errors import DLMAError
+from .logprobs import next_token_logits
+from .preference import RLAIF_INSTRUCTION, _truncate, rlaif_prompt
+from .prompts import PAIRS, prompt_ids
+from .score import self_reward_terms
+
+VERDICTS = ("win", "tie", "lose")
+
+
+def two_order_verdict(prefers_a_first: bool | None, prefers_a_second: bool | None) -> str:
+    """A's verdict from the two orders (A shown first, then B shown first): both for A, win; both for B,
+    lose; anything else (disagreement, or an order without an answer), tie."""
+    if prefers_a_first is True and prefers_a_second is True:
+        return "win"
+    if prefers_a_first is False and prefers_a_second is False:
+        return "lose"
+    return "tie"
+
+
+@dataclass
+class RlaifJudge:
+    """The base model with the RLAIF prompt: the logit of `A` against `B` after `The answer is: (`."""
+
+    model: object
+    tokenizer: object
+    instruction: str = RLAIF_INSTRUCTION
+    max_length: int = 1024
+    batch_size: int = 8
+
+    def judge(self, items: list[tuple[list[str], str, str]]) -> list[dict]:
+        tok = self.tokenizer
+        a_id, b_id = (tok(x, add_special_tokens=False).input_ids[0] for x in ("A", "B"))
+        prompts = [_truncate(prompt_ids(rlaif_prompt(turns, first, second, self.instruction), tok, "affix"),
+                             self.max_length)
+                   for turns, a, b in items for first, second in ((a, b), (b, a))]
+        logits = next_token_logits(self.model, prompts, [a_id, b_id], tok.pad_token_id, self.batch_size, "judge")
+        rows = []
+        for k in range(len(items)):
+            first = logits[2 * k, 0] - logits[2 * k, 1]  # > 0: prefers (A), which is A
+            second = logits[2 * k + 1, 1] - logits[2 * k + 1, 0]  # > 0: prefers (B), which is A
+            rows.append({"verdict": two_order_verdict(first > 0 if first else None, second > 0 if second else None),
+                         "a_first": float(first), "a_second": float(second)})
+        return rows
+
+
+@dataclass
+class ContrastJudge:
+    """The base model's R under a prompt pair, A as o1: A wins when R > 0. Order-free, length-neutral."""
+
+    model: object
+    tokenizer: object
+    pair: str = "harmless"
+    max_length: int = 1024
+    batch_size: int = 8
+
+    def judge(self, items: list[tuple[list[str], str, str]]) -> list[dict]:
+        terms = self_reward_terms(self.model, self.tokenizer, items, PAIRS[self.pair], "affix", self.batch_size,
+                                  max_length=self.max_length, desc="judge", share_prompts=True)
+        return [{"verdict": "win" if t["self_reward"] > 0 else "lose" if t["self_reward"] < 0 else "tie",
+                 "self_reward": t["self_reward"]} for t in terms]
+
+
+@dataclass
+class HttpJudge:
+    """An OpenAI-compatible chat-completions judge. `api_key_env` names the environment variable holding the
+    key (none is sent when it is unset, as a local server needs none)."""
+
+    base_url: str
+    model: str
+    cache: str | Path
+    api_key_env: str = "OPENAI_API_KEY"
+    instruction: str = RLAIF_INSTRUCTION
+    retries: int = 5
+    backoff_s: float = 1.0
+    timeout_s: float = 60.0
+
+    def __post_init__(self):
+        self.cache = Path(self.cache)
+        self.answers: dict[str, str] = {}
+        if self.cache.exists():
+            for line in self.cache.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    self.answers[row["key"]] = row["answer"]
+        self.requests = 0  # sent in this session (a rerun on a full cache sends none)
+
+    def _key(self, prompt: str) -> str:
+        return hashlib.sha256(json.dumps([self.base_url, self.model, prompt]).encode()).hexdigest()
+
+    def ask(self, prompt: str) -> str:
+        key = self._key(prompt)
+        if key not in self.answers:
+            answer = self._request(prompt)
+            self.cache.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.cache, "a", encoding="utf-8") as f:  # one line per answer, on disk at once
+                f.write(json.dumps({"key": key, "answer": answer}, ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            self.answers[key] = answer
+        return self.answers[key]
+
+    def _request(self, prompt: str) -> str:
+        url = self.base_url.rstrip("/") + "/chat/completions"
+        body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": 5,
+                           "messages": [{"role": "user", "content": prompt}]}).encode()
+        headers = {"Content-Type": "application/json"}
+        if os.environ.get(self.api_key_env):
+            headers["Authorization"] = f"Bearer {os.environ[self.api_key_env]}"
+        for attempt in range(self.retries + 1):
+            self.requests += 1
+            try:
+                request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                    return json.loads(response.read())["choices"][0]["message"]["content"]
+            except urllib.error.HTTPError as e:  # 429 and 5xx may pass; anything else is the request's fault
+                problem = f"HTTP {e.code}"
+                if e.code != 429 and e.code < 500:
+                    break
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+                problem = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+            except (KeyError, IndexError, ValueError) as e:
+                raise DLMAError(f"judge {url}: not an OpenAI chat-completions answer ({type(e).__name__})") from None
+            if attempt < self.retries:
+                time.sleep(self.backoff_s * 2**attempt)
+        raise DLMAError(f"judge {url}: {problem} after {attempt + 1} attempt(s); answers so far are cached in "
+                        f"{self.cache}, a rerun asks only the rest")
+
+    @staticmethod
+    def choice(answer: str) -> bool | None:
+        """True for (A), False for (B), None when the answer names neither first."""
+        for ch in answer.strip().lstrip("(").upper()[:3]:
+            if ch in "AB":
+                return ch == "A"
+        return None
+
+    def judge(self, items: list[tuple[list[str], str, str]]) -> list[dict]:
+        rows = []
+        for turns, a, b in items:
+            first = self.choice(self.ask(rlaif_prompt(turns, a, b, self.instruction)))
+            second = self.choice(self.ask(rlaif_prompt(turns, b, a, self.instruction)))
+            rows.append({"verdict": two_order_verdict(first, None if second is None else not second),
+                         "a_first": first, "a_second": None if second is None else not second})
+        return rows
+
+
+def position_consistency(rows: list[dict]) -> float:
+    """Share of items whose two orders agree (a tie from disagreement counts against)."""
+    both = [(r.get("a_first"), r.get("a_second")) for r in rows]
+    agree = [(f > 0) == (s > 0) if isinstance(f, float) else f is not None and f == s for f, s in both]
+    return float(np.mean(agree)) if agree else float("nan")
+
+
+def length_controlled(verdicts: list[str], len_a: list[int], len_b: list[int], iterations: int = 50) -> dict:
+    """Win rate of A (a tie counts half) and the same at no length difference: the intercept of a logistic
+    regression of the outcome on the standardised length difference (fitted by Newton's method)."""
+    y = np.array([{"win": 1.0, "tie": 0.5, "lose": 0.0}[v] for v in verdicts])
+    d = np.asarray(len_a, dtype=float) - np.asarray(len_b, dtype=float)
+    scale = d.std() or 1.0
+    x = np.column_stack([np.ones_like(d), d / scale])
+    w = np.zeros(2)
+    ridge = np.diag([0.0, 1e-3 * len(y)])  # a little: a judge that only follows length is near-separable
+    for _ in range(iterations):
+        p = expit(x @ w)
+        hessian = x.T @ (x * (p * (1 - p))[:, None]) + ridge + 1e-9 * np.eye(2)
+        step = np.linalg.solve(hessian, x.T @ (y - p) - ridge @ w)
+        w += step
+        if np.abs(step).max() < 1e-10:
+            break
+    return {"win_rate": float(y.mean()), "lc_win_rate": float(expit(w[0])),
+            "length_slope": float(w[1]), "n": int(len(y))}
