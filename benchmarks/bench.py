@@ -26,6 +26,19 @@ ROOT = Path(__file__).resolve().parents[1]
 HH = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test-dev512.jsonl"
 
 
+def stop_strings_sample(model, tok, prompts, max_new_tokens: int):
+    """The generation before token-id stops: transformers' `stop_strings`, then the same cut."""
+    from dlma.generate import cut_response, eos_token_ids
+    from dlma.prompts import stop_strings
+
+    ids, mask = pad(prompts, tok.pad_token_id, "left")
+    torch.manual_seed(0)
+    out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=50, top_p=1.0,
+                         max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+                         stop_strings=stop_strings("affix"), tokenizer=tok)[:, ids.shape[1]:].tolist()
+    return [cut_response(o, tok, eos_token_ids(model, tok), stop_strings("affix")) for o in out]
+
+
 def timed(fn):
     t = time.perf_counter()
     out = fn()
@@ -102,6 +115,15 @@ def main() -> None:
     new16 = sum(len(ids) for ids, _ in out16) / tb16
     rows.append(("generate (sampling, 32 new tokens)", "batch 1", f"{new1:.0f} new tok/s", "batch 16",
                  f"{new16:.0f} new tok/s", new16 / new1))
+
+    # 4. the end of a turn: transformers' stop_strings (a string search every step) vs token-id stops
+    t_str, same = timed(lambda: stop_strings_sample(model, tok, gp, 48))
+    t_ids, ours = timed(lambda: sample(model, tok, gp, GenerateConfig(max_new_tokens=48), 0))
+    n_new = sum(len(ids) for ids, _ in ours)
+    rows.append(("generate batch 16, 48 new tokens: end-of-turn check", "stop_strings",
+                 f"{n_new / t_str:.0f} new tok/s", "token-id stops",
+                 f"{n_new / t_ids:.0f} new tok/s (kept tokens identical: {same == ours})",
+                 t_str / t_ids))
 
     lines = [
         "# Performance",
