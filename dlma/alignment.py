@@ -19,7 +19,7 @@ import numpy as np
 
 from .data import Example, check_limit
 from .generate import GenerateConfig, sample
-from .logprobs import response_ids, sequence_logprobs
+from .logprobs import buckets, kv_bytes_per_token, response_ids, sequence_logprobs, token_budget
 from .params import documented
 from .preference import PrefAccConfig, summarize
 from .prompts import PAIRS, policy_prompt, prompt_ids
@@ -76,19 +76,28 @@ def respond(model, tokenizer, examples: list[Example], cfg: GenerateConfig, adap
             done: dict[str, str] | None = None, save=None) -> list[str]:
     """One sampled response per query under the plain prompt; `adapter=False` samples from the base.
 
-    The queries from position b on are a batch seeded with seed + b, so a batch whose responses are all in
-    `done` ({id: text}) is not sampled again and the others come out the same: a killed run resumes.
-    `save({id: text})` is called after each batch."""
+    By count, the queries from position b on are a batch seeded with seed + b; under a token budget
+    (`max_batch_tokens`, on a GPU by default) length-sorted batches are seeded with seed + their index. A
+    batch whose responses are all in `done` ({id: text}) is not sampled again and the others come out the
+    same: a killed run resumes. `save({id: text})` is called after each batch."""
     done = dict(done or {})
     prompts = [prompt_ids(policy_prompt(ex.turns, cfg.rendering, tokenizer), tokenizer, cfg.rendering)
                for ex in examples]
+    budget = token_budget(model, cfg.max_batch_tokens, kv_bytes_per_token(model), share=0.6)
+    if budget:
+        batches = buckets([len(p) + cfg.max_new_tokens for p in prompts], cfg.gen_batch_size, budget)
+        seeds = [cfg.seed + k for k in range(len(batches))]
+    else:
+        batches = [list(range(b, min(b + cfg.gen_batch_size, len(prompts))))
+                   for b in range(0, len(prompts), cfg.gen_batch_size)]
+        seeds = [cfg.seed + b[0] for b in batches]
     ctx = model.disable_adapter() if (not adapter and hasattr(model, "disable_adapter")) else nullcontext()
     with ctx:
-        for b in range(0, len(prompts), cfg.gen_batch_size):
-            part = examples[b : b + cfg.gen_batch_size]
+        for batch, seed in zip(batches, seeds, strict=True):
+            part = [examples[i] for i in batch]
             if all(ex.id in done for ex in part):
                 continue
-            got = sample(model, tokenizer, prompts[b : b + cfg.gen_batch_size], cfg, cfg.seed + b)
+            got = sample(model, tokenizer, [prompts[i] for i in batch], cfg, seed)
             new = {ex.id: tokenizer.decode(ids, skip_special_tokens=True).strip()
                    for ex, (ids, _) in zip(part, got, strict=True) if ex.id not in done}
             done.update(new)

@@ -113,3 +113,23 @@ def test_evaluate_refuses_a_retrained_adapter(run_folder, tiny_model_dir):
 def test_evaluate_names_a_missing_stage(tmp_path, tiny_model_dir):
     with pytest.raises(DLMAError, match=r"01_generate/pairs.jsonl: no such file \(run the earlier stages first\)"):
         evaluate(tmp_path, tiny_model_dir)
+
+
+def test_evaluation_responses_under_a_token_budget(tiny_model_dir):
+    """Stage 5's sampling in length-sorted batches under a budget: every query answered, in query order,
+    the same each time, and a run that kept some batches' responses ends with the same answers."""
+    from dlma.alignment import respond
+    from dlma.data import load_examples
+    from dlma.generate import GenerateConfig
+    from dlma.models import load_model
+
+    model, tok = load_model(ModelConfig(tiny_model_dir, device="cpu"))
+    queries = load_examples("sample:queries", limit=6)
+    cfg = GenerateConfig(max_new_tokens=5, gen_batch_size=4, max_batch_tokens=60, seed=2)
+    saved = []
+    first = respond(model, tok, queries, cfg, save=saved.append)
+    assert len(first) == 6 and len(saved) >= 3  # the budget, not the count of 4, cut the batches
+    assert respond(model, tok, queries, cfg) == first
+    assert respond(model, tok, queries, cfg, done=saved[0]) == first
+    by_count = respond(model, tok, queries, GenerateConfig(max_new_tokens=5, gen_batch_size=4, seed=2))
+    assert len(by_count) == 6
