@@ -48,7 +48,11 @@ def cache_dir() -> Path:
 def resolve_device(device: str = "auto") -> str:
     """`auto` -> cuda if torch sees a GPU, else cpu; any other name is checked against this machine."""
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per process of `accelerate launch`
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
+    if device == "cpu":
+        return device
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -33,7 +34,7 @@ from .data import Example, check_limit, load_examples, read_text, usable
 from .errors import DLMAError, where
 from .generate import GenerateConfig, generate_pairs
 from .logprobs import response_ids
-from .models import ModelConfig, check_model, load_model, model_fingerprint
+from .models import ModelConfig, check_model, load_model, model_fingerprint, resolve_device
 from .preference import (
     PrefAccConfig,
     accuracy_by_confidence,
@@ -376,15 +377,31 @@ def run_train(out_dir, model_cfg: ModelConfig, scored_path, cfg, force: bool = F
     rows = read_pairs(scored_path, need_self_reward=True, dropped=empty)
     check_model(model_cfg)
     params = {"pairs": str(scored_path), **asdict(cfg)}
-    begin(out_dir, {**params, "model": model_cfg.to_dict()}, {"pairs": pairs_file(scored_path)}, force)
+    main, barrier = main_process(cpu=resolve_device(model_cfg.device) == "cpu")
+    if main:  # under `accelerate launch`, the main process checks and writes; the others train beside it
+        begin(out_dir, {**params, "model": model_cfg.to_dict()}, {"pairs": pairs_file(scored_path)}, force)
+    barrier()
     if (out_dir / "manifest.json").exists():
         print(f"train: {out_dir} already holds this run; not retraining")
         return json.loads((out_dir / "train_summary.json").read_text(encoding="utf-8"))
-    note_dropped("train", empty, "an empty response")
+    if main:
+        note_dropped("train", empty, "an empty response")
     summary = train_dlma(rows, model_cfg, cfg, out_dir)
-    write_manifest(out_dir, "train", params, started,
-                   model=model_fingerprint(model_cfg), summary=summary, dropped={"empty_response": empty})
+    if main:
+        write_manifest(out_dir, "train", params, started, model=model_fingerprint(model_cfg), summary=summary,
+                       dropped={"empty_response": empty}, processes=int(os.environ.get("WORLD_SIZE", "1")))
     return summary
+
+
+def main_process(cpu: bool = False):
+    """(is this the main process, a barrier): under `accelerate launch` (DDP, FSDP), from accelerate's state
+    (`cpu`: processes on CPUs, gloo); in a single process, (True, nothing to wait for)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return True, lambda: None
+    from accelerate import PartialState
+
+    state = PartialState(cpu=cpu)
+    return state.is_main_process, state.wait_for_everyone
 
 
 def split_holdout(rows: list[dict], fraction: float = 0.05, seed: int = 0) -> tuple[list[dict], list[dict]]:

@@ -422,6 +422,9 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
             max_length=cfg.train_max_length, gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed,
             logging_steps=cfg.logging_steps, save_strategy="no", report_to=cfg.report_to, disable_tqdm=not progress(),
             bf16=compute_dtype == torch.bfloat16, fp16=False, disable_dropout=False,
+            # under DDP: only LoRA weights train, and every one of them gets a gradient at every step
+            ddp_find_unused_parameters=False, gradient_checkpointing_kwargs={"use_reentrant": False},
+            use_cpu=device == "cpu",  # also what lets `accelerate launch` run processes on CPUs (gloo)
         )
         trainer = DLMATrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                               peft_config=peft_config)
@@ -466,7 +469,10 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
           f"{changed}/{len(trainable)} adapter tensors changed")
 
     # Everything is written in a sibling temp folder first and moved in when whole; the stage's manifest,
-    # written after, is what marks the folder finished.
+    # written after, is what marks the folder finished. Under `accelerate launch` the main process writes.
+    if not trainer.accelerator.is_main_process:
+        trainer.accelerator.wait_for_everyone()
+        return summary
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
@@ -487,6 +493,7 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+    trainer.accelerator.wait_for_everyone()
     return summary
 
 
