@@ -31,9 +31,8 @@ import numpy as np
 from scipy.special import expit
 
 from .errors import DLMAError
-from .logprobs import next_token_logits
-from .preference import RLAIF_INSTRUCTION, _truncate, rlaif_prompt
-from .prompts import PAIRS, prompt_ids
+from .preference import RLAIF_INSTRUCTION, rlaif_preferences, rlaif_prompt
+from .prompts import PAIRS
 from .score import self_reward_terms
 
 VERDICTS = ("win", "tie", "lose")
@@ -60,19 +59,10 @@ class RlaifJudge:
     batch_size: int = 8
 
     def judge(self, items: list[tuple[list[str], str, str]]) -> list[dict]:
-        tok = self.tokenizer
-        a_id, b_id = (tok(x, add_special_tokens=False).input_ids[0] for x in ("A", "B"))
-        prompts = [_truncate(prompt_ids(rlaif_prompt(turns, first, second, self.instruction), tok, "affix"),
-                             self.max_length)
-                   for turns, a, b in items for first, second in ((a, b), (b, a))]
-        logits = next_token_logits(self.model, prompts, [a_id, b_id], tok.pad_token_id, self.batch_size, "judge")
-        rows = []
-        for k in range(len(items)):
-            first = logits[2 * k, 0] - logits[2 * k, 1]  # > 0: prefers (A), which is A
-            second = logits[2 * k + 1, 1] - logits[2 * k + 1, 0]  # > 0: prefers (B), which is A
-            rows.append({"verdict": two_order_verdict(first > 0 if first else None, second > 0 if second else None),
-                         "a_first": float(first), "a_second": float(second)})
-        return rows
+        prefs = rlaif_preferences(self.model, self.tokenizer, items, self.instruction, self.max_length,
+                                  self.batch_size)
+        return [{"verdict": two_order_verdict(first > 0 if first else None, second > 0 if second else None),
+                 "a_first": first, "a_second": second} for first, second in prefs]
 
 
 @dataclass

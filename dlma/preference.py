@@ -123,22 +123,25 @@ def _truncate(ids: list[int], max_length: int) -> list[int]:
     return ids if len(ids) <= max_length else ids[:1] + ids[-(max_length - 1) :]  # keep BOS and the end
 
 
-def score_rlaif(model, tokenizer, examples: list[Example], cfg: PrefAccConfig) -> list[dict]:
+def rlaif_preferences(model, tokenizer, items: list[tuple[list[str], str, str]], instruction: str,
+                      max_length: int, batch_size: int = 8, max_tokens: int = 0) -> list[tuple[float, float]]:
+    """For (turns, x, y) items, how much the model prefers x when shown first and when shown second: the
+    logit of its letter minus the other's after `The answer is: (`."""
     a_id = tokenizer("A", add_special_tokens=False).input_ids[0]
     b_id = tokenizer("B", add_special_tokens=False).input_ids[0]
-    prompts = []
-    for ex in examples:  # order 1: chosen is (A); order 2: chosen is (B)
-        for a, b in ((ex.chosen, ex.rejected), (ex.rejected, ex.chosen)):
-            text = rlaif_prompt(ex.turns, a, b, cfg.rlaif_instruction)
-            prompts.append(_truncate(prompt_ids(text, tokenizer, "affix"), cfg.pref_max_length))
-    logits = next_token_logits(model, prompts, [a_id, b_id], tokenizer.pad_token_id, cfg.score_batch_size, "rlaif",
-                               cfg.max_batch_tokens)
-    rows = []
-    for k, ex in enumerate(examples):
-        d1 = logits[2 * k, 0] - logits[2 * k, 1]  # prefers A = chosen
-        d2 = logits[2 * k + 1, 1] - logits[2 * k + 1, 0]  # prefers B = chosen
-        rows.append({"id": ex.id, "score": float((d1 + d2) / 2), "order_ab": float(d1), "order_ba": float(d2)})
-    return rows
+    prompts = [_truncate(prompt_ids(rlaif_prompt(turns, a, b, instruction), tokenizer, "affix"), max_length)
+               for turns, x, y in items for a, b in ((x, y), (y, x))]  # x is (A), then x is (B)
+    logits = next_token_logits(model, prompts, [a_id, b_id], tokenizer.pad_token_id, batch_size, "rlaif",
+                               max_tokens)
+    return [(float(logits[2 * k, 0] - logits[2 * k, 1]), float(logits[2 * k + 1, 1] - logits[2 * k + 1, 0]))
+            for k in range(len(items))]
+
+
+def score_rlaif(model, tokenizer, examples: list[Example], cfg: PrefAccConfig) -> list[dict]:
+    prefs = rlaif_preferences(model, tokenizer, [(ex.turns, ex.chosen, ex.rejected) for ex in examples],
+                              cfg.rlaif_instruction, cfg.pref_max_length, cfg.score_batch_size, cfg.max_batch_tokens)
+    return [{"id": ex.id, "score": (d1 + d2) / 2, "order_ab": d1, "order_ba": d2}
+            for ex, (d1, d2) in zip(examples, prefs, strict=True)]
 
 
 def policy_logprobs(model, tokenizer, examples: list[Example], cfg: PrefAccConfig, desc: str) -> np.ndarray:

@@ -70,16 +70,14 @@ def normalised_reward(row: dict) -> float:
     return c1 - c2
 
 
-def candidate_scores(rows: dict[tuple[str, str], dict], variants: list[str], ids: list[str],
-                     with_norm: bool = True) -> dict[str, np.ndarray]:
+def candidate_scores(rows: dict[tuple[str, str], dict], variants: list[str], ids: list[str]) -> dict[str, np.ndarray]:
     """{candidate: scores over `ids`} from the per-(variant, id) rows: each variant's R, its normalised R,
     and the ensemble (mean R over the variants)."""
     out = {}
     for v in variants:
         out[v] = np.array([rows[(v, i)]["self_reward"] for i in ids], dtype=float)
-    if with_norm:
-        for v in variants:
-            out[v + NORM] = np.array([normalised_reward(rows[(v, i)]) for i in ids], dtype=float)
+    for v in variants:
+        out[v + NORM] = np.array([normalised_reward(rows[(v, i)]) for i in ids], dtype=float)
     out[ENSEMBLE] = np.mean([out[v] for v in variants], axis=0)
     return out
 
