@@ -1,42 +1,83 @@
-"""The methods the paper compares DLMA with, as what each one trains on and how, all on the same generated
-pairs and the same QLoRA budget (steps, learning rate, LoRA rank, seed): only the rows and the loss differ.
+"""Stage 6: the methods the paper compares DLMA with, trained on the same generated pairs with the same QLoRA
+budget (steps, learning rate, LoRA rank, seed: the run's TrainConfig), then judged on the same held-out
+prompts and human pairs as stage 5. Only the rows and the loss differ between methods:
 
-- `base`: no training.
+- `base`: no training (stage 5's base responses).
 - `rlcd`: DPO on the prompt labels (o1, sampled under p+, preferred): gamma 0 (RLCD, Yang et al. 2023).
-- `dlma`: DPO with the clamped self-rewarding score as a per-pair margin (gamma 0.2, clamp +-40).
+- `dlma`: the run's own DLMA (stage 4's adapter and stage 5's responses, not trained twice).
 - `dlma_weighting`: gamma 0, each pair's DPO loss times clamp(R) (the released code's variant).
-- `rlaif_dpo`: the same pairs relabelled by the base model's RLAIF judge (a pair on which it prefers o2 is
-  swapped; a tie keeps the prompt label), then DPO: what asking the model buys instead of R.
-- `rlhf`: DPO on human-labelled pairs (chosen over rejected): the stand-in for RLHF on human data. Its pairs
-  must be disjoint from every pair the trained models are evaluated on (`human_rows` checks it).
-- `context_distillation`: SFT of the plain query on o1. Not a DPO method: it needs an SFT trainer, which
-  is not built yet, so it is named here and refused by `method_config`.
+- `rlaif_dpo`: the same pairs relabelled by the base model's RLAIF judge (both orders; a pair on which it
+  prefers o2 is swapped, a tie keeps the prompt label), then DPO: what asking the model buys instead of R.
+- `context_distillation`: SFT of the plain query on o1 (TRL's SFTTrainer, completion tokens only).
+- `rlhf`: DPO on as many human-labelled pairs (chosen over rejected), disjoint from every pair the trained
+  models are evaluated on: the stand-in for RLHF on human data.
+- ablations of DLMA: `dlma_gamma0.1`, `dlma_gamma0.5` (gamma 0 is `rlcd`), `dlma_clamp20` (R clamped to
+  +-20), `dlma_study` (R under the candidate the prompt-pair study of stage 3b selected).
+
+Per method: judge verdicts against base and against DLMA (`dlma.judge`: the RLAIF judge in both orders and
+the length-neutral contrast judge, each win rate also length-controlled), implicit-reward accuracy on the
+held-out human pairs, and of its responses the refusal rate, the base's contrastive score, perplexity under
+the base, distinct-2 and length: each with a 95% bootstrap interval over prompts (or pairs).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
-from .data import Example
+import numpy as np
+
+from .alignment import EvalConfig, base_judgements, respond
+from .artifacts import PartialJSONL, check_out, read_jsonl, write_json, write_jsonl, write_manifest
+from .data import Example, load_examples
 from .errors import DLMAError
+from .judge import ContrastJudge, RlaifJudge, length_controlled, position_consistency
+from .models import ModelConfig, check_model, load_model, model_fingerprint
+from .params import documented
+from .preference import policy_logprobs, summarize
+from .stats import bootstrap_ci, bootstrap_items_ci, paired_comparison
 
-METHODS = {  # TrainConfig fields each method sets; everything else is the shared budget
+TRAINED = {  # TrainConfig fields each trained method sets; everything else is the shared budget
     "rlcd": {"gamma": 0.0, "weighting": False},
-    "dlma": {"gamma": 0.2, "weighting": False, "margin_low": -40.0, "margin_high": 40.0},
     "dlma_weighting": {"gamma": 0.0, "weighting": True},
     "rlaif_dpo": {"gamma": 0.0, "weighting": False},
+    "context_distillation": {},  # SFT: no DPO field is read
     "rlhf": {"gamma": 0.0, "weighting": False},
+    "dlma_gamma0.1": {"gamma": 0.1, "weighting": False},
+    "dlma_gamma0.5": {"gamma": 0.5, "weighting": False},
+    "dlma_clamp20": {"weighting": False, "margin_low": -20.0, "margin_high": 20.0},
+    "dlma_study": {"weighting": False},
 }
-NOT_BUILT = {"context_distillation": "SFT of the plain query on o1 needs an SFT trainer, not built yet"}
+METHODS = ("base", "dlma", *TRAINED)
+
+
+@documented
+@dataclass
+class BaselineConfig:
+    baseline_methods: str = ",".join(TRAINED)
+
+    def __post_init__(self):
+        method_list(self.baseline_methods)
+JUDGES = ("rlaif", "contrast")
+OPPONENTS = ("base", "dlma")
+
+
+def method_list(text: str) -> list[str]:
+    """The methods of `baseline_methods` in the order given, with base and dlma (always compared) first."""
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in names if m not in METHODS]
+    if bad:
+        raise DLMAError(f"baseline_methods: unknown method(s) {', '.join(bad)} (known: {', '.join(METHODS)})")
+    return list(dict.fromkeys(["base", "dlma", *names]))
 
 
 def method_config(cfg, method: str):
     """The shared TrainConfig with the method's own fields set."""
-    if method in NOT_BUILT:
-        raise DLMAError(f"method '{method}': {NOT_BUILT[method]}")
-    if method not in METHODS:
-        raise DLMAError(f"unknown method '{method}' (known: base, {', '.join([*METHODS, *NOT_BUILT])})")
-    return replace(cfg, **METHODS[method])
+    if method not in TRAINED:
+        raise DLMAError(f"method '{method}' is not trained here (trained: {', '.join(TRAINED)})")
+    return replace(cfg, **TRAINED[method])
 
 
 def relabel(rows: list[dict], verdicts: list[str]) -> tuple[list[dict], int]:
@@ -61,3 +102,268 @@ def human_rows(examples: list[Example], evaluated_ids) -> list[dict]:
                         "train on pairs disjoint from the evaluation")
     return [{"id": ex.id, "turns": ex.turns, "o1": ex.chosen, "o2": ex.rejected, "self_reward": 0.0}
             for ex in examples]
+
+
+def distinct_n(texts: list[str], n: int = 2) -> float:
+    """Distinct-n: unique word n-grams over all n-grams of the responses (Li et al. 2016)."""
+    grams = [tuple(words[k : k + n]) for t in texts for words in [t.split()] for k in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def _interval(values, statistic=np.mean, n_boot: int = 1000, seed: int = 0) -> dict:
+    values = np.asarray(values, dtype=float)
+    return {"value": float(statistic(values, axis=-1)), "ci95": list(bootstrap_ci(values, n_boot, seed, statistic)),
+            "n": int(len(values))}
+
+
+def verdict_summary(rows: list[dict], len_a: list[int], len_b: list[int], n_boot: int = 1000, seed: int = 0) -> dict:
+    """Win / tie / lose of A against B with intervals: the win rate (a tie counts half) and the
+    length-controlled win rate (`judge.length_controlled`), both bootstrapped over items, and the
+    position consistency of a two-order judge."""
+    verdicts = [r["verdict"] for r in rows]
+    outcome = np.array([{"win": 1.0, "tie": 0.5, "lose": 0.0}[v] for v in verdicts])
+    codes = np.array(["wtl".index(v[0]) for v in verdicts])
+    len_a, len_b = np.asarray(len_a, dtype=float), np.asarray(len_b, dtype=float)
+
+    def lc(c, a, b):
+        return length_controlled([("win", "tie", "lose")[k] for k in c], a, b)["lc_win_rate"]
+
+    out = {v: int(sum(x == v for x in verdicts)) for v in ("win", "tie", "lose")}
+    out["win_rate"] = _interval(outcome, np.mean, n_boot, seed)
+    out["lc_win_rate"] = {"value": lc(codes, len_a, len_b),
+                          "ci95": list(bootstrap_items_ci((codes, len_a, len_b), lc, n_boot, seed)), "n": len(rows)}
+    if rows and "a_first" in rows[0]:
+        out["position_consistency"] = position_consistency(rows)
+    return out
+
+
+def response_metrics(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
+    """Of one method's responses: refusal rate, mean contrastive score, median perplexity, distinct-2 and
+    mean length in tokens, each with a bootstrap interval over prompts."""
+    texts = np.array([r["response"] for r in rows], dtype=object)
+    rng = np.random.default_rng(seed)
+    d2 = [distinct_n(list(texts[rng.integers(0, len(texts), len(texts))])) for _ in range(n_boot)]
+    return {
+        "refusal_rate": _interval([r["refusal"] for r in rows], np.mean, n_boot, seed),
+        "contrastive_score": _interval([r["contrastive_score"] for r in rows], np.mean, n_boot, seed),
+        "perplexity_median": _interval([r["perplexity"] for r in rows], np.median, n_boot, seed),
+        "distinct_2": {"value": distinct_n(list(texts)), "ci95": [float(np.percentile(d2, 2.5)),
+                                                                  float(np.percentile(d2, 97.5))], "n": len(rows)},
+        "length_tokens": _interval([r["n_tokens"] for r in rows], np.mean, n_boot, seed),
+    }
+
+
+def summarize_baselines(methods: list[str], responses: list[dict], human: list[dict], judgements: list[dict],
+                        training: dict, n_boot: int = 1000, seed: int = 0) -> dict:
+    """baselines.json: per method, its training, judge verdicts against each opponent, implicit-reward
+    accuracy (and its paired difference from DLMA's on the same pairs), and its responses' metrics."""
+    by_model = {m: {r["id"]: r for r in responses if r["model"] == m} for m in methods}
+    implicit = {m: {r["id"]: r["implicit"] for r in human if r["model"] == m} for m in methods}
+    ids = list(by_model["base"])
+    out = {}
+    for m in methods:
+        entry: dict = {"training": training.get(m), **response_metrics([by_model[m][i] for i in ids], n_boot, seed)}
+        for opp in OPPONENTS:
+            if opp == m:
+                continue
+            for judge in JUDGES:
+                rows = {r["id"]: r for r in judgements if (r["judge"], r["model"], r["opponent"]) == (judge, m, opp)}
+                if rows:
+                    entry[f"{judge}_vs_{opp}"] = verdict_summary(
+                        [rows[i] for i in ids], [by_model[m][i]["n_tokens"] for i in ids],
+                        [by_model[opp][i]["n_tokens"] for i in ids], n_boot, seed)
+        if implicit.get(m):
+            pairs = list(implicit["dlma"])
+            mine = np.array([implicit[m][i] for i in pairs])
+            entry["implicit_accuracy"] = summarize(mine, n_boot, seed)
+            if m != "dlma":
+                entry["implicit_vs_dlma"] = paired_comparison(mine > 0, np.array([implicit["dlma"][i] for i in pairs])
+                                                              > 0, n_boot, seed)
+        out[m] = entry
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The stage
+
+
+def study_rewards(model, tokenizer, rows: list[dict], study_dir: Path, score_batch_size: int, max_tokens: int = 0
+                  ) -> tuple[list[dict], str]:
+    """The rows with R replaced by the candidate that stage 3b selected (read from its study.json and params),
+    computed by the base model (adapter off) on the generated pairs; and the candidate's name."""
+    from contextlib import nullcontext
+
+    from .logprobs import response_ids
+    from .prompts import PromptPair, get_pair, register_pair
+    from .score import self_reward_terms
+    from .study import StudyConfig, candidate_scores, needs, terms_row
+
+    for name in ("study.json", "params.json"):
+        if not (study_dir / name).is_file():
+            raise DLMAError(f"{study_dir / name}: no such file (dlma_study needs stage 3b's prompt-pair study)")
+    selected = json.loads((study_dir / "study.json").read_text(encoding="utf-8"))["selected"]
+    study_params = json.loads((study_dir / "params.json").read_text(encoding="utf-8"))
+    for definition in study_params.get("pair_definitions", {}).values():  # the study's own pairs file, as it read it
+        register_pair(PromptPair(**definition))
+    variants = StudyConfig(study_variants=study_params["study_variants"]).variant_list()
+    ids = [str(r["id"]) for r in rows]
+    scored = {}
+    ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
+    with ctx:
+        for v, pair, rendering in variants:
+            if v not in needs(selected, [name for name, _, _ in variants]):
+                continue
+            terms = self_reward_terms(model, tokenizer, [(r["turns"], r["o1"], r["o2"]) for r in rows],
+                                      get_pair(pair), rendering, score_batch_size, max_length=None, desc=v,
+                                      share_prompts=True, max_tokens=max_tokens)
+            for i, r, t in zip(ids, rows, terms, strict=True):
+                n_o1, n_o2 = (len(response_ids(r[k], tokenizer)) for k in ("o1", "o2"))
+                scored[(v, i)] = terms_row(t, n_o1, n_o2)
+    reward = candidate_scores(scored, [v for v, _, _ in variants if (v, ids[0]) in scored], ids)[selected]
+    return [{**r, "self_reward": float(x)} for r, x in zip(rows, reward, strict=True)], selected
+
+
+def run_baselines(run_dir, model_cfg: ModelConfig, baseline_methods: str, force: bool = False) -> dict:
+    """Stage 6 in a run folder: train each method on stage 4's training pairs with stage 4's budget
+    (06_baselines/<method>/train.jsonl and adapter/), answer stage 5's held-out prompts with it and judge the
+    answers against base and DLMA; implicit-reward accuracy on stage 5's human pairs, with stage 5's settings.
+    Writes responses.jsonl, human_pairs.jsonl, judgements.jsonl (each resumed as it goes), baselines.json and
+    manifest.json."""
+    from .stages import begin, read_pairs, run_train, unused_pairs, unused_queries
+    from .train import TrainConfig
+
+    started, run_dir = time.time(), Path(run_dir)
+    out, stage4, stage5 = run_dir / "06_baselines", run_dir / "04_train_dlma", run_dir / "05_evaluate_alignment"
+    check_out(out)
+    methods = method_list(baseline_methods)
+    inputs = {"train": stage4 / "train.jsonl", "adapter": stage4 / "adapter" / "adapter_model.safetensors",
+              "responses": stage5 / "responses.jsonl", "human_pairs": stage5 / "human_pairs.jsonl"}
+    for path in [*inputs.values(), run_dir / "01_generate" / "pairs.jsonl", stage4 / "adapter" / "train_summary.json",
+                 stage5 / "params.json"]:
+        if not path.is_file():
+            raise DLMAError(f"{path}: no such file (run stages 1 to 5 first)")
+    # the shared budget is stage 4's, the evaluation stage 5's: read from what they wrote, not given twice
+    train_cfg = TrainConfig(**json.loads((stage4 / "adapter" / "train_summary.json").read_text(encoding="utf-8"))
+                            ["config"])
+    stage5_params = json.loads((stage5 / "params.json").read_text(encoding="utf-8"))
+    cfg = EvalConfig(**{k: stage5_params[k] for k in EvalConfig.__dataclass_fields__ if k in stage5_params})
+    queries = json.loads((run_dir / "01_generate" / "params.json").read_text(encoding="utf-8"))["queries"]
+    prompts = unused_queries(queries, [r["id"] for r in read_jsonl(run_dir / "01_generate" / "pairs.jsonl")],
+                             cfg.eval_n_prompts)
+    stage5_rows = read_jsonl(stage5 / "responses.jsonl")
+    stage5_human = read_jsonl(stage5 / "human_pairs.jsonl")
+    used = {r["id"] for r in read_jsonl(run_dir / "03_preference_accuracy" / "predictions.jsonl")}
+    pairs = {e.id: e for e in unused_pairs(cfg.pref_data, used, cfg.eval_n_pairs, cfg.label_field)}
+    if [e.id for e in prompts] != [r["id"] for r in stage5_rows if r["model"] == "base"] or \
+            list(pairs) != [r["id"] for r in stage5_human]:
+        raise DLMAError(f"{stage5}: its prompts or human pairs are not the ones these parameters select; rerun stage 5")
+    train_rows = read_pairs(stage4 / "train.jsonl", need_self_reward=True)
+    rlhf_examples = []
+    if "rlhf" in methods:  # as many human pairs as generated ones, none of them evaluated
+        pool = load_examples(cfg.pref_data, require="labelled", label_field=cfg.label_field, on_invalid="skip",
+                             exclude=set(pairs))
+        if len(pool) < len(train_rows):
+            raise DLMAError(f"{cfg.pref_data}: {len(pool)} human pairs left after the {len(pairs)} evaluated ones; "
+                            f"rlhf needs {len(train_rows)}")
+        rlhf_examples = pool[: len(train_rows)]
+    check_model(model_cfg)
+    params = {"baseline_methods": baseline_methods, "train": asdict(train_cfg), "evaluate": asdict(cfg),
+              "model": model_cfg.to_dict()}
+    begin(out, params, inputs, force)
+
+    eval_cfg = ModelConfig(**{**model_cfg.to_dict(), "adapter": str(stage4 / "adapter"),
+                              "load_in_4bit": train_cfg.load_in_4bit})
+    loaded: list = []
+
+    def model_tok():  # the base with stage 4's adapter (the `dlma` method), loaded once, when first needed
+        if not loaded:
+            loaded.extend(load_model(eval_cfg))
+        return loaded
+
+    # 1. Training rows and adapters, method by method (each adapter folder resumes like stage 4's).
+    training = {"dlma": {"adapter": str(stage4 / "adapter"), "n_pairs": len(train_rows)}}
+    for m in methods:
+        if m in ("base", "dlma"):
+            continue
+        folder = out / m
+        if not (folder / "train.jsonl").exists():
+            rows, note = train_rows, {}
+            if m == "rlaif_dpo":
+                model, tok = model_tok()
+                with model.disable_adapter():
+                    verdicts = RlaifJudge(model, tok, batch_size=cfg.score_batch_size).judge(
+                        [(r["turns"], r["o1"], r["o2"]) for r in train_rows])
+                rows, swapped = relabel(train_rows, [v["verdict"] for v in verdicts])
+                note = {"swapped": swapped, "ties": sum(v["verdict"] == "tie" for v in verdicts)}
+            elif m == "rlhf":
+                rows = human_rows(rlhf_examples, pairs)
+                note = {"human_pair_ids": [e.id for e in rlhf_examples], "source": cfg.pref_data}
+            elif m == "dlma_study":
+                rows, selected = study_rewards(*model_tok(), train_rows, run_dir / "03b_pair_study",
+                                               cfg.score_batch_size, cfg.max_batch_tokens)
+                note = {"study_selected": selected}
+            write_json(folder / "rows_note.json", note)
+            write_jsonl(folder / "train.jsonl", rows)
+        summary = run_train(folder / "adapter", model_cfg, folder / "train.jsonl", method_config(train_cfg, m),
+                            sft=m == "context_distillation")
+        note = json.loads((folder / "rows_note.json").read_text(encoding="utf-8"))
+        training[m] = {**note, "n_pairs": summary["n_pairs"], "n_steps": summary["n_steps"],
+                       "final_loss": summary["final_loss"], "wall_time_s": summary["wall_time_s"]}
+
+    # 2. Each method's responses to stage 5's prompts, judged by the base; its implicit reward on the pairs.
+    responses = PartialJSONL(out / "responses.jsonl", key=("model", "id"))
+    human = PartialJSONL(out / "human_pairs.jsonl", key=("model", "id"))
+    for name in ("base", "dlma"):
+        if not any(r["model"] == name for r in responses.rows):
+            responses.append([r for r in stage5_rows if r["model"] == name])
+    if not any(r["model"] == "dlma" for r in human.rows):
+        human.append([{"model": "dlma", "id": r["id"], "implicit": r["implicit"], "loglik": r["loglik_dlma"]}
+                      for r in stage5_human])
+    gen_cfg, pref_cfg = cfg.generate_config(), cfg.pref_config()
+    loglik_base = {r["id"]: r["loglik_base"] for r in stage5_human}
+    for m in methods:
+        if m in ("base", "dlma") or all((m, e.id) in responses.done for e in prompts) and \
+                all((m, i) in human.done for i in pairs):
+            continue
+        model, tok = model_tok()
+        name = m.replace(".", "_")  # a peft adapter name is a module name
+        if name not in model.peft_config:
+            model.load_adapter(str(out / m / "adapter"), adapter_name=name)
+        model.set_adapter(name)
+        if not all((m, e.id) in responses.done for e in prompts):
+            got = respond(model, tok, prompts, gen_cfg, adapter=True)
+            judged = base_judgements(model, tok, prompts, got, gen_cfg.rendering, pref_cfg.score_batch_size,
+                                     pref_cfg.max_batch_tokens)
+            responses.append([{"id": ex.id, "model": m, "query": ex.turns[-1], "response": t, **j}
+                              for ex, t, j in zip(prompts, got, judged, strict=True)])
+        if not all((m, i) in human.done for i in pairs):
+            s = policy_logprobs(model, tok, list(pairs.values()), pref_cfg, m)
+            human.append([{"model": m, "id": i, "implicit": pref_cfg.beta * ((a - b) - loglik_base[i]),
+                           "loglik": float(a - b)} for i, (a, b) in zip(pairs, s, strict=True)])
+    if loaded:
+        loaded[0].set_adapter("default")
+
+    # 3. Verdicts of both judges (the base model, adapter off) on each method against base and DLMA.
+    judgements = PartialJSONL(out / "judgements.jsonl", key=("judge", "model", "opponent", "id"))
+    text = {(r["model"], r["id"]): r["response"] for r in responses.rows}
+    for m in methods:
+        for opp in OPPONENTS:
+            if m == opp or m == "base":
+                continue
+            for judge in JUDGES:
+                if all((judge, m, opp, e.id) in judgements.done for e in prompts):
+                    continue
+                model, tok = model_tok()
+                j = (RlaifJudge if judge == "rlaif" else ContrastJudge)(model, tok, batch_size=cfg.score_batch_size)
+                with model.disable_adapter():
+                    got = j.judge([(ex.turns, text[(m, ex.id)], text[(opp, ex.id)]) for ex in prompts])
+                judgements.append([{"judge": judge, "model": m, "opponent": opp, "id": ex.id, **g}
+                                   for ex, g in zip(prompts, got, strict=True)])
+    for store in (responses, human, judgements):
+        store.finish()
+    result = summarize_baselines(methods, responses.rows, human.rows, judgements.rows, training, pref_cfg.n_bootstrap,
+                                 pref_cfg.seed)
+    write_json(out / "baselines.json", result)
+    write_manifest(out, "baselines", params, started, model=model_fingerprint(model_cfg), methods=methods,
+                   n_prompts=len(prompts), n_pairs=len(pairs), training=training)
+    return result

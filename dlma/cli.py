@@ -87,6 +87,7 @@ class BaseModel:
 def commands() -> dict[str, tuple[str, list]]:
     """{command: (what it does, the dataclasses its options come from)}. `train`'s import TRL (seconds)."""
     from .alignment import EvalConfig
+    from .baselines import BaselineConfig
     from .generate import GenerateConfig
     from .preference import PrefAccConfig
     from .score import ScoreConfig
@@ -108,6 +109,8 @@ def commands() -> dict[str, tuple[str, list]]:
         "split": ("hold out a share of scored pairs (train.jsonl, heldout.jsonl)", [Split, Out]),
         "train": ("QLoRA DLMA training on scored pairs", [BaseModel, Pairs, train_config, Out]),
         "evaluate": ("stage 5 in a run folder: the trained adapter against its base", [ModelConfig, EvalConfig, Run]),
+        "baselines": ("stage 6 in a run folder: every baseline on stage 4's pairs and budget, judged on stage 5's "
+                      "prompts", [ModelConfig, BaselineConfig, Run]),
     }
 
 
@@ -189,6 +192,13 @@ def run_command(command: str, parsed: list) -> None:
         model_cfg, cfg, run = parsed
         summary = stages.run_evaluate(run.run, model_cfg, cfg, force=run.force)
         print(alignment_frame(summary).to_string())
+    elif command == "baselines":
+        from .baselines import run_baselines
+        from .report import baselines_frame
+
+        model_cfg, methods, run = parsed
+        result = run_baselines(run.run, model_cfg, methods.baseline_methods, force=run.force)
+        print(baselines_frame(result).to_string())
 
 
 def main(argv: list[str] | None = None) -> int:

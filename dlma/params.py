@@ -87,6 +87,10 @@ HELP = {
     "eval_n_pairs": "held-out human pairs for implicit-reward accuracy",
     "eval_max_new_tokens": "response length cap in stage 5",
     "eval_batch_size": "queries per generation batch in stage 5 (each batch seeded by its position)",
+    # 6 baselines
+    "baseline_methods": "comma-separated methods trained on stage 4's pairs and budget, then judged against base and "
+                        "DLMA: rlcd, dlma_weighting, rlaif_dpo, context_distillation, rlhf, and the ablations "
+                        "dlma_gamma0.1, dlma_gamma0.5, dlma_clamp20, dlma_study",
 }
 
 

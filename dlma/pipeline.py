@@ -29,7 +29,7 @@ from .params import HELP
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("01_generate", "02_self_reward", "03_preference_accuracy", "03b_pair_study", "04_train_dlma",
-          "05_evaluate_alignment")
+          "05_evaluate_alignment", "06_baselines")
 SET_BY_PIPELINE = ("run_dir",)
 
 

@@ -241,3 +241,83 @@ def run_label(run_dir) -> str:
     described = json.loads(path.read_text(encoding="utf-8")).get("description") if path.is_file() else None
     name = Path(run_dir).resolve().name
     return f"`{name}`: {described}" if described else f"`{name}`"
+
+
+def _ci(m: dict, digits: int = 3) -> str:
+    return f"{m['value']:.{digits}f} [{m['ci95'][0]:.{digits}f}, {m['ci95'][1]:.{digits}f}]"
+
+
+def baselines_frame(result: dict, judge: str = "rlaif", opponent: str = "base") -> pd.DataFrame:
+    """The paper's table at the embedded scale: methods x metrics, each with its 95% interval."""
+    rows = []
+    for m, e in result.items():
+        verdict = e.get(f"{judge}_vs_{opponent}")
+        implicit = e.get("implicit_accuracy")
+        rows.append({
+            "method": m,
+            f"win rate vs {opponent}": _ci(verdict["win_rate"]) if verdict else "",
+            "length-controlled": _ci(verdict["lc_win_rate"]) if verdict else "",
+            "win/tie/lose": f"{verdict['win']}/{verdict['tie']}/{verdict['lose']}" if verdict else "",
+            "implicit acc.": fmt_acc(implicit) if implicit else "",
+            "refusal": _ci(e["refusal_rate"], 2),
+            "C(o)": _ci(e["contrastive_score"], 2),
+            "perplexity": _ci(e["perplexity_median"], 1),
+            "distinct-2": _ci(e["distinct_2"], 2),
+            "length": _ci(e["length_tokens"], 1),
+        })
+    return pd.DataFrame(rows).set_index("method")
+
+
+def judge_frame(result: dict) -> pd.DataFrame:
+    """Every (judge, opponent) verdict of every method: win/tie/lose, win rate, length-controlled win rate,
+    position consistency (the RLAIF judge's two orders agreeing)."""
+    rows = []
+    for m, e in result.items():
+        for key, v in e.items():
+            if "_vs_" in key and key != "implicit_vs_dlma":
+                judge, _, opponent = key.partition("_vs_")
+                rows.append({"method": m, "judge": judge, "against": opponent, "win": v["win"], "tie": v["tie"],
+                             "lose": v["lose"], "win rate": _ci(v["win_rate"]),
+                             "length-controlled": _ci(v["lc_win_rate"]),
+                             "position consistency": round(v.get("position_consistency", float("nan")), 3)})
+    return pd.DataFrame(rows).set_index(["method", "judge", "against"])
+
+
+def implicit_paired_frame(result: dict) -> pd.DataFrame:
+    """Each method's implicit-reward accuracy against DLMA's on the same human pairs (paired)."""
+    return paired_frame([{"a": m, "b": "dlma", **e["implicit_vs_dlma"]} for m, e in result.items()
+                         if "implicit_vs_dlma" in e])
+
+
+def plot_win_tie_lose(result: dict):
+    """Win / tie / lose bars per method, one panel per (judge, opponent), as the paper's Figure 3."""
+    panels = [(j, o) for o in ("base", "dlma") for j in ("rlaif", "contrast")
+              if any(f"{j}_vs_{o}" in e for e in result.values())]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.45 * len(result) + 1.4), squeeze=False)
+    for ax, (judge, opponent) in zip(axes[0], panels, strict=True):
+        names = [m for m, e in result.items() if f"{judge}_vs_{opponent}" in e][::-1]
+        left = np.zeros(len(names))
+        for verdict, color in (("win", "tab:green"), ("tie", "tab:gray"), ("lose", "tab:red")):
+            share = np.array([result[m][f"{judge}_vs_{opponent}"][verdict] for m in names], dtype=float)
+            share /= np.array([sum(result[m][f"{judge}_vs_{opponent}"][v] for v in ("win", "tie", "lose"))
+                               for m in names])
+            ax.barh(names, share, left=left, color=color, label=verdict)
+            left += share
+        ax.axvline(0.5, color="black", lw=0.6, ls=":")
+        ax.set(title=f"{judge} judge, against {opponent}", xlim=(0, 1), xlabel="share of prompts")
+    axes[0][0].legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def training_frame(result: dict) -> pd.DataFrame:
+    """Each method's training on the shared budget: pairs, steps, final loss and its notes (the wall times are
+    in baselines.json, not here: a published notebook holds only what the seed fixes)."""
+    rows = []
+    for m, e in result.items():
+        t = e.get("training") or {}
+        notes = {k: v for k, v in t.items() if k in ("swapped", "ties", "study_selected")}
+        rows.append({"method": m, "pairs": t.get("n_pairs", ""), "steps": t.get("n_steps", ""),
+                     "final loss": round(t["final_loss"], 4) if t.get("final_loss") is not None else "",
+                     "notes": ", ".join(f"{k} {v}" for k, v in notes.items())})
+    return pd.DataFrame(rows).set_index("method")

@@ -367,8 +367,8 @@ def run_pair_study(run_dir, model_cfg: ModelConfig, pref_data: str, cfg: PrefAcc
     return result
 
 
-def run_train(out_dir, model_cfg: ModelConfig, scored_path, cfg, force: bool = False) -> dict:
-    """Stage 4: a QLoRA DLMA adapter in `out_dir` (see dlma.train)."""
+def run_train(out_dir, model_cfg: ModelConfig, scored_path, cfg, force: bool = False, sft: bool = False) -> dict:
+    """Stage 4: a QLoRA DLMA adapter in `out_dir` (see dlma.train); `sft`: context distillation instead."""
     from .train import train_dlma
 
     started, out_dir = time.time(), Path(out_dir)
@@ -376,7 +376,7 @@ def run_train(out_dir, model_cfg: ModelConfig, scored_path, cfg, force: bool = F
     empty: list[str] = []
     rows = read_pairs(scored_path, need_self_reward=True, dropped=empty)
     check_model(model_cfg)
-    params = {"pairs": str(scored_path), **asdict(cfg)}
+    params = {"pairs": str(scored_path), **asdict(cfg), **({"objective": "sft"} if sft else {})}
     main, barrier = main_process(cpu=resolve_device(model_cfg.device) == "cpu")
     if main:  # under `accelerate launch`, the main process checks and writes; the others train beside it
         begin(out_dir, {**params, "model": model_cfg.to_dict()}, {"pairs": pairs_file(scored_path)}, force)
@@ -386,7 +386,7 @@ def run_train(out_dir, model_cfg: ModelConfig, scored_path, cfg, force: bool = F
         return json.loads((out_dir / "train_summary.json").read_text(encoding="utf-8"))
     if main:
         note_dropped("train", empty, "an empty response")
-    summary = train_dlma(rows, model_cfg, cfg, out_dir)
+    summary = train_dlma(rows, model_cfg, cfg, out_dir, sft=sft)
     if main:
         write_manifest(out_dir, "train", params, started, model=model_fingerprint(model_cfg), summary=summary,
                        dropped={"empty_response": empty}, processes=int(os.environ.get("WORLD_SIZE", "1")))

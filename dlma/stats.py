@@ -10,16 +10,29 @@ from __future__ import annotations
 import numpy as np
 
 
-def bootstrap_ci(correct, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile bootstrap interval of the mean of 0/1 outcomes (scipy.stats.bootstrap, seeded)."""
+def bootstrap_ci(correct, n_boot: int = 1000, seed: int = 0, statistic=np.mean) -> tuple[float, float]:
+    """95% percentile bootstrap interval of a statistic (the mean: of 0/1 outcomes, an accuracy) of one
+    sample (scipy.stats.bootstrap, seeded). `statistic` takes the values and `axis`."""
     from scipy.stats import bootstrap
 
     correct = np.asarray(correct, dtype=float)
     if len(correct) < 2:  # one outcome: every resample is that outcome
-        return float(correct.mean()), float(correct.mean())
-    res = bootstrap((correct,), np.mean, n_resamples=n_boot, method="percentile", confidence_level=0.95,
+        return float(statistic(correct, axis=-1)), float(statistic(correct, axis=-1))
+    res = bootstrap((correct,), statistic, n_resamples=n_boot, method="percentile", confidence_level=0.95,
                     rng=np.random.default_rng(seed), vectorized=True)
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def bootstrap_items_ci(columns: tuple, statistic, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of `statistic(*columns)`, resampling items (rows across the columns together):
+    for statistics that are not vectorised, such as a fitted regression's intercept."""
+    columns = tuple(np.asarray(c) for c in columns)
+    n = len(columns[0])
+    rng = np.random.default_rng(seed)
+    values = [statistic(*(c[idx] for c in columns)) for idx in rng.integers(0, n, size=(n_boot, n))] if n > 1 \
+        else [statistic(*columns)] * 2
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return float(lo), float(hi)
 
 
 def _mean_difference(a, b, axis=-1):

@@ -375,6 +375,12 @@ def build_dataset(rows: list[dict], tokenizer, max_prompt_length: int):
     return Dataset.from_list(records), n_cut
 
 
+def sft_dataset(preference):
+    """Context distillation's data from the preference dataset: the plain prompt completed by o1 (the
+    response sampled under p+), TRL's prompt-completion format, so the loss is on o1's tokens only."""
+    return preference.select_columns(["prompt", "chosen"]).rename_column("chosen", "completion")
+
+
 def _keep_prompt_end(prompt: str, tokenizer, max_tokens: int, bos: str | None) -> tuple[str, bool]:
     """TRL 1.16 has no max_prompt_length; cut long prompts here, keeping the end the policy answers after."""
     ids = tokenizer(prompt, add_special_tokens=False).input_ids
@@ -385,12 +391,16 @@ def _keep_prompt_end(prompt: str, tokenizer, max_tokens: int, bos: str | None) -
     return (bos + tail if has_bos else tail), True
 
 
-def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_dir) -> dict:
+def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_dir, sft: bool = False) -> dict:
     """QLoRA DLMA on rows {turns, o1, o2, self_reward, rendering?}. Writes into `out_dir` the adapter
     (`adapter_model.safetensors`, `adapter_config.json`), the tokenizer, `train_log.jsonl`,
     `step0_guard.json` and `train_summary.json`, and returns the summary. Whether `out_dir` may be written
-    (the same parameters and inputs, or --force) is `stages.run_train`'s question, as for every stage."""
+    (the same parameters and inputs, or --force) is `stages.run_train`'s question, as for every stage.
+
+    `sft`: context distillation instead, on the same budget: TRL's SFTTrainer on the plain prompt completed
+    by o1 (o2 and R unused; no step-0 guard, which is DPO's)."""
     from peft import LoraConfig, prepare_model_for_kbit_training
+    from trl import SFTConfig, SFTTrainer
     from trl.trainer.utils import disable_dropout_in_model
 
     out_dir = Path(out_dir)
@@ -414,20 +424,23 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
     peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                              target_modules="all-linear", task_type="CAUSAL_LM")
     with tempfile.TemporaryDirectory(prefix="dlma-trl-") as trl_dir:  # TRL's output_dir: nothing kept
-        args = DLMAConfig(
-            output_dir=trl_dir, beta=cfg.beta, gamma=cfg.gamma, margin_clip=cfg.margin_clip,
-            weighting=cfg.weighting, learning_rate=cfg.learning_rate, optim=cfg.optim,
+        loss_args = ({"completion_only_loss": True} if sft else
+                     {"beta": cfg.beta, "gamma": cfg.gamma, "margin_clip": cfg.margin_clip, "weighting": cfg.weighting,
+                      "disable_dropout": False})
+        args = (SFTConfig if sft else DLMAConfig)(
+            output_dir=trl_dir, **loss_args, learning_rate=cfg.learning_rate, optim=cfg.optim,
             lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_steps, num_train_epochs=cfg.epochs,
             per_device_train_batch_size=cfg.train_batch_size, gradient_accumulation_steps=cfg.grad_accum,
             max_length=cfg.train_max_length, gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed,
             logging_steps=cfg.logging_steps, save_strategy="no", report_to=cfg.report_to, disable_tqdm=not progress(),
-            bf16=compute_dtype == torch.bfloat16, fp16=False, disable_dropout=False,
+            bf16=compute_dtype == torch.bfloat16, fp16=False,
             # under DDP: only LoRA weights train, and every one of them gets a gradient at every step
             ddp_find_unused_parameters=False, gradient_checkpointing_kwargs={"use_reentrant": False},
             use_cpu=device == "cpu",  # also what lets `accelerate launch` run processes on CPUs (gloo)
         )
-        trainer = DLMATrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                              peft_config=peft_config)
+        trainer = (SFTTrainer if sft else DLMATrainer)(model=model, args=args, processing_class=tokenizer,
+                                                       train_dataset=sft_dataset(dataset) if sft else dataset,
+                                                       peft_config=peft_config)
         if not progress():  # without bars, transformers prints every log dict instead (timings included)
             trainer.remove_callback(PrinterCallback)
         # TRL 1.16 casts QLoRA adapters to bf16. There an Adam step of ~lr (5e-5) is below bf16's spacing for
@@ -437,7 +450,7 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
             p.data = p.data.float()
         before = {n: p.detach().clone() for n, p in trainable.items()}
         n_trainable = sum(p.numel() for p in trainable.values())
-        print(f"train: {len(dataset)} pairs, {n_trainable:,} LoRA parameters, {device}, "
+        print(f"train{' (SFT on o1)' if sft else ''}: {len(dataset)} pairs, {n_trainable:,} LoRA parameters, {device}, "
               f"{'4-bit NF4' if cfg.load_in_4bit else str(compute_dtype)} base")
         result = trainer.train()
         changed = sum(not torch.equal(before[n], p.detach()) for n, p in trainable.items())
@@ -449,7 +462,8 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
     n_steps = trainer.state.global_step
     summary = {
         "config": asdict(cfg),
-        "step0": trainer.step0_guard,
+        "step0": getattr(trainer, "step0_guard", None),
+        "objective": "sft" if sft else "dlma",
         "final_loss": log_rows[-1]["loss"] if log_rows else None,
         "train_loss": result.training_loss,
         "n_steps": n_steps,
@@ -479,7 +493,8 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
         trainer.accelerator.unwrap_model(trainer.model).save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         write_jsonl(tmp / "train_log.jsonl", log_rows)
-        write_json(tmp / "step0_guard.json", trainer.step0_guard)
+        if not sft:
+            write_json(tmp / "step0_guard.json", trainer.step0_guard)
         write_json(tmp / "train_summary.json", summary)
         for rel, data in events.items():
             (tmp / "runs" / rel).parent.mkdir(parents=True, exist_ok=True)
