@@ -34,3 +34,32 @@ def test_paired_frame_shows_each_comparison():
     row = report.paired_frame(paired).loc["dlma - rlaif"]
     assert (row["difference"], row["paired 95% CI"], row["a only"], row["McNemar p"]) == (0.05, "[-0.020, +0.110]",
                                                                                         72, 0.218)
+
+
+def test_baselines_tables_and_bars_from_a_summary():
+    from dlma.baselines import summarize_baselines
+
+    ids = ["p1", "p2", "p3", "p4"]
+    responses = [{"model": m, "id": i, "response": f"{m} answer {i} here", "refusal": m == "rlcd" and i == "p1",
+                  "contrastive_score": 1.0, "perplexity": 5.0, "n_tokens": 4} for m in ("base", "dlma", "rlcd")
+                 for i in ids]
+    human = [{"model": m, "id": f"h{k}", "implicit": s} for m, scores in (("dlma", [1, -1, 1]), ("rlcd", [1, 1, 1]))
+             for k, s in enumerate(scores)]
+    judged = [{"judge": j, "model": m, "opponent": o, "id": i, "verdict": v}
+              for j in ("rlaif", "contrast") for m, o in (("dlma", "base"), ("rlcd", "base"), ("rlcd", "dlma"))
+              for i, v in zip(ids, ["win", "win", "tie", "lose"], strict=True)]
+    result = summarize_baselines(["base", "dlma", "rlcd"], responses, human, judged,
+                                 {"rlcd": {"n_pairs": 8, "n_steps": 2, "final_loss": 0.69, "wall_time_s": 3.0}},
+                                 n_boot=100)
+    table = report.baselines_frame(result)
+    assert table.loc["rlcd", "win/tie/lose"] == "2/1/1" and table.loc["base", "win/tie/lose"] == ""
+    assert table.loc["rlcd", "refusal"].startswith("0.25 [")
+    assert table.loc["rlcd", "implicit acc."].startswith("1.000 [") and table.loc["dlma", "implicit acc."].startswith(
+        "0.667 [")
+    verdicts = report.judge_frame(result)
+    assert verdicts.loc[("rlcd", "contrast", "dlma"), "win"] == 2 and len(verdicts) == 6
+    paired = report.implicit_paired_frame(result)
+    assert paired.loc["rlcd - dlma", "a only"] == 1 and paired.loc["rlcd - dlma", "b only"] == 0
+    assert report.training_frame(result).loc["rlcd", "steps"] == 2
+    fig = report.plot_win_tie_lose(result)
+    assert len(fig.axes) == 4  # two judges, against base and against dlma
