@@ -23,8 +23,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from .artifacts import PartialJSONL
 from .data import Example
+from .distributed import Launch, ShardedJSONL
 from .errors import check_fields
 from .logprobs import buckets, kv_bytes_per_token, pad, token_budget
 from .params import documented
@@ -179,23 +179,28 @@ def query_batches(model, tokenizer, examples: list[Example], cfg: GenerateConfig
 
 
 def generate_pairs(model, tokenizer, examples: list[Example], cfg: GenerateConfig, out_path: str | Path,
-                   info: dict | None = None) -> list[dict]:
+                   info: dict | None = None, at: Launch | None = None) -> list[dict]:
     """Generate (o1, o2) for every query into `out_path` (JSONL, in query order), resuming what is already
-    there. `info` receives the token budget the batches were formed under (0: by count)."""
+    there. `info` receives the token budget the batches were formed under (0: by count). Under a launch of
+    several processes (`at`), each takes every world-th batch and the main process merges (dlma.distributed):
+    the same file, since each batch is seeded by its index."""
+    at = at or Launch()
     examples = [ex for ex in examples if sum(len(t.split()) for t in ex.turns) <= cfg.max_query_words]
-    store = PartialJSONL(out_path)
+    store = ShardedJSONL(out_path, at=at)
     if store.finished:
         return store.rows
     batches, budget = query_batches(model, tokenizer, examples, cfg)
     if info is not None:
         info["max_batch_tokens"] = budget
-    todo = [(b, batch) for b, batch in enumerate(batches) if not all(ex.id in store.done for ex in batch)]
-    with tqdm(total=len(examples), initial=len(examples) - sum(len(b) for _, b in todo), desc="generate",
-              disable=not progress()) as bar:
+    mine = at.mine(batches)
+    todo = [(b, batch) for b, batch in mine if not all(ex.id in store.done for ex in batch)]
+    total = sum(len(batch) for _, batch in mine)
+    with tqdm(total=total, initial=total - sum(len(batch) for _, batch in todo), desc="generate",
+              disable=not progress() or not at.main) as bar:
         for b, batch in todo:
             # a batch cut short mid-write has some rows on disk: regenerate it whole (same seed, same
             # rows) and append only the missing ones, so no row is written twice
             store.append([r for r in generate_batch(model, tokenizer, batch, cfg, b) if r["id"] not in store.done])
             bar.update(len(batch))
-    store.finish(order=[ex.id for ex in examples] if budget else None)
+    store.finish(order=[ex.id for ex in examples] if budget or at.world > 1 else None)
     return store.rows

@@ -31,6 +31,7 @@ from .artifacts import (
     write_manifest,
 )
 from .data import Example, check_limit, load_examples, read_text, usable
+from .distributed import ShardedJSONL, launch
 from .errors import DLMAError, where
 from .generate import GenerateConfig, generate_pairs
 from .logprobs import response_ids
@@ -46,6 +47,8 @@ from .preference import (
 from .prompts import PAIRS, RENDERINGS, custom_pairs, get_pair
 from .score import ScoreConfig, self_reward_terms
 from .study import StudyConfig
+
+SHARD_CHUNK = 64  # pairs per chunk when preference accuracy is shared among the processes of a launch
 
 
 def seed_everything(seed: int) -> None:
@@ -97,13 +100,18 @@ def run_generate(out_dir, model_cfg: ModelConfig, queries: str, cfg: GenerateCon
     if not examples:
         raise DLMAError(f"{queries}: every query is over max_query_words={cfg.max_query_words} words")
     check_model(model_cfg)  # after the data: a data error is named even when the model is wrong too
-    begin(out_dir, {**params, "model": model_cfg.to_dict()}, {"queries": queries}, force)
-    note_dropped("generate", too_long, f"over max_query_words={cfg.max_query_words}")
+    at = launch(cpu=resolve_device(model_cfg.device) == "cpu")
+    if at.main:  # under a launch of several processes, the main process checks and writes the folder
+        begin(out_dir, {**params, "model": model_cfg.to_dict()}, {"queries": queries}, force)
+        note_dropped("generate", too_long, f"over max_query_words={cfg.max_query_words}")
+    at.barrier()
     model, tokenizer = _model(model_cfg, model)
     info: dict = {}
-    rows = generate_pairs(model, tokenizer, examples, cfg, out_dir / "pairs.jsonl", info)
-    write_manifest(out_dir, "generate", params, started, model=model_fingerprint(model_cfg), n_pairs=len(rows),
-                   dropped={"over_max_query_words": too_long}, **info)
+    rows = generate_pairs(model, tokenizer, examples, cfg, out_dir / "pairs.jsonl", info, at)
+    if at.main:
+        write_manifest(out_dir, "generate", params, started, model=model_fingerprint(model_cfg), n_pairs=len(rows),
+                       dropped={"over_max_query_words": too_long}, processes=at.world, **info)
+    at.barrier()
     return rows
 
 
@@ -211,27 +219,34 @@ def run_score(out_dir, model_cfg: ModelConfig, pairs_path, cfg: ScoreConfig, chu
     pairs = read_pairs(pairs_path, dropped=empty)
     params = {"pairs": str(pairs_path), **asdict(cfg), **with_custom_pairs(p.get("pair") or cfg.pair for p in pairs)}
     check_model(model_cfg)
-    begin(out_dir, {**params, "model": model_cfg.to_dict()}, {"pairs": pairs_file(pairs_path)}, force)
-    note_dropped("score", empty, "an empty response has no token to score")
-    store = PartialJSONL(out_dir / "scored.jsonl")
-    todo = [p for p in pairs if p["id"] not in store.done]
+    at = launch(cpu=resolve_device(model_cfg.device) == "cpu")
+    if at.main:
+        begin(out_dir, {**params, "model": model_cfg.to_dict()}, {"pairs": pairs_file(pairs_path)}, force)
+        note_dropped("score", empty, "an empty response has no token to score")
+    at.barrier()
+    store = ShardedJSONL(out_dir / "scored.jsonl", at=at)
+    chunks = [pairs[k : k + chunk] for k in range(0, len(pairs), chunk)]  # each process: every world-th chunk
+    settings = [[(p.get("pair") or cfg.pair, p.get("rendering") or cfg.rendering) for p in part] for part in chunks]
+    order = [p["id"] for part, setting in zip(chunks, settings, strict=True) for s in dict.fromkeys(setting)
+             for p, ps in zip(part, setting, strict=True) if ps == s]  # grouped by setting within a chunk
+    todo = [(k, part) for k, part in at.mine(chunks) if not all(p["id"] in store.done for p in part)]
     if todo and not store.finished:
         model, tokenizer = _model(model_cfg, model)
-        for k in range(0, len(todo), chunk):
-            part = todo[k : k + chunk]
-            setting = [(p.get("pair") or cfg.pair, p.get("rendering") or cfg.rendering) for p in part]
+        for k, part in todo:
             rows = []
-            for name, rendering in dict.fromkeys(setting):  # one call per (prompt pair, rendering)
-                group = [p for p, s in zip(part, setting, strict=True) if s == (name, rendering)]
+            for name, rendering in dict.fromkeys(settings[k]):  # one call per (prompt pair, rendering)
+                group = [p for p, s in zip(part, settings[k], strict=True) if s == (name, rendering)]
                 terms = self_reward_terms(model, tokenizer, [(p["turns"], p["o1"], p["o2"]) for p in group],
                                           get_pair(name), rendering, cfg.score_batch_size,
-                                          max_length=cfg.score_max_length, desc=f"score {k + len(part)}/{len(todo)}",
+                                          max_length=cfg.score_max_length, desc=f"score {k + 1}/{len(chunks)}",
                                           share_prompts=cfg.share_prompts, max_tokens=cfg.max_batch_tokens)
                 rows += [{**p, "pair": name, **t} for p, t in zip(group, terms, strict=True)]
             store.append(rows)  # grouped by setting within a chunk: the order the published run's split used
-    store.finish()
-    write_manifest(out_dir, "score", params, started, model=model_fingerprint(model_cfg),
-                   n_pairs=len(store.rows), dropped={"empty_response": empty})
+    store.finish(order=order if at.world > 1 else None)
+    if at.main:
+        write_manifest(out_dir, "score", params, started, model=model_fingerprint(model_cfg),
+                       n_pairs=len(store.rows), dropped={"empty_response": empty}, processes=at.world)
+    at.barrier()
     return store.rows
 
 
@@ -252,25 +267,42 @@ def run_pref_acc(out_dir, model_cfg: ModelConfig, pref_data: str, cfg: PrefAccCo
     params = {"pref_data": str(pref_data), "pref_limit": pref_limit, "on_invalid": on_invalid,
               "label_field": label_field, **asdict(cfg), **with_custom_pairs([cfg.pref_pair])}
     check_model(model_cfg)
-    begin(out_dir, {**params, "excluded_ids": sorted(excluded), "model": model_cfg.to_dict()}, {"pref_data": pref_data},
-          force)
-    note_dropped("pref-acc", skipped, "invalid rows, --on-invalid skip")
-    store = PartialJSONL(out_dir / "predictions.jsonl", key=("scorer", "id"))
+    at = launch(cpu=resolve_device(model_cfg.device) == "cpu")
+    if at.main:
+        begin(out_dir, {**params, "excluded_ids": sorted(excluded), "model": model_cfg.to_dict()},
+              {"pref_data": pref_data}, force)
+        note_dropped("pref-acc", skipped, "invalid rows, --on-invalid skip")
+    at.barrier()
+    store = ShardedJSONL(out_dir / "predictions.jsonl", key=("scorer", "id"), at=at)
     if not store.finished:
         model_tok = None
         for scorer in scorers:
             todo = [e for e in examples if (scorer, e.id) not in store.done]
-            if todo:
-                model_tok = model_tok or _model(model_cfg, model)
-                store.append(score_examples(*model_tok, todo, scorer, cfg))
-        store.finish()
-    by_scorer = {s: [r["score"] for r in store.rows if r["scorer"] == s] for s in scorers}
-    metrics = judge_metrics(store.rows, examples, scorers, cfg.n_bootstrap, cfg.seed)
-    write_json(out_dir / "metrics.json", metrics)
-    write_json(out_dir / "calibration.json", {s: accuracy_by_confidence(v) for s, v in by_scorer.items()})
-    write_manifest(out_dir, "pref-acc", params, started, model=model_fingerprint(model_cfg), skipped_rows=skipped,
-                   n_examples=len(examples), excluded_ids=len(excluded))
-    return metrics
+            for part in scorer_parts(todo, scorer, at):
+                if part:
+                    model_tok = model_tok or _model(model_cfg, model)
+                    store.append(score_examples(*model_tok, part, scorer, cfg))
+        store.finish(order=[(s, e.id) for s in scorers for e in examples] if at.world > 1 else None)
+    if at.main:
+        by_scorer = {s: [r["score"] for r in store.rows if r["scorer"] == s] for s in scorers}
+        metrics = judge_metrics(store.rows, examples, scorers, cfg.n_bootstrap, cfg.seed)
+        write_json(out_dir / "metrics.json", metrics)
+        write_json(out_dir / "calibration.json", {s: accuracy_by_confidence(v) for s, v in by_scorer.items()})
+        write_manifest(out_dir, "pref-acc", params, started, model=model_fingerprint(model_cfg), skipped_rows=skipped,
+                       n_examples=len(examples), excluded_ids=len(excluded), processes=at.world)
+    at.barrier()
+    return json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))
+
+
+def scorer_parts(todo: list[Example], scorer: str, at) -> list[list[Example]]:
+    """The pairs this process scores, in calls: one process, all in one call; several, chunks of SHARD_CHUNK,
+    every world-th to each (their scores agree with one process's within float tolerance, the batches being
+    others); `length` and `random` need no model and are the main process's, in one call."""
+    if at.world == 1:
+        return [todo]
+    if scorer in ("length", "random"):
+        return [todo] if at.main else []
+    return [part for _, part in at.mine([todo[k : k + SHARD_CHUNK] for k in range(0, len(todo), SHARD_CHUNK)])]
 
 
 def stage3_rows(run_dir: Path, pref_data: str, cfg: PrefAccConfig, variant: tuple[str, str, str],
@@ -377,31 +409,20 @@ def run_train(out_dir, model_cfg: ModelConfig, scored_path, cfg, force: bool = F
     rows = read_pairs(scored_path, need_self_reward=True, dropped=empty)
     check_model(model_cfg)
     params = {"pairs": str(scored_path), **asdict(cfg), **({"objective": "sft"} if sft else {})}
-    main, barrier = main_process(cpu=resolve_device(model_cfg.device) == "cpu")
-    if main:  # under `accelerate launch`, the main process checks and writes; the others train beside it
+    at = launch(cpu=resolve_device(model_cfg.device) == "cpu")
+    if at.main:  # under `accelerate launch`, the main process checks and writes; the others train beside it
         begin(out_dir, {**params, "model": model_cfg.to_dict()}, {"pairs": pairs_file(scored_path)}, force)
-    barrier()
+    at.barrier()
     if (out_dir / "manifest.json").exists():
         print(f"train: {out_dir} already holds this run; not retraining")
         return json.loads((out_dir / "train_summary.json").read_text(encoding="utf-8"))
-    if main:
+    if at.main:
         note_dropped("train", empty, "an empty response")
     summary = train_dlma(rows, model_cfg, cfg, out_dir, sft=sft)
-    if main:
+    if at.main:
         write_manifest(out_dir, "train", params, started, model=model_fingerprint(model_cfg), summary=summary,
                        dropped={"empty_response": empty}, processes=int(os.environ.get("WORLD_SIZE", "1")))
     return summary
-
-
-def main_process(cpu: bool = False):
-    """(is this the main process, a barrier): under `accelerate launch` (DDP, FSDP), from accelerate's state
-    (`cpu`: processes on CPUs, gloo); in a single process, (True, nothing to wait for)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return True, lambda: None
-    from accelerate import PartialState
-
-    state = PartialState(cpu=cpu)
-    return state.is_main_process, state.wait_for_everyone
 
 
 def split_holdout(rows: list[dict], fraction: float = 0.05, seed: int = 0) -> tuple[list[dict], list[dict]]:
