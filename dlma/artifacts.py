@@ -137,7 +137,8 @@ def input_record(source: str | Path) -> dict:
 
 # Parameters added after results were made: at these values they change nothing, so a folder made before
 # they existed is the same run (a token budget of 0 batches by count on a CPU, as before).
-ADDED_LATER = MappingProxyType({"max_batch_tokens": 0, "static_cache": False})
+ADDED_LATER = MappingProxyType({"max_batch_tokens": 0, "static_cache": False, "judge_url": "", "judge_model": "gpt-4o",
+                                "judge_key_env": "OPENAI_API_KEY"})
 
 
 def record_params(folder: str | Path, params: dict, hint: str, inputs: dict[str, str | Path] | None = None,

@@ -33,7 +33,7 @@ from .alignment import EvalConfig, base_judgements, respond
 from .artifacts import PartialJSONL, check_out, read_jsonl, write_json, write_jsonl, write_manifest
 from .data import Example, load_examples
 from .errors import DLMAError
-from .judge import ContrastJudge, RlaifJudge, length_controlled, position_consistency
+from .judge import ContrastJudge, HttpJudge, RlaifJudge, length_controlled, position_consistency
 from .models import ModelConfig, check_model, load_model, model_fingerprint
 from .params import documented
 from .preference import policy_logprobs, summarize
@@ -56,11 +56,23 @@ METHODS = ("base", "dlma", *TRAINED)
 @documented
 @dataclass
 class BaselineConfig:
+    """Which methods stage 6 trains, and an optional OpenAI-compatible judge beside the two local ones (its
+    key is read from the environment variable `judge_key_env` at each request, never written)."""
+
     baseline_methods: str = ",".join(TRAINED)
+    judge_url: str = ""
+    judge_model: str = "gpt-4o"
+    judge_key_env: str = "OPENAI_API_KEY"
 
     def __post_init__(self):
         method_list(self.baseline_methods)
-JUDGES = ("rlaif", "contrast")
+        if self.judge_url and not self.judge_url.startswith(("http://", "https://")):
+            raise DLMAError(f"BaselineConfig: judge_url={self.judge_url!r}: expected an http:// or https:// URL "
+                            "(the endpoint's base, before /chat/completions)")
+
+    def judges(self) -> list[str]:
+        return [*JUDGES, "http"] if self.judge_url else list(JUDGES)
+JUDGES = ("rlaif", "contrast")  # the local judges; "http" is added when a judge_url is given
 OPPONENTS = ("base", "dlma")
 
 
@@ -166,7 +178,7 @@ def summarize_baselines(methods: list[str], responses: list[dict], human: list[d
         for opp in OPPONENTS:
             if opp == m:
                 continue
-            for judge in JUDGES:
+            for judge in dict.fromkeys(r["judge"] for r in judgements):
                 rows = {r["id"]: r for r in judgements if (r["judge"], r["model"], r["opponent"]) == (judge, m, opp)}
                 if rows:
                     entry[f"{judge}_vs_{opp}"] = verdict_summary(
@@ -223,7 +235,7 @@ def study_rewards(model, tokenizer, rows: list[dict], study_dir: Path, score_bat
     return [{**r, "self_reward": float(x)} for r, x in zip(rows, reward, strict=True)], selected
 
 
-def run_baselines(run_dir, model_cfg: ModelConfig, baseline_methods: str, force: bool = False) -> dict:
+def run_baselines(run_dir, model_cfg: ModelConfig, study: BaselineConfig, force: bool = False) -> dict:
     """Stage 6 in a run folder: train each method on stage 4's training pairs with stage 4's budget
     (06_baselines/<method>/train.jsonl and adapter/), answer stage 5's held-out prompts with it and judge the
     answers against base and DLMA; implicit-reward accuracy on stage 5's human pairs, with stage 5's settings.
@@ -235,7 +247,7 @@ def run_baselines(run_dir, model_cfg: ModelConfig, baseline_methods: str, force:
     started, run_dir = time.time(), Path(run_dir)
     out, stage4, stage5 = run_dir / "06_baselines", run_dir / "04_train_dlma", run_dir / "05_evaluate_alignment"
     check_out(out)
-    methods = method_list(baseline_methods)
+    methods = method_list(study.baseline_methods)
     inputs = {"train": stage4 / "train.jsonl", "adapter": stage4 / "adapter" / "adapter_model.safetensors",
               "responses": stage5 / "responses.jsonl", "human_pairs": stage5 / "human_pairs.jsonl"}
     for path in [*inputs.values(), run_dir / "01_generate" / "pairs.jsonl", stage4 / "adapter" / "train_summary.json",
@@ -267,8 +279,7 @@ def run_baselines(run_dir, model_cfg: ModelConfig, baseline_methods: str, force:
                             f"rlhf needs {len(train_rows)}")
         rlhf_examples = pool[: len(train_rows)]
     check_model(model_cfg)
-    params = {"baseline_methods": baseline_methods, "train": asdict(train_cfg), "evaluate": asdict(cfg),
-              "model": model_cfg.to_dict()}
+    params = {**asdict(study), "train": asdict(train_cfg), "evaluate": asdict(cfg), "model": model_cfg.to_dict()}
     begin(out, params, inputs, force)
 
     eval_cfg = ModelConfig(**{**model_cfg.to_dict(), "adapter": str(stage4 / "adapter"),
@@ -343,20 +354,27 @@ def run_baselines(run_dir, model_cfg: ModelConfig, baseline_methods: str, force:
     if loaded:
         loaded[0].set_adapter("default")
 
-    # 3. Verdicts of both judges (the base model, adapter off) on each method against base and DLMA.
+    # 3. Verdicts of every judge (the local ones: the base model, adapter off) on each method against base and
+    # DLMA. The HTTP judge's answers are cached in http_judge_cache.jsonl: a rerun asks nothing again.
     judgements = PartialJSONL(out / "judgements.jsonl", key=("judge", "model", "opponent", "id"))
     text = {(r["model"], r["id"]): r["response"] for r in responses.rows}
     for m in methods:
         for opp in OPPONENTS:
             if m == opp or m == "base":
                 continue
-            for judge in JUDGES:
+            for judge in study.judges():
                 if all((judge, m, opp, e.id) in judgements.done for e in prompts):
                     continue
-                model, tok = model_tok()
-                j = (RlaifJudge if judge == "rlaif" else ContrastJudge)(model, tok, batch_size=cfg.score_batch_size)
-                with model.disable_adapter():
-                    got = j.judge([(ex.turns, text[(m, ex.id)], text[(opp, ex.id)]) for ex in prompts])
+                items = [(ex.turns, text[(m, ex.id)], text[(opp, ex.id)]) for ex in prompts]
+                if judge == "http":
+                    got = HttpJudge(study.judge_url, study.judge_model, out / "http_judge_cache.jsonl",
+                                    study.judge_key_env).judge(items)
+                else:
+                    model, tok = model_tok()
+                    j = (RlaifJudge if judge == "rlaif" else ContrastJudge)(model, tok,
+                                                                          batch_size=cfg.score_batch_size)
+                    with model.disable_adapter():
+                        got = j.judge(items)
                 judgements.append([{"judge": judge, "model": m, "opponent": opp, "id": ex.id, **g}
                                    for ex, g in zip(prompts, got, strict=True)])
     for store in (responses, human, judgements):

@@ -196,8 +196,8 @@ def run_command(command: str, parsed: list) -> None:
         from .baselines import run_baselines
         from .report import baselines_frame
 
-        model_cfg, methods, run = parsed
-        result = run_baselines(run.run, model_cfg, methods.baseline_methods, force=run.force)
+        model_cfg, study, run = parsed
+        result = run_baselines(run.run, model_cfg, study, force=run.force)
         print(baselines_frame(result).to_string())
 
 

@@ -91,6 +91,10 @@ HELP = {
     "baseline_methods": "comma-separated methods trained on stage 4's pairs and budget, then judged against base and "
                         "DLMA: rlcd, dlma_weighting, rlaif_dpo, context_distillation, rlhf, and the ablations "
                         "dlma_gamma0.1, dlma_gamma0.5, dlma_clamp20, dlma_study",
+    "judge_url": "an OpenAI-compatible endpoint (its base URL, before /chat/completions) judging beside the local "
+                 "judges (none if empty)",
+    "judge_model": "the model name sent to judge_url",
+    "judge_key_env": "the environment variable holding judge_url's API key (read at each request, never written)",
 }
 
 

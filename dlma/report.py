@@ -291,7 +291,7 @@ def implicit_paired_frame(result: dict) -> pd.DataFrame:
 
 def plot_win_tie_lose(result: dict):
     """Win / tie / lose bars per method, one panel per (judge, opponent), as the paper's Figure 3."""
-    panels = [(j, o) for o in ("base", "dlma") for j in ("rlaif", "contrast")
+    panels = [(j, o) for o in ("base", "dlma") for j in ("rlaif", "contrast", "http")
               if any(f"{j}_vs_{o}" in e for e in result.values())]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.45 * len(result) + 1.4), squeeze=False)
     for ax, (judge, opponent) in zip(axes[0], panels, strict=True):

@@ -11,6 +11,7 @@ import pytest
 from dlma.artifacts import read_jsonl, write_json, write_jsonl
 from dlma.baselines import (
     TRAINED,
+    BaselineConfig,
     distinct_n,
     human_rows,
     method_config,
@@ -120,7 +121,7 @@ def test_stage6_trains_every_method_on_the_same_budget_judges_and_resumes(run_to
 
     run, out = run_to_stage5, run_to_stage5 / "06_baselines"
     methods = "rlcd,rlaif_dpo,context_distillation,rlhf,dlma_study"
-    result = run_baselines(run, ModelConfig(tiny_model_dir, device="cpu"), methods)
+    result = run_baselines(run, ModelConfig(tiny_model_dir, device="cpu"), BaselineConfig(methods))
     assert list(result) == ["base", "dlma", "rlcd", "rlaif_dpo", "context_distillation", "rlhf", "dlma_study"]
 
     budget = json.loads((run / "04_train_dlma" / "adapter" / "train_summary.json").read_text())["config"]
@@ -166,14 +167,44 @@ def test_stage6_trains_every_method_on_the_same_budget_judges_and_resumes(run_to
     lines = (out / "judgements.partial.jsonl").read_text().splitlines(keepends=True)
     (out / "judgements.partial.jsonl").write_text("".join(lines[:10]))
     monkeypatch.setattr(dlma.train, "train_dlma", lambda *a, **k: pytest.fail("retrained"))
-    run_baselines(run, ModelConfig(tiny_model_dir, device="cpu"), methods)
+    run_baselines(run, ModelConfig(tiny_model_dir, device="cpu"), BaselineConfig(methods))
     assert (out / "baselines.json").read_bytes() == first
 
 
 def test_stage6_refuses_what_it_cannot_compare(run_to_stage5, tiny_model_dir):
     with pytest.raises(DLMAError, match="unknown method\\(s\\) ppo"):
-        run_baselines(run_to_stage5, ModelConfig(tiny_model_dir, device="cpu"), "rlcd,ppo")
+        BaselineConfig("rlcd,ppo")
+    with pytest.raises(DLMAError, match="judge_url='localhost:8000': expected an http"):
+        BaselineConfig("rlcd", judge_url="localhost:8000")
     (run_to_stage5 / "05_evaluate_alignment" / "responses.jsonl").unlink()
     with pytest.raises(DLMAError, match=r"05_evaluate_alignment/responses.jsonl: no such file \(run stages 1 to 5"):
-        run_baselines(run_to_stage5, ModelConfig(tiny_model_dir, device="cpu"), "rlcd")
+        run_baselines(run_to_stage5, ModelConfig(tiny_model_dir, device="cpu"), BaselineConfig("rlcd"))
     assert not (run_to_stage5 / "06_baselines").exists()  # checked before anything is written
+
+
+def test_stage6_with_an_http_judge_sends_the_key_and_never_writes_it(run_to_stage5, tiny_model_dir, monkeypatch):
+    from test_judge import SECRET, Server  # the tests' folder is on sys.path (pytest's prepend mode)
+
+    monkeypatch.setenv("STAGE6_JUDGE_KEY", SECRET)
+    server = Server()
+    try:
+        study = BaselineConfig("rlcd", judge_url=server.url, judge_model="judge-7b", judge_key_env="STAGE6_JUDGE_KEY")
+        result = run_baselines(run_to_stage5, ModelConfig(tiny_model_dir, device="cpu"), study)
+        sent = len(server.requests)
+        out = run_to_stage5 / "06_baselines"
+        judged = [r for r in read_jsonl(out / "judgements.jsonl") if r["judge"] == "http"]
+        assert len(judged) == 3 * 3  # three prompts: rlcd against base and dlma, dlma against base
+        # two orders each, every distinct prompt asked once (the tiny model's answers repeat): one cached line each
+        cached = (out / "http_judge_cache.jsonl").read_text().splitlines()
+        assert 0 < sent == len(cached) <= 2 * 3 * 3
+        assert set(server.auth) == {f"Bearer {SECRET}"} and server.requests[0]["model"] == "judge-7b"
+        http = result["rlcd"]["http_vs_base"]
+        assert http["win"] + http["tie"] + http["lose"] == 3 and 0 <= http["position_consistency"] <= 1
+        for path in out.rglob("*"):
+            assert not path.is_file() or SECRET not in path.read_text(errors="ignore"), path
+        (out / "judgements.jsonl").unlink()  # judged again: every answer comes from the cache
+        (out / "manifest.json").unlink()
+        run_baselines(run_to_stage5, ModelConfig(tiny_model_dir, device="cpu"), study)
+        assert len(server.requests) == sent
+    finally:
+        server.close()
