@@ -255,8 +255,8 @@ def run_baselines(run_dir, model_cfg: ModelConfig, study: BaselineConfig, force:
         if not path.is_file():
             raise DLMAError(f"{path}: no such file (run stages 1 to 5 first)")
     # the shared budget is stage 4's, the evaluation stage 5's: read from what they wrote, not given twice
-    train_cfg = TrainConfig(**json.loads((stage4 / "adapter" / "train_summary.json").read_text(encoding="utf-8"))
-                            ["config"])
+    dlma_summary = json.loads((stage4 / "adapter" / "train_summary.json").read_text(encoding="utf-8"))
+    train_cfg = TrainConfig(**dlma_summary["config"])
     stage5_params = json.loads((stage5 / "params.json").read_text(encoding="utf-8"))
     cfg = EvalConfig(**{k: stage5_params[k] for k in EvalConfig.__dataclass_fields__ if k in stage5_params})
     queries = json.loads((run_dir / "01_generate" / "params.json").read_text(encoding="utf-8"))["queries"]
@@ -292,7 +292,8 @@ def run_baselines(run_dir, model_cfg: ModelConfig, study: BaselineConfig, force:
         return loaded
 
     # 1. Training rows and adapters, method by method (each adapter folder resumes like stage 4's).
-    training = {"dlma": {"adapter": str(stage4 / "adapter"), "n_pairs": len(train_rows)}}
+    training = {"dlma": {"adapter": str(stage4 / "adapter"),
+                         **{k: dlma_summary[k] for k in ("n_pairs", "n_steps", "final_loss", "wall_time_s")}}}
     for m in methods:
         if m in ("base", "dlma"):
             continue
