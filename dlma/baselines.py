@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import binomtest
 
 from .alignment import EvalConfig, base_judgements, respond
 from .artifacts import PartialJSONL, check_out, read_jsonl, write_json, write_jsonl, write_manifest
@@ -130,8 +131,8 @@ def _interval(values, statistic=np.mean, n_boot: int = 1000, seed: int = 0) -> d
 
 def verdict_summary(rows: list[dict], len_a: list[int], len_b: list[int], n_boot: int = 1000, seed: int = 0) -> dict:
     """Win / tie / lose of A against B with intervals: the win rate (a tie counts half) and the
-    length-controlled win rate (`judge.length_controlled`), both bootstrapped over items, and the
-    position consistency of a two-order judge."""
+    length-controlled win rate (`judge.length_controlled`), both bootstrapped over items, the exact sign
+    test of wins against losses, and the position consistency of a two-order judge."""
     verdicts = [r["verdict"] for r in rows]
     outcome = np.array([{"win": 1.0, "tie": 0.5, "lose": 0.0}[v] for v in verdicts])
     codes = np.array(["wtl".index(v[0]) for v in verdicts])
@@ -141,6 +142,9 @@ def verdict_summary(rows: list[dict], len_a: list[int], len_b: list[int], n_boot
         return length_controlled([("win", "tie", "lose")[k] for k in c], a, b)["lc_win_rate"]
 
     out = {v: int(sum(x == v for x in verdicts)) for v in ("win", "tie", "lose")}
+    # the paired test on the same prompts: wins against losses, ties left out (an exact sign test)
+    out["sign_test_p"] = float(binomtest(out["win"], out["win"] + out["lose"]).pvalue) if out["win"] + out["lose"] \
+        else 1.0
     out["win_rate"] = _interval(outcome, np.mean, n_boot, seed)
     out["lc_win_rate"] = {"value": lc(codes, len_a, len_b),
                           "ci95": list(bootstrap_items_ci((codes, len_a, len_b), lc, n_boot, seed)), "n": len(rows)}
@@ -151,16 +155,17 @@ def verdict_summary(rows: list[dict], len_a: list[int], len_b: list[int], n_boot
 
 def response_metrics(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
     """Of one method's responses: refusal rate, mean contrastive score, median perplexity, distinct-2 and
-    mean length in tokens, each with a bootstrap interval over prompts."""
-    texts = np.array([r["response"] for r in rows], dtype=object)
-    rng = np.random.default_rng(seed)
-    d2 = [distinct_n(list(texts[rng.integers(0, len(texts), len(texts))])) for _ in range(n_boot)]
+    mean length in tokens, each with a bootstrap interval over prompts. Distinct-2 is each response's own
+    (its unique bigrams over its bigrams: 1 for no repetition; a one-word answer has none and is left out),
+    averaged: the corpus-level ratio (also given) has no honest bootstrap, since a resample repeats
+    responses and so their bigrams."""
     return {
         "refusal_rate": _interval([r["refusal"] for r in rows], np.mean, n_boot, seed),
         "contrastive_score": _interval([r["contrastive_score"] for r in rows], np.mean, n_boot, seed),
         "perplexity_median": _interval([r["perplexity"] for r in rows], np.median, n_boot, seed),
-        "distinct_2": {"value": distinct_n(list(texts)), "ci95": [float(np.percentile(d2, 2.5)),
-                                                                  float(np.percentile(d2, 97.5))], "n": len(rows)},
+        "distinct_2": _interval([distinct_n([r["response"]]) for r in rows if len(r["response"].split()) > 1],
+                                np.mean, n_boot, seed),
+        "corpus_distinct_2": distinct_n([r["response"] for r in rows]),
         "length_tokens": _interval([r["n_tokens"] for r in rows], np.mean, n_boot, seed),
     }
 

@@ -270,7 +270,8 @@ def baselines_frame(result: dict, judge: str = "rlaif", opponent: str = "base") 
 
 def judge_frame(result: dict) -> pd.DataFrame:
     """Every (judge, opponent) verdict of every method: win/tie/lose, win rate, length-controlled win rate,
-    position consistency (the RLAIF judge's two orders agreeing)."""
+    the sign test of wins against losses on the same prompts, and position consistency (a two-order judge's
+    orders agreeing)."""
     rows = []
     for m, e in result.items():
         for key, v in e.items():
@@ -278,7 +279,7 @@ def judge_frame(result: dict) -> pd.DataFrame:
                 judge, _, opponent = key.partition("_vs_")
                 rows.append({"method": m, "judge": judge, "against": opponent, "win": v["win"], "tie": v["tie"],
                              "lose": v["lose"], "win rate": _ci(v["win_rate"]),
-                             "length-controlled": _ci(v["lc_win_rate"]),
+                             "length-controlled": _ci(v["lc_win_rate"]), "sign test p": round(v["sign_test_p"], 3),
                              "position consistency": round(v.get("position_consistency", float("nan")), 3)})
     return pd.DataFrame(rows).set_index(["method", "judge", "against"])
 

@@ -53,6 +53,7 @@ def test_verdict_summary_counts_ties_half_and_controls_for_length():
     rows = [{"verdict": v} for v in ["win"] * 6 + ["tie"] * 2 + ["lose"] * 2]
     s = verdict_summary(rows, [10] * 10, [10] * 10, n_boot=200)
     assert (s["win"], s["tie"], s["lose"]) == (6, 2, 2)
+    assert s["sign_test_p"] == pytest.approx(0.2890625)  # 6 wins of 8 decided, two-sided: 2 x 37/256
     assert s["win_rate"]["value"] == pytest.approx(0.7)
     assert s["win_rate"]["ci95"][0] < 0.7 < s["win_rate"]["ci95"][1]
     assert s["lc_win_rate"]["value"] == pytest.approx(0.7, abs=1e-6)  # no length difference: nothing to control
