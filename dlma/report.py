@@ -306,8 +306,9 @@ def plot_win_tie_lose(result: dict):
             left += share
         ax.axvline(0.5, color="black", lw=0.6, ls=":")
         ax.set(title=f"{judge} judge, against {opponent}", xlim=(0, 1), xlabel="share of prompts")
-    axes[0][0].legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.legend(handles, labels, loc="upper center", ncol=3, frameon=False)  # above the panels, on no bar
     return fig
 
 
