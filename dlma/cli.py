@@ -194,11 +194,11 @@ def run_command(command: str, parsed: list) -> None:
         print(alignment_frame(summary).to_string())
     elif command == "baselines":
         from .baselines import run_baselines
-        from .report import baselines_frame
+        from .report import answers_frame, baselines_frame
 
         model_cfg, study, run = parsed
         result = run_baselines(run.run, model_cfg, study, force=run.force)
-        print(baselines_frame(result).to_string())
+        print(baselines_frame(result).to_string(), answers_frame(result).to_string(), sep="\n\n")
 
 
 def main(argv: list[str] | None = None) -> int:

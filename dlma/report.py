@@ -247,24 +247,30 @@ def _ci(m: dict, digits: int = 3) -> str:
     return f"{m['value']:.{digits}f} [{m['ci95'][0]:.{digits}f}, {m['ci95'][1]:.{digits}f}]"
 
 
-def baselines_frame(result: dict, judge: str = "rlaif", opponent: str = "base") -> pd.DataFrame:
-    """The paper's table at the embedded scale: methods x metrics, each with its 95% interval."""
+def baselines_frame(result: dict, opponent: str = "base") -> pd.DataFrame:
+    """The paper's table at the embedded scale: each method's win rate against `opponent` by each judge (the
+    RLAIF judge's also length-controlled, with its counts) and implicit-reward accuracy, with 95% intervals."""
     rows = []
     for m, e in result.items():
-        verdict = e.get(f"{judge}_vs_{opponent}")
-        implicit = e.get("implicit_accuracy")
+        rlaif, contrast, implicit = e.get(f"rlaif_vs_{opponent}"), e.get(f"contrast_vs_{opponent}"), \
+            e.get("implicit_accuracy")
         rows.append({
             "method": m,
-            f"win rate vs {opponent}": _ci(verdict["win_rate"]) if verdict else "",
-            "length-controlled": _ci(verdict["lc_win_rate"]) if verdict else "",
-            "win/tie/lose": f"{verdict['win']}/{verdict['tie']}/{verdict['lose']}" if verdict else "",
-            "implicit acc.": fmt_acc(implicit) if implicit else "",
-            "refusal": _ci(e["refusal_rate"], 2),
-            "C(o)": _ci(e["contrastive_score"], 2),
-            "perplexity": _ci(e["perplexity_median"], 1),
-            "distinct-2": _ci(e["distinct_2"], 2),
-            "length": _ci(e["length_tokens"], 1),
+            f"RLAIF judge: win rate vs {opponent}": _ci(rlaif["win_rate"]) if rlaif else "",
+            "length-controlled": _ci(rlaif["lc_win_rate"]) if rlaif else "",
+            "win/tie/lose": f"{rlaif['win']}/{rlaif['tie']}/{rlaif['lose']}" if rlaif else "",
+            f"contrast judge: win rate vs {opponent}": _ci(contrast["win_rate"]) if contrast else "",
+            "implicit-reward acc.": fmt_acc(implicit) if implicit else "",
         })
+    return pd.DataFrame(rows).set_index("method")
+
+
+def answers_frame(result: dict) -> pd.DataFrame:
+    """Each method's answers to the held-out prompts: refusal rate, the base's contrastive score C(o), median
+    perplexity under the base, distinct-2 and length in tokens, with 95% intervals."""
+    rows = [{"method": m, "refusal rate": _ci(e["refusal_rate"], 2), "C(o)": _ci(e["contrastive_score"], 2),
+             "perplexity (median)": _ci(e["perplexity_median"], 1), "distinct-2": _ci(e["distinct_2"], 2),
+             "length (tokens)": _ci(e["length_tokens"], 1)} for m, e in result.items()]
     return pd.DataFrame(rows).set_index("method")
 
 

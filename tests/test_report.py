@@ -53,9 +53,10 @@ def test_baselines_tables_and_bars_from_a_summary():
                                  n_boot=100)
     table = report.baselines_frame(result)
     assert table.loc["rlcd", "win/tie/lose"] == "2/1/1" and table.loc["base", "win/tie/lose"] == ""
-    assert table.loc["rlcd", "refusal"].startswith("0.25 [")
-    assert table.loc["rlcd", "implicit acc."].startswith("1.000 [") and table.loc["dlma", "implicit acc."].startswith(
-        "0.667 [")
+    assert table.loc["rlcd", "contrast judge: win rate vs base"].startswith("0.625 [")
+    assert table.loc["rlcd", "implicit-reward acc."].startswith("1.000 [")
+    assert table.loc["dlma", "implicit-reward acc."].startswith("0.667 [")
+    assert report.answers_frame(result).loc["rlcd", "refusal rate"].startswith("0.25 [")
     verdicts = report.judge_frame(result)
     assert verdicts.loc[("rlcd", "contrast", "dlma"), "win"] == 2 and len(verdicts) == 6
     paired = report.implicit_paired_frame(result)
