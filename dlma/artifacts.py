@@ -55,6 +55,16 @@ def read_jsonl(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def complete_rows(path: Path, repair: bool = False) -> list[dict]:
+    """The rows of a JSONL file being appended to, without a last line cut short by a kill (`repair`: the
+    torn line is also cut from the file, so the next append starts on a line of its own)."""
+    raw = path.read_text(encoding="utf-8")
+    complete = raw[: raw.rfind("\n") + 1]
+    if repair and complete != raw:
+        path.write_text(complete, encoding="utf-8")
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
+
+
 class PartialJSONL:
     """Append-as-you-go JSONL that resumes: `done` holds the keys already written.
 
@@ -70,11 +80,7 @@ class PartialJSONL:
         if self.final.exists():  # a finished artifact: nothing to do
             self.rows = read_jsonl(self.final)
         elif self.partial.exists():
-            raw = self.partial.read_text(encoding="utf-8")
-            complete = raw[: raw.rfind("\n") + 1]  # drop a torn last line
-            if complete != raw:
-                self.partial.write_text(complete, encoding="utf-8")
-            self.rows = [json.loads(line) for line in complete.splitlines() if line.strip()]
+            self.rows = complete_rows(self.partial, repair=True)
         self.done = {self._key(r) for r in self.rows}
 
     def _key(self, row: dict):

@@ -364,6 +364,8 @@ def run_baselines(run_dir, model_cfg: ModelConfig, study: BaselineConfig, force:
     # DLMA. The HTTP judge's answers are cached in http_judge_cache.jsonl: a rerun asks nothing again.
     judgements = PartialJSONL(out / "judgements.jsonl", key=("judge", "model", "opponent", "id"))
     text = {(r["model"], r["id"]): r["response"] for r in responses.rows}
+    http = HttpJudge(study.judge_url, study.judge_model, out / "http_judge_cache.jsonl", study.judge_key_env) \
+        if study.judge_url else None  # its cache read once
     for m in methods:
         for opp in OPPONENTS:
             if m == opp or m == "base":
@@ -373,8 +375,7 @@ def run_baselines(run_dir, model_cfg: ModelConfig, study: BaselineConfig, force:
                     continue
                 items = [(ex.turns, text[(m, ex.id)], text[(opp, ex.id)]) for ex in prompts]
                 if judge == "http":
-                    got = HttpJudge(study.judge_url, study.judge_model, out / "http_judge_cache.jsonl",
-                                    study.judge_key_env).judge(items)
+                    got = http.judge(items)
                 else:
                     model, tok = model_tok()
                     j = (RlaifJudge if judge == "rlaif" else ContrastJudge)(model, tok,

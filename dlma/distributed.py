@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .artifacts import PartialJSONL, read_jsonl, write_jsonl
+from .artifacts import PartialJSONL, complete_rows, read_jsonl, write_jsonl
 
 
 @dataclass
@@ -56,8 +56,10 @@ class ShardedJSONL(PartialJSONL):
             self.partial = self.final.with_name(f"{self.final.stem}.rank{self.at.rank}.partial.jsonl")
             if not self.finished:  # every process's rows, also those of a launch of another size
                 for part in self.parts():
-                    if part.name != self.final.stem + ".partial.jsonl":
-                        rows = [r for r in _complete_rows(part) if self._key(r) not in self.done]
+                    if part.name != self.final.stem + ".partial.jsonl":  # (read by PartialJSONL already)
+                        # this process's own part is repaired: its next append must start on a new line
+                        rows = [r for r in complete_rows(part, repair=part == self.partial)
+                                if self._key(r) not in self.done]
                         self.rows.extend(rows)
                         self.done.update(self._key(r) for r in rows)
 
@@ -73,7 +75,7 @@ class ShardedJSONL(PartialJSONL):
         if self.at.main and not self.finished:
             rows, seen = [], set()
             for part in self.parts():
-                for r in _complete_rows(part):
+                for r in complete_rows(part):
                     if self._key(r) not in seen:
                         seen.add(self._key(r))
                         rows.append(r)
@@ -87,10 +89,3 @@ class ShardedJSONL(PartialJSONL):
         self.done = {self._key(r) for r in self.rows}
         return self.final
 
-
-def _complete_rows(path: Path) -> list[dict]:
-    """The rows of a part file, without a last line cut short by a kill."""
-    import json
-
-    raw = path.read_text(encoding="utf-8")
-    return [json.loads(line) for line in raw[: raw.rfind("\n") + 1].splitlines() if line.strip()]

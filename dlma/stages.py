@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -63,6 +62,16 @@ def begin(out_dir: Path, params: dict, inputs: dict | None = None, force: bool =
                   inputs, force)
 
 
+def begin_launch(out_dir: Path, model_cfg: ModelConfig, params: dict, inputs: dict, force: bool = False):
+    """`begin` on the main process of a launch (`dlma.distributed`; in a single process, that process), the
+    others waiting for it; returns this process's Launch."""
+    at = launch(cpu=resolve_device(model_cfg.device) == "cpu")
+    if at.main:
+        begin(out_dir, {**params, "model": model_cfg.to_dict()}, inputs, force)
+    at.barrier()
+    return at
+
+
 def with_custom_pairs(names) -> dict:
     """{"pair_definitions": ...} when user-defined prompt pairs are used, else nothing (params stay as they were)."""
     defs = custom_pairs(names)
@@ -100,11 +109,9 @@ def run_generate(out_dir, model_cfg: ModelConfig, queries: str, cfg: GenerateCon
     if not examples:
         raise DLMAError(f"{queries}: every query is over max_query_words={cfg.max_query_words} words")
     check_model(model_cfg)  # after the data: a data error is named even when the model is wrong too
-    at = launch(cpu=resolve_device(model_cfg.device) == "cpu")
-    if at.main:  # under a launch of several processes, the main process checks and writes the folder
-        begin(out_dir, {**params, "model": model_cfg.to_dict()}, {"queries": queries}, force)
+    at = begin_launch(out_dir, model_cfg, params, {"queries": queries}, force)
+    if at.main:
         note_dropped("generate", too_long, f"over max_query_words={cfg.max_query_words}")
-    at.barrier()
     model, tokenizer = _model(model_cfg, model)
     info: dict = {}
     rows = generate_pairs(model, tokenizer, examples, cfg, out_dir / "pairs.jsonl", info, at)
@@ -219,11 +226,9 @@ def run_score(out_dir, model_cfg: ModelConfig, pairs_path, cfg: ScoreConfig, chu
     pairs = read_pairs(pairs_path, dropped=empty)
     params = {"pairs": str(pairs_path), **asdict(cfg), **with_custom_pairs(p.get("pair") or cfg.pair for p in pairs)}
     check_model(model_cfg)
-    at = launch(cpu=resolve_device(model_cfg.device) == "cpu")
+    at = begin_launch(out_dir, model_cfg, params, {"pairs": pairs_file(pairs_path)}, force)
     if at.main:
-        begin(out_dir, {**params, "model": model_cfg.to_dict()}, {"pairs": pairs_file(pairs_path)}, force)
         note_dropped("score", empty, "an empty response has no token to score")
-    at.barrier()
     store = ShardedJSONL(out_dir / "scored.jsonl", at=at)
     chunks = [pairs[k : k + chunk] for k in range(0, len(pairs), chunk)]  # each process: every world-th chunk
     settings = [[(p.get("pair") or cfg.pair, p.get("rendering") or cfg.rendering) for p in part] for part in chunks]
@@ -267,12 +272,10 @@ def run_pref_acc(out_dir, model_cfg: ModelConfig, pref_data: str, cfg: PrefAccCo
     params = {"pref_data": str(pref_data), "pref_limit": pref_limit, "on_invalid": on_invalid,
               "label_field": label_field, **asdict(cfg), **with_custom_pairs([cfg.pref_pair])}
     check_model(model_cfg)
-    at = launch(cpu=resolve_device(model_cfg.device) == "cpu")
+    at = begin_launch(out_dir, model_cfg, {**params, "excluded_ids": sorted(excluded)}, {"pref_data": pref_data},
+                      force)
     if at.main:
-        begin(out_dir, {**params, "excluded_ids": sorted(excluded), "model": model_cfg.to_dict()},
-              {"pref_data": pref_data}, force)
         note_dropped("pref-acc", skipped, "invalid rows, --on-invalid skip")
-    at.barrier()
     store = ShardedJSONL(out_dir / "predictions.jsonl", key=("scorer", "id"), at=at)
     if not store.finished:
         model_tok = None
@@ -409,10 +412,8 @@ def run_train(out_dir, model_cfg: ModelConfig, scored_path, cfg, force: bool = F
     rows = read_pairs(scored_path, need_self_reward=True, dropped=empty)
     check_model(model_cfg)
     params = {"pairs": str(scored_path), **asdict(cfg), **({"objective": "sft"} if sft else {})}
-    at = launch(cpu=resolve_device(model_cfg.device) == "cpu")
-    if at.main:  # under `accelerate launch`, the main process checks and writes; the others train beside it
-        begin(out_dir, {**params, "model": model_cfg.to_dict()}, {"pairs": pairs_file(scored_path)}, force)
-    at.barrier()
+    # under `accelerate launch`, the main process checks and writes; the others train beside it
+    at = begin_launch(out_dir, model_cfg, params, {"pairs": pairs_file(scored_path)}, force)
     if (out_dir / "manifest.json").exists():
         print(f"train: {out_dir} already holds this run; not retraining")
         return json.loads((out_dir / "train_summary.json").read_text(encoding="utf-8"))
@@ -421,7 +422,7 @@ def run_train(out_dir, model_cfg: ModelConfig, scored_path, cfg, force: bool = F
     summary = train_dlma(rows, model_cfg, cfg, out_dir, sft=sft)
     if at.main:
         write_manifest(out_dir, "train", params, started, model=model_fingerprint(model_cfg), summary=summary,
-                       dropped={"empty_response": empty}, processes=int(os.environ.get("WORLD_SIZE", "1")))
+                       dropped={"empty_response": empty}, processes=at.world)
     return summary
 
 

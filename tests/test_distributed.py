@@ -40,6 +40,17 @@ def test_parts_merge_in_the_single_process_order_and_resume_with_another_size(tm
     assert Launch(1, 3).mine(list("abcdefg")) == [(1, "b"), (4, "e")]
 
 
+def test_a_process_reopening_its_torn_part_appends_on_a_new_line(tmp_path):
+    final = tmp_path / "rows.jsonl"
+    ShardedJSONL(final, at=Launch(1, 2)).append([{"id": "r1"}])
+    with open(tmp_path / "rows.rank1.partial.jsonl", "a") as f:
+        f.write('{"id": "r3"')  # cut short by a kill
+    store = ShardedJSONL(final, at=Launch(1, 2))
+    assert store.done == {"r1"}
+    store.append([{"id": "r3"}])
+    assert read_jsonl(tmp_path / "rows.rank1.partial.jsonl") == [{"id": "r1"}, {"id": "r3"}]
+
+
 def dlma(args, env, processes=1, timeout=600):
     launch = [sys.executable, "-m", "dlma"] if processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
