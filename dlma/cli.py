@@ -9,6 +9,8 @@ Errors the user can fix are printed as one line, with exit status 2, and nothing
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import sys
 from dataclasses import dataclass
@@ -138,6 +140,9 @@ def run_parser() -> Parser:
                    help="override a preset parameter (repeatable); unknown keys and wrong types are refused")
     r.add_argument("--run-id", default=None, help="run folder name under runs/ (default: the preset's name)")
     r.add_argument("--no-publish", action="store_true", help="do not copy executed notebooks into book/results")
+    r.add_argument("--launcher", default=None, metavar="COMMAND",
+                   help="run the sharded stages (generate, score, pref-acc, train) under this launcher first, e.g. "
+                        "'accelerate launch --config_file accelerate/ddp.yaml --num_processes 8'")
     return r
 
 
@@ -219,9 +224,13 @@ def main(argv: list[str] | None = None) -> int:
         if command == "run":
             from .pipeline import run_pipeline
 
-            run_pipeline(args.preset, args.overrides, args.run_id, publish=not args.no_publish)
-        else:
-            run_command(command, parsed)
+            run_pipeline(args.preset, args.overrides, args.run_id, publish=not args.no_publish,
+                         launcher=args.launcher)
+        else:  # under a launch, the main process alone prints the summary (errors: every process, on stderr)
+            from .quiet import launch_rank
+
+            with contextlib.redirect_stdout(io.StringIO()) if launch_rank() > 0 else contextlib.nullcontext():
+                run_command(command, parsed)
     except DLMAError as e:
         print(f"dlma {command}: error: {e}", file=sys.stderr)
         return 2

@@ -9,6 +9,10 @@
   stage leaves `<stage>.failed.ipynb` for inspection. A stage with a `.done` marker is skipped, so a
   killed run resumes where it stopped (the stage functions resume inside a stage, too).
 - When every stage has run, the executed notebooks are copied into `book/results/` for the book.
+- With a launcher (`--launcher "accelerate launch --num_processes 8"`), the stages whose work shards across
+  processes (generation, scoring, preference accuracy, training: `LAUNCHED`) first run as their `dlma`
+  command under it, with the notebook's parameters (the same names) and paths; the notebook then finds that
+  work done, checks it was made with its parameters, and only reports it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ import ast
 import contextlib
 import json
 import os
+import shlex
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -31,6 +38,13 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("01_generate", "02_self_reward", "03_preference_accuracy", "03b_pair_study", "04_train_dlma",
           "05_evaluate_alignment", "06_baselines")
 SET_BY_PIPELINE = ("run_dir",)
+# stage: (the command doing its sharded work, its paths in the run folder); stage 4's split runs before it
+LAUNCHED = {
+    "01_generate": ("generate", {"out": "01_generate"}),
+    "02_self_reward": ("score", {"pairs": "01_generate/pairs.jsonl", "out": "02_self_reward"}),
+    "03_preference_accuracy": ("pref-acc", {"out": "03_preference_accuracy"}),
+    "04_train_dlma": ("train", {"pairs": "04_train_dlma/train.jsonl", "out": "04_train_dlma/adapter"}),
+}
 
 
 def notebook_path(stage: str) -> Path:
@@ -179,10 +193,72 @@ def quiet_kernels():
             os.environ["DLMA_PROGRESS"] = before
 
 
+def option_value(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def command_args(command: str, paths: dict, nb_params: dict, run_dir: str) -> list[str]:
+    """`dlma COMMAND` arguments: its paths in the run folder, then each notebook parameter it has an option for
+    (the same name: `gen_batch_size` is `--gen-batch-size`)."""
+    from dataclasses import fields
+
+    from .cli import commands
+
+    options = {f.name for t in commands()[command][1] for f in fields(t() if not isinstance(t, type) else t)}
+    args = [command]
+    for name, rel in paths.items():
+        args += [f"--{name}", f"{run_dir}/{rel}"]
+    for name, value in nb_params.items():
+        if name in options and name not in paths and value is not None:
+            args += [f"--{name.replace('_', '-')}", option_value(value)]
+    return args
+
+
+def stage_commands(stage: str, nb_params: dict) -> list[tuple[bool, list[str]]]:
+    """[(under the launcher?, `dlma` arguments)] that do a stage's sharded work before its notebook reports it;
+    none for a stage that works in its notebook alone."""
+    if stage not in LAUNCHED:
+        return []
+    command, paths = LAUNCHED[stage]
+    # what the notebook will run with: its defaults, then what the run sets
+    nb_params = {**{k: ast.literal_eval(v) for k, v in notebook_parameters(stage).items()}, **nb_params}
+    run_dir = nb_params["run_dir"]
+    out = [(True, command_args(command, paths, nb_params, run_dir))]
+    if command == "train":  # the hold-out split first, as the notebook's train_stage does: small, one process
+        split = command_args("split", {"pairs": "02_self_reward/scored.jsonl", "out": "04_train_dlma"}, nb_params,
+                             run_dir)
+        out.insert(0, (False, split))
+    return out
+
+
+def check_launcher(launcher: str | None) -> list[str]:
+    """The launcher's words, checked before anything runs: its program must be found."""
+    if not launcher:
+        return []
+    words = shlex.split(launcher)
+    if not words or shutil.which(words[0]) is None:
+        raise DLMAError(f"--launcher {launcher!r}: {words[0] if words else 'an empty command'} not found on PATH "
+                        "(e.g. --launcher 'accelerate launch --num_processes 8')")
+    return words
+
+
+def run_launched(stage: str, nb_params: dict, launcher: list[str]) -> None:
+    """Each command of a stage's sharded work, under the launcher where it shards, from the repository root
+    (where the notebooks run, so its paths are theirs)."""
+    for launched, args in stage_commands(stage, nb_params):
+        argv = [*launcher, "-m", "dlma", *args] if launched else [sys.executable, "-m", "dlma", *args]
+        print(f"[dlma run] {stage}: {shlex.join(argv)}", flush=True)
+        rc = subprocess.run(argv, cwd=ROOT).returncode
+        if rc != 0:
+            raise DLMAError(f"stage {stage}: `dlma {args[0]}` exited with status {rc} (its error is above); fix "
+                            "and rerun to resume")
+
+
 def run_pipeline(preset: str, overrides: list[str], run_id: str | None = None, publish: bool = True,
-                 runs_root: Path | None = None, stages: tuple[str, ...] = STAGES) -> Path:
+                 runs_root: Path | None = None, stages: tuple[str, ...] = STAGES, launcher: str | None = None) -> Path:
     import papermill as pm
 
+    launcher_words = check_launcher(launcher)
     params = resolve_params(preset, overrides)
     run_dir = (runs_root or ROOT / "runs") / (run_id or Path(preset).stem)
     check_out(run_dir)
@@ -197,6 +273,8 @@ def run_pipeline(preset: str, overrides: list[str], run_id: str | None = None, p
         declared = notebook_parameters(stage)
         nb_params = {k: v for k, v in params.items() if k in declared}
         nb_params["run_dir"] = notebook_run_dir(run_dir)
+        if launcher_words:
+            run_launched(stage, nb_params, launcher_words)
         partial = run_dir / f".{stage}.partial.ipynb"
         print(f"[dlma run] {stage}: running ({', '.join(f'{k}={v}' for k, v in nb_params.items())})", flush=True)
         started = time.time()

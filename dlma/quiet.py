@@ -8,7 +8,8 @@ on its exact message, never by redirecting stderr: anything else a library says 
 
 `progress()` says whether to draw progress bars and print timings. `dlma run` turns both off in the
 notebooks it executes (`DLMA_PROGRESS=0`), so an executed notebook holds results only, and reruns of the
-same seed publish the same bytes.
+same seed publish the same bytes. Under a launch only the main process draws them (and the CLI prints its
+summary there alone).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import warnings
 
 # (category name, message regex): warnings about library internals, not about the user's run.
 KNOWN_WARNINGS = (
-    ("FutureWarning", r"`(is_)?gradient_checkpointing(_enable|_disable)?` is deprecated"),
+    ("FutureWarning", r"`(is_)?gradient_checkpointing(_enable|_disable|_kwargs)?` is deprecated"),
     ("UserWarning", r"'pin_memory' argument is set as true but no accelerator is found"),
     ("Warning", r"IProgress not found"),  # tqdm.auto in a kernel without ipywidgets (TqdmWarning)
 )
@@ -52,5 +53,11 @@ def quiet_transformers() -> None:
 
 
 def progress() -> bool:
-    """Draw progress bars and print timings? Off when DLMA_PROGRESS=0 (set by `dlma run` for its notebooks)."""
-    return os.environ.get("DLMA_PROGRESS", "1") != "0"
+    """Draw progress bars and print timings? Off when DLMA_PROGRESS=0 (set by `dlma run` for its notebooks),
+    and on all but the main process of a launch (one bar per launch, not one per GPU)."""
+    return os.environ.get("DLMA_PROGRESS", "1") != "0" and launch_rank() == 0
+
+
+def launch_rank() -> int:
+    """This process's rank in a launch (`accelerate launch`, torchrun set RANK); 0 in a single process."""
+    return int(os.environ.get("RANK", "0"))

@@ -72,6 +72,13 @@ def begin_launch(out_dir: Path, model_cfg: ModelConfig, params: dict, inputs: di
     return at
 
 
+def ran_through(out_dir: Path) -> bool:
+    """A stage writes its manifest last: a folder holding one (whose parameters `begin` has just checked) ran
+    through, and a rerun over it (a notebook over a launch's results) keeps its manifest, times and process
+    count."""
+    return (out_dir / "manifest.json").exists()
+
+
 def with_custom_pairs(names) -> dict:
     """{"pair_definitions": ...} when user-defined prompt pairs are used, else nothing (params stay as they were)."""
     defs = custom_pairs(names)
@@ -110,12 +117,13 @@ def run_generate(out_dir, model_cfg: ModelConfig, queries: str, cfg: GenerateCon
         raise DLMAError(f"{queries}: every query is over max_query_words={cfg.max_query_words} words")
     check_model(model_cfg)  # after the data: a data error is named even when the model is wrong too
     at = begin_launch(out_dir, model_cfg, params, {"queries": queries}, force)
-    if at.main:
+    done = ran_through(out_dir)
+    if at.main and not done:
         note_dropped("generate", too_long, f"over max_query_words={cfg.max_query_words}")
     model, tokenizer = _model(model_cfg, model)
     info: dict = {}
     rows = generate_pairs(model, tokenizer, examples, cfg, out_dir / "pairs.jsonl", info, at)
-    if at.main:
+    if at.main and not done:
         write_manifest(out_dir, "generate", params, started, model=model_fingerprint(model_cfg), n_pairs=len(rows),
                        dropped={"over_max_query_words": too_long}, processes=at.world, **info)
     at.barrier()
@@ -227,7 +235,8 @@ def run_score(out_dir, model_cfg: ModelConfig, pairs_path, cfg: ScoreConfig, chu
     params = {"pairs": str(pairs_path), **asdict(cfg), **with_custom_pairs(p.get("pair") or cfg.pair for p in pairs)}
     check_model(model_cfg)
     at = begin_launch(out_dir, model_cfg, params, {"pairs": pairs_file(pairs_path)}, force)
-    if at.main:
+    done = ran_through(out_dir)
+    if at.main and not done:
         note_dropped("score", empty, "an empty response has no token to score")
     store = ShardedJSONL(out_dir / "scored.jsonl", at=at)
     chunks = [pairs[k : k + chunk] for k in range(0, len(pairs), chunk)]  # each process: every world-th chunk
@@ -248,7 +257,7 @@ def run_score(out_dir, model_cfg: ModelConfig, pairs_path, cfg: ScoreConfig, chu
                 rows += [{**p, "pair": name, **t} for p, t in zip(group, terms, strict=True)]
             store.append(rows)  # grouped by setting within a chunk: the order the published run's split used
     store.finish(order=order if at.world > 1 else None)
-    if at.main:
+    if at.main and not done:
         write_manifest(out_dir, "score", params, started, model=model_fingerprint(model_cfg),
                        n_pairs=len(store.rows), dropped={"empty_response": empty}, processes=at.world)
     at.barrier()
@@ -274,7 +283,8 @@ def run_pref_acc(out_dir, model_cfg: ModelConfig, pref_data: str, cfg: PrefAccCo
     check_model(model_cfg)
     at = begin_launch(out_dir, model_cfg, {**params, "excluded_ids": sorted(excluded)}, {"pref_data": pref_data},
                       force)
-    if at.main:
+    done = ran_through(out_dir)
+    if at.main and not done:
         note_dropped("pref-acc", skipped, "invalid rows, --on-invalid skip")
     store = ShardedJSONL(out_dir / "predictions.jsonl", key=("scorer", "id"), at=at)
     if not store.finished:
@@ -286,7 +296,7 @@ def run_pref_acc(out_dir, model_cfg: ModelConfig, pref_data: str, cfg: PrefAccCo
                     model_tok = model_tok or _model(model_cfg, model)
                     store.append(score_examples(*model_tok, part, scorer, cfg))
         store.finish(order=[(s, e.id) for s in scorers for e in examples] if at.world > 1 else None)
-    if at.main:
+    if at.main and not done:
         by_scorer = {s: [r["score"] for r in store.rows if r["scorer"] == s] for s in scorers}
         metrics = judge_metrics(store.rows, examples, scorers, cfg.n_bootstrap, cfg.seed)
         write_json(out_dir / "metrics.json", metrics)
@@ -414,7 +424,7 @@ def run_train(out_dir, model_cfg: ModelConfig, scored_path, cfg, force: bool = F
     params = {"pairs": str(scored_path), **asdict(cfg), **({"objective": "sft"} if sft else {})}
     # under `accelerate launch`, the main process checks and writes; the others train beside it
     at = begin_launch(out_dir, model_cfg, params, {"pairs": pairs_file(scored_path)}, force)
-    if (out_dir / "manifest.json").exists():
+    if ran_through(out_dir):
         print(f"train: {out_dir} already holds this run; not retraining")
         return json.loads((out_dir / "train_summary.json").read_text(encoding="utf-8"))
     if at.main:
@@ -446,7 +456,7 @@ def run_split(out_dir, scored_path, holdout_fraction: float, seed: int = 0, forc
         raise DLMAError(f"{scored_path}: {len(rows)} pair(s) cannot be split into training and held-out pairs")
     params = {"pairs": str(scored_path), "holdout_fraction": holdout_fraction, "seed": seed}
     begin(out_dir, params, {"pairs": pairs_file(scored_path)}, force)
-    if (out_dir / "manifest.json").exists():  # done earlier, from the same pairs and parameters
+    if ran_through(out_dir):  # done earlier, from the same pairs and parameters
         return read_jsonl(out_dir / "train.jsonl"), read_jsonl(out_dir / "heldout.jsonl")
     note_dropped("split", empty, "an empty response")
     train, heldout = split_holdout(rows, holdout_fraction, seed)

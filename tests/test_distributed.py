@@ -15,6 +15,8 @@ from test_train_ddp import free_port  # the tests' folder is on sys.path (pytest
 
 from dlma.artifacts import read_jsonl
 from dlma.distributed import Launch, ShardedJSONL
+from dlma.errors import DLMAError
+from dlma.pipeline import run_pipeline, stage_commands
 
 
 def test_parts_merge_in_the_single_process_order_and_resume_with_another_size(tmp_path):
@@ -89,3 +91,42 @@ def test_two_processes_write_what_one_writes(tmp_path, tiny_model_dir, hh_dev):
     metrics = [json.loads((d / "pref" / "metrics.json").read_text()) for d in (one, two)]
     assert {s: m["accuracy"] for s, m in metrics[0]["accuracy"].items()} == \
         {s: m["accuracy"] for s, m in metrics[1]["accuracy"].items()}
+
+
+def test_a_launched_stage_runs_the_command_of_its_notebook_parameters():
+    nb = {"run_dir": "runs/x", "gen_batch_size": 16, "static_cache": True}
+    [(launched, args)] = stage_commands("01_generate", nb)
+    assert launched and args[:3] == ["generate", "--out", "runs/x/01_generate"]
+    options = dict(zip(args[3::2], args[4::2], strict=True))
+    assert options["--gen-batch-size"] == "16" and options["--static-cache"] == "true"
+    assert options["--n-queries"] == "4"  # the notebook's default, which the notebook would use
+    assert "--run-dir" not in options and "--beta" not in options  # not an option of `dlma generate`
+    split, train = stage_commands("04_train_dlma", {"run_dir": "r", "holdout_fraction": 0.05})
+    assert split[0] is False and split[1][:5] == ["split", "--pairs", "r/02_self_reward/scored.jsonl", "--out",
+                                                  "r/04_train_dlma"]
+    assert "0.05" in split[1] and train[0] and train[1][:5] == ["train", "--pairs", "r/04_train_dlma/train.jsonl",
+                                                                "--out", "r/04_train_dlma/adapter"]
+    assert stage_commands("03b_pair_study", {"run_dir": "r"}) == []  # works in its notebook alone
+
+
+def test_a_launcher_not_found_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(DLMAError, match="no-such-launcher.*not found on PATH"):
+        run_pipeline("smoke", [], "r", publish=False, runs_root=tmp_path, launcher="no-such-launcher --x 2")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_dlma_run_under_a_launcher_shards_the_stages_its_notebooks_report(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    overrides = [f"model={tiny_model_dir}", "n_queries=40", "gen_batch_size=8"]  # 5 batches for 2 processes
+    launcher = f"{sys.executable} -m torch.distributed.run --nproc_per_node 2 --master_port {free_port()}"
+    stages = ("01_generate", "02_self_reward", "03_preference_accuracy", "04_train_dlma")
+    launched = run_pipeline("smoke", overrides, "launched", publish=False, runs_root=tmp_path, stages=stages,
+                            launcher=launcher)
+    for folder in ("01_generate", "02_self_reward", "03_preference_accuracy", "04_train_dlma/adapter"):
+        # the launch did the work; the notebook found it done and kept its manifest
+        assert json.loads((launched / folder / "manifest.json").read_text())["processes"] == 2, folder
+    assert all((launched / f"{s}.ipynb").exists() and (launched / s / ".done").exists() for s in stages)
+    single = run_pipeline("smoke", overrides, "single", publish=False, runs_root=tmp_path, stages=stages[:2])
+    for path in ("01_generate/pairs.jsonl", "02_self_reward/scored.jsonl"):
+        assert (launched / path).read_bytes() == (single / path).read_bytes(), path
