@@ -143,6 +143,9 @@ def run_parser() -> Parser:
     r.add_argument("--launcher", default=None, metavar="COMMAND",
                    help="run the sharded stages (generate, score, pref-acc, train) under this launcher first, e.g. "
                         "'accelerate launch --config_file accelerate/ddp.yaml --num_processes 8'")
+    r.add_argument("--print-commands", action="store_true",
+                   help="print the sharded stages' commands under --launcher and stop, writing nothing (for "
+                        "several machines: run them under each machine's launch, then dlma run on the main one)")
     return r
 
 
@@ -225,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             from .pipeline import run_pipeline
 
             run_pipeline(args.preset, args.overrides, args.run_id, publish=not args.no_publish,
-                         launcher=args.launcher)
+                         launcher=args.launcher, print_commands=args.print_commands)
         else:  # under a launch, the main process alone prints the summary (errors: every process, on stderr)
             from .quiet import launch_rank
 

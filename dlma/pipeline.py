@@ -242,25 +242,46 @@ def check_launcher(launcher: str | None) -> list[str]:
     return words
 
 
+def stage_argvs(stage: str, nb_params: dict, launcher: list[str]) -> list[list[str]]:
+    """The command lines of a stage's sharded work: under the launcher where it shards."""
+    return [[*launcher, "-m", "dlma", *args] if launched else [sys.executable, "-m", "dlma", *args]
+            for launched, args in stage_commands(stage, nb_params)]
+
+
 def run_launched(stage: str, nb_params: dict, launcher: list[str]) -> None:
-    """Each command of a stage's sharded work, under the launcher where it shards, from the repository root
-    (where the notebooks run, so its paths are theirs)."""
-    for launched, args in stage_commands(stage, nb_params):
-        argv = [*launcher, "-m", "dlma", *args] if launched else [sys.executable, "-m", "dlma", *args]
+    """Each command of a stage's sharded work, from the repository root (where the notebooks run, so its
+    paths are theirs)."""
+    for argv in stage_argvs(stage, nb_params, launcher):
         print(f"[dlma run] {stage}: {shlex.join(argv)}", flush=True)
         rc = subprocess.run(argv, cwd=ROOT).returncode
         if rc != 0:
-            raise DLMAError(f"stage {stage}: `dlma {args[0]}` exited with status {rc} (its error is above); fix "
-                            "and rerun to resume")
+            raise DLMAError(f"stage {stage}: `dlma {argv[argv.index('dlma') + 1]}` exited with status {rc} (its "
+                            "error is above); fix and rerun to resume")
+
+
+def stage_params(stage: str, params: dict, run_dir: Path) -> dict:
+    """The parameters `dlma run` gives a stage's notebook: the run's, for the names it declares, and run_dir."""
+    declared = notebook_parameters(stage)
+    return {**{k: v for k, v in params.items() if k in declared}, "run_dir": notebook_run_dir(run_dir)}
 
 
 def run_pipeline(preset: str, overrides: list[str], run_id: str | None = None, publish: bool = True,
-                 runs_root: Path | None = None, stages: tuple[str, ...] = STAGES, launcher: str | None = None) -> Path:
+                 runs_root: Path | None = None, stages: tuple[str, ...] = STAGES, launcher: str | None = None,
+                 print_commands: bool = False) -> Path:
+    """`print_commands`: print the sharded stages' command lines (under `launcher`) and stop, writing nothing;
+    for several machines, each of which runs them under its own launch."""
     import papermill as pm
 
-    launcher_words = check_launcher(launcher)
+    launcher_words = check_launcher(launcher) if not print_commands else shlex.split(launcher or "LAUNCHER")
     params = resolve_params(preset, overrides)
     run_dir = (runs_root or ROOT / "runs") / (run_id or Path(preset).stem)
+    if print_commands:
+        print(f"cd {shlex.quote(str(ROOT))}")
+        for stage in stages:
+            for argv in stage_argvs(stage, stage_params(stage, params, run_dir), launcher_words):
+                alone = argv[0] == sys.executable  # one process: on one machine only
+                print(shlex.join(argv) + ("  # on the main machine only" if alone else ""))
+        return run_dir
     check_out(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     check_run_params(run_dir, params)
@@ -270,9 +291,7 @@ def run_pipeline(preset: str, overrides: list[str], run_id: str | None = None, p
         if done.exists() and final.exists():
             print(f"[dlma run] {stage}: done earlier, skipped")
             continue
-        declared = notebook_parameters(stage)
-        nb_params = {k: v for k, v in params.items() if k in declared}
-        nb_params["run_dir"] = notebook_run_dir(run_dir)
+        nb_params = stage_params(stage, params, run_dir)
         if launcher_words:
             run_launched(stage, nb_params, launcher_words)
         partial = run_dir / f".{stage}.partial.ipynb"

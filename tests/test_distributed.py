@@ -130,3 +130,13 @@ def test_dlma_run_under_a_launcher_shards_the_stages_its_notebooks_report(tmp_pa
     single = run_pipeline("smoke", overrides, "single", publish=False, runs_root=tmp_path, stages=stages[:2])
     for path in ("01_generate/pairs.jsonl", "02_self_reward/scored.jsonl"):
         assert (launched / path).read_bytes() == (single / path).read_bytes(), path
+
+
+def test_print_commands_lists_the_launched_stages_and_writes_nothing(tmp_path, capsys):
+    run_pipeline("smoke", ["n_queries=6"], "r", runs_root=tmp_path, launcher="accelerate launch --num_machines 2",
+                 print_commands=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("cd ") and len(lines) == 6  # generate, score, pref-acc, split, train
+    assert lines[1].startswith("accelerate launch --num_machines 2 -m dlma generate --out ")
+    assert "--n-queries 6" in lines[1] and lines[4].endswith("# on the main machine only") and " split " in lines[4]
+    assert not list(tmp_path.iterdir())
