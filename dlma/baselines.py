@@ -240,13 +240,18 @@ def study_rewards(model, tokenizer, rows: list[dict], study_dir: Path, score_bat
     return [{**r, "self_reward": float(x)} for r, x in zip(rows, reward, strict=True)], selected
 
 
-def run_baselines(run_dir, model_cfg: ModelConfig, study: BaselineConfig, force: bool = False) -> dict:
+def run_baselines(run_dir, model_cfg: ModelConfig, study: BaselineConfig, force: bool = False,
+                  train_only: bool = False) -> dict:
     """Stage 6 in a run folder: train each method on stage 4's training pairs with stage 4's budget
     (06_baselines/<method>/train.jsonl and adapter/), answer stage 5's held-out prompts with it and judge the
     answers against base and DLMA; implicit-reward accuracy on stage 5's human pairs, with stage 5's settings.
     Writes responses.jsonl, human_pairs.jsonl, judgements.jsonl (each resumed as it goes), baselines.json and
-    manifest.json."""
-    from .stages import begin, read_pairs, run_train, unused_pairs, unused_queries
+    manifest.json.
+
+    `train_only` (`dlma baselines-train`) stops after the adapters: the part that shares its work among the
+    processes of a launch (each method's DDP training; the main process writes the training rows), so that
+    `dlma run --launcher` trains every method on all GPUs before the notebook, on one, answers and judges."""
+    from .stages import begin_launch, read_pairs, run_train, unused_pairs, unused_queries
     from .train import TrainConfig
 
     started, run_dir = time.time(), Path(run_dir)
@@ -284,8 +289,9 @@ def run_baselines(run_dir, model_cfg: ModelConfig, study: BaselineConfig, force:
                             f"rlhf needs {len(train_rows)}")
         rlhf_examples = pool[: len(train_rows)]
     check_model(model_cfg)
-    params = {**asdict(study), "train": asdict(train_cfg), "evaluate": asdict(cfg), "model": model_cfg.to_dict()}
-    begin(out, params, inputs, force)
+    params = {**asdict(study), "train": asdict(train_cfg), "evaluate": asdict(cfg)}
+    at = begin_launch(out, model_cfg, params, inputs, force)
+    params["model"] = model_cfg.to_dict()  # as begin_launch recorded it
 
     eval_cfg = ModelConfig(**{**model_cfg.to_dict(), "adapter": str(stage4 / "adapter"),
                               "load_in_4bit": train_cfg.load_in_4bit})
@@ -303,7 +309,7 @@ def run_baselines(run_dir, model_cfg: ModelConfig, study: BaselineConfig, force:
         if m in ("base", "dlma"):
             continue
         folder = out / m
-        if not (folder / "train.jsonl").exists():
+        if at.main and not (folder / "train.jsonl").exists():  # the others wait, then train beside it
             rows, note = train_rows, {}
             if m == "rlaif_dpo":
                 model, tok = model_tok()
@@ -321,11 +327,14 @@ def run_baselines(run_dir, model_cfg: ModelConfig, study: BaselineConfig, force:
                 note = {"study_selected": selected}
             write_json(folder / "rows_note.json", note)
             write_jsonl(folder / "train.jsonl", rows)
+        at.barrier()
         summary = run_train(folder / "adapter", model_cfg, folder / "train.jsonl", method_config(train_cfg, m),
                             sft=m == "context_distillation")
         note = json.loads((folder / "rows_note.json").read_text(encoding="utf-8"))
         training[m] = {**note, "n_pairs": summary["n_pairs"], "n_steps": summary["n_steps"],
                        "final_loss": summary["final_loss"], "wall_time_s": summary["wall_time_s"]}
+    if train_only:
+        return training
 
     # 2. Each method's responses to stage 5's prompts, judged by the base; its implicit reward on the pairs.
     responses = PartialJSONL(out / "responses.jsonl", key=("model", "id"))

@@ -13,7 +13,7 @@ import contextlib
 import io
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import DLMAError
 from .models import DEFAULT_MODEL, ModelConfig
@@ -72,7 +72,9 @@ class Split:
 @documented
 @dataclass
 class Run:
-    run: str
+    # the notebooks' name; `--run`, its older spelling, still works (not under torchrun, whose --run-path
+    # it abbreviates)
+    run_dir: str = field(metadata={"aliases": ["--run"]})
     force: bool = False
 
 
@@ -113,6 +115,8 @@ def commands() -> dict[str, tuple[str, list]]:
         "evaluate": ("stage 5 in a run folder: the trained adapter against its base", [ModelConfig, EvalConfig, Run]),
         "baselines": ("stage 6 in a run folder: every baseline on stage 4's pairs and budget, judged on stage 5's "
                       "prompts", [ModelConfig, BaselineConfig, Run]),
+        "baselines-train": ("stage 6's training alone (every process of a launch shares each method's training)",
+                            [ModelConfig, BaselineConfig, Run]),
     }
 
 
@@ -141,8 +145,8 @@ def run_parser() -> Parser:
     r.add_argument("--run-id", default=None, help="run folder name under runs/ (default: the preset's name)")
     r.add_argument("--no-publish", action="store_true", help="do not copy executed notebooks into book/results")
     r.add_argument("--launcher", default=None, metavar="COMMAND",
-                   help="run the sharded stages (generate, score, pref-acc, train) under this launcher first, e.g. "
-                        "'accelerate launch --config_file accelerate/ddp.yaml --num_processes 8'")
+                   help="run the sharded work (generate, score, pref-acc, train, stage 6's training) under this "
+                        "launcher first, e.g. 'accelerate launch --config_file accelerate/ddp.yaml --num_processes 8'")
     r.add_argument("--print-commands", action="store_true",
                    help="print the sharded stages' commands under --launcher and stop, writing nothing (for "
                         "several machines: run them under each machine's launch, then dlma run on the main one)")
@@ -182,7 +186,7 @@ def run_command(command: str, parsed: list) -> None:
         from .report import confirmation_frame, study_frame
 
         model_cfg, data, cfg, study, run = parsed
-        result = stages.run_pair_study(run.run, model_cfg, data.pref_data, cfg, study, data.pref_limit,
+        result = stages.run_pair_study(run.run_dir, model_cfg, data.pref_data, cfg, study, data.pref_limit,
                                        data.label_field, force=run.force)
         print(study_frame(result).to_string(), confirmation_frame(result).to_string(), sep="\n\n")
     elif command == "split":
@@ -198,15 +202,22 @@ def run_command(command: str, parsed: list) -> None:
         from .report import alignment_frame
 
         model_cfg, cfg, run = parsed
-        summary = stages.run_evaluate(run.run, model_cfg, cfg, force=run.force)
+        summary = stages.run_evaluate(run.run_dir, model_cfg, cfg, force=run.force)
         print(alignment_frame(summary).to_string())
     elif command == "baselines":
         from .baselines import run_baselines
         from .report import answers_frame, baselines_frame
 
         model_cfg, study, run = parsed
-        result = run_baselines(run.run, model_cfg, study, force=run.force)
+        result = run_baselines(run.run_dir, model_cfg, study, force=run.force)
         print(baselines_frame(result).to_string(), answers_frame(result).to_string(), sep="\n\n")
+    elif command == "baselines-train":
+        from .baselines import run_baselines
+
+        model_cfg, study, run = parsed
+        training = run_baselines(run.run_dir, model_cfg, study, force=run.force, train_only=True)
+        for m, t in training.items():
+            print(f"{m}: {t['n_steps']} steps, final loss {t['final_loss']}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,6 @@ HELP = {
     "force": "redo the stage: remove the results already in --out (even if made from other parameters or "
              "inputs) and start over",
     "pairs": "pairs.jsonl from `dlma generate` or scored.jsonl from `dlma score` (or the stage's folder)",
-    "run": "a run folder holding stages 01 to 04 (e.g. runs/default)",
     # 1 generate
     "queries": "JSONL/JSON/Parquet, sample:queries (shipped), or a hub dataset id",
     "n_queries": "first N queries of the query set (all if not given)",

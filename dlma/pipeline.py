@@ -10,9 +10,9 @@
   killed run resumes where it stopped (the stage functions resume inside a stage, too).
 - When every stage has run, the executed notebooks are copied into `book/results/` for the book.
 - With a launcher (`--launcher "accelerate launch --num_processes 8"`), the stages whose work shards across
-  processes (generation, scoring, preference accuracy, training: `LAUNCHED`) first run as their `dlma`
-  command under it, with the notebook's parameters (the same names) and paths; the notebook then finds that
-  work done, checks it was made with its parameters, and only reports it.
+  processes (generation, scoring, preference accuracy, training, stage 6's training: `LAUNCHED`) first run
+  as their `dlma` command under it, with the notebook's parameters (the same names) and paths; the notebook
+  then finds that work done, checks it was made with its parameters, and only reports it.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ LAUNCHED = {
     "02_self_reward": ("score", {"pairs": "01_generate/pairs.jsonl", "out": "02_self_reward"}),
     "03_preference_accuracy": ("pref-acc", {"out": "03_preference_accuracy"}),
     "04_train_dlma": ("train", {"pairs": "04_train_dlma/train.jsonl", "out": "04_train_dlma/adapter"}),
+    "06_baselines": ("baselines-train", {"run_dir": ""}),  # the methods' training; answers and verdicts: the notebook
 }
 
 
@@ -207,7 +208,7 @@ def command_args(command: str, paths: dict, nb_params: dict, run_dir: str) -> li
     options = {f.name for t in commands()[command][1] for f in fields(t() if not isinstance(t, type) else t)}
     args = [command]
     for name, rel in paths.items():
-        args += [f"--{name}", f"{run_dir}/{rel}"]
+        args += [f"--{name.replace('_', '-')}", f"{run_dir}/{rel}" if rel else run_dir]
     for name, value in nb_params.items():
         if name in options and name not in paths and value is not None:
             args += [f"--{name.replace('_', '-')}", option_value(value)]

@@ -44,6 +44,7 @@ from .preference import (
     summarize,
 )
 from .prompts import PAIRS, RENDERINGS, custom_pairs, get_pair
+from .quiet import progress
 from .score import ScoreConfig, self_reward_terms
 from .study import StudyConfig
 
@@ -118,7 +119,7 @@ def run_generate(out_dir, model_cfg: ModelConfig, queries: str, cfg: GenerateCon
     check_model(model_cfg)  # after the data: a data error is named even when the model is wrong too
     at = begin_launch(out_dir, model_cfg, params, {"queries": queries}, force)
     done = ran_through(out_dir)
-    if at.main and not done:
+    if at.main:
         note_dropped("generate", too_long, f"over max_query_words={cfg.max_query_words}")
     model, tokenizer = _model(model_cfg, model)
     info: dict = {}
@@ -236,7 +237,7 @@ def run_score(out_dir, model_cfg: ModelConfig, pairs_path, cfg: ScoreConfig, chu
     check_model(model_cfg)
     at = begin_launch(out_dir, model_cfg, params, {"pairs": pairs_file(pairs_path)}, force)
     done = ran_through(out_dir)
-    if at.main and not done:
+    if at.main:
         note_dropped("score", empty, "an empty response has no token to score")
     store = ShardedJSONL(out_dir / "scored.jsonl", at=at)
     chunks = [pairs[k : k + chunk] for k in range(0, len(pairs), chunk)]  # each process: every world-th chunk
@@ -284,7 +285,7 @@ def run_pref_acc(out_dir, model_cfg: ModelConfig, pref_data: str, cfg: PrefAccCo
     at = begin_launch(out_dir, model_cfg, {**params, "excluded_ids": sorted(excluded)}, {"pref_data": pref_data},
                       force)
     done = ran_through(out_dir)
-    if at.main and not done:
+    if at.main:
         note_dropped("pref-acc", skipped, "invalid rows, --on-invalid skip")
     store = ShardedJSONL(out_dir / "predictions.jsonl", key=("scorer", "id"), at=at)
     if not store.finished:
@@ -425,7 +426,8 @@ def run_train(out_dir, model_cfg: ModelConfig, scored_path, cfg, force: bool = F
     # under `accelerate launch`, the main process checks and writes; the others train beside it
     at = begin_launch(out_dir, model_cfg, params, {"pairs": pairs_file(scored_path)}, force)
     if ran_through(out_dir):
-        print(f"train: {out_dir} already holds this run; not retraining")
+        if progress():  # console only: a notebook shows the same whether it trained or found the adapter
+            print(f"train: {out_dir} already holds this run; not retraining")
         return json.loads((out_dir / "train_summary.json").read_text(encoding="utf-8"))
     if at.main:
         note_dropped("train", empty, "an empty response")

@@ -450,8 +450,9 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
             p.data = p.data.float()
         before = {n: p.detach().clone() for n, p in trainable.items()}
         n_trainable = sum(p.numel() for p in trainable.values())
-        print(f"train{' (SFT on o1)' if sft else ''}: {len(dataset)} pairs, {n_trainable:,} LoRA parameters, {device}, "
-              f"{'4-bit NF4' if cfg.load_in_4bit else str(compute_dtype)} base")
+        if progress():  # console lines; a notebook shows the summary, the same whether it trained or resumed
+            print(f"train{' (SFT on o1)' if sft else ''}: {len(dataset)} pairs, {n_trainable:,} LoRA parameters, "
+                  f"{device}, {'4-bit NF4' if cfg.load_in_4bit else str(compute_dtype)} base")
         result = trainer.train()
         changed = sum(not torch.equal(before[n], p.detach()) for n, p in trainable.items())
         events = _read_events(Path(trl_dir) / "runs")  # TensorBoard's, when asked for; the folder goes now
@@ -478,9 +479,9 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
         "device": device,
     }
     summary = json.loads(json.dumps(summary))  # the same object a rerun reads back from disk (tuples -> lists)
-    timing = f", {summary['s_per_step']} s/step" if progress() else ""
-    print(f"train: {n_steps} steps{timing}, final loss {summary['final_loss']}, "
-          f"{changed}/{len(trainable)} adapter tensors changed")
+    if progress():
+        print(f"train: {n_steps} steps, {summary['s_per_step']} s/step, final loss {summary['final_loss']}, "
+              f"{changed}/{len(trainable)} adapter tensors changed")
 
     # Everything is written in a sibling temp folder first and moved in when whole; the stage's manifest,
     # written after, is what marks the folder finished. Under `accelerate launch` the main process writes.

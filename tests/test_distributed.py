@@ -16,7 +16,7 @@ from test_train_ddp import free_port  # the tests' folder is on sys.path (pytest
 from dlma.artifacts import read_jsonl
 from dlma.distributed import Launch, ShardedJSONL
 from dlma.errors import DLMAError
-from dlma.pipeline import run_pipeline, stage_commands
+from dlma.pipeline import STAGES, run_pipeline, stage_commands
 
 
 def test_parts_merge_in_the_single_process_order_and_resume_with_another_size(tmp_path):
@@ -107,6 +107,8 @@ def test_a_launched_stage_runs_the_command_of_its_notebook_parameters():
     assert "0.05" in split[1] and train[0] and train[1][:5] == ["train", "--pairs", "r/04_train_dlma/train.jsonl",
                                                                 "--out", "r/04_train_dlma/adapter"]
     assert stage_commands("03b_pair_study", {"run_dir": "r"}) == []  # works in its notebook alone
+    [(launched, args)] = stage_commands("06_baselines", {"run_dir": "r", "baseline_methods": "rlcd"})
+    assert launched and args[:3] == ["baselines-train", "--run-dir", "r"] and "rlcd" in args and "--seed" not in args
 
 
 def test_a_launcher_not_found_is_refused_before_anything_is_written(tmp_path):
@@ -118,16 +120,18 @@ def test_a_launcher_not_found_is_refused_before_anything_is_written(tmp_path):
 @pytest.mark.slow
 def test_dlma_run_under_a_launcher_shards_the_stages_its_notebooks_report(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    overrides = [f"model={tiny_model_dir}", "n_queries=40", "gen_batch_size=8"]  # 5 batches for 2 processes
+    overrides = [f"model={tiny_model_dir}", "n_queries=40", "gen_batch_size=8",  # 5 batches for 2 processes
+                 "baseline_methods=rlcd,rlaif_dpo"]  # rlaif_dpo: rows relabelled by the main process alone
     launcher = f"{sys.executable} -m torch.distributed.run --nproc_per_node 2 --master_port {free_port()}"
-    stages = ("01_generate", "02_self_reward", "03_preference_accuracy", "04_train_dlma")
-    launched = run_pipeline("smoke", overrides, "launched", publish=False, runs_root=tmp_path, stages=stages,
-                            launcher=launcher)
-    for folder in ("01_generate", "02_self_reward", "03_preference_accuracy", "04_train_dlma/adapter"):
+    launched = run_pipeline("smoke", overrides, "launched", publish=False, runs_root=tmp_path, launcher=launcher)
+    for folder in ("01_generate", "02_self_reward", "03_preference_accuracy", "04_train_dlma/adapter",
+                   "06_baselines/rlcd/adapter", "06_baselines/rlaif_dpo/adapter"):
         # the launch did the work; the notebook found it done and kept its manifest
         assert json.loads((launched / folder / "manifest.json").read_text())["processes"] == 2, folder
-    assert all((launched / f"{s}.ipynb").exists() and (launched / s / ".done").exists() for s in stages)
-    single = run_pipeline("smoke", overrides, "single", publish=False, runs_root=tmp_path, stages=stages[:2])
+    assert all((launched / f"{s}.ipynb").exists() and (launched / s / ".done").exists() for s in STAGES)
+    result = json.loads((launched / "06_baselines" / "baselines.json").read_text())
+    assert set(result) == {"base", "dlma", "rlcd", "rlaif_dpo"}  # the notebook answered and judged with them
+    single = run_pipeline("smoke", overrides, "single", publish=False, runs_root=tmp_path, stages=STAGES[:2])
     for path in ("01_generate/pairs.jsonl", "02_self_reward/scored.jsonl"):
         assert (launched / path).read_bytes() == (single / path).read_bytes(), path
 
@@ -136,7 +140,7 @@ def test_print_commands_lists_the_launched_stages_and_writes_nothing(tmp_path, c
     run_pipeline("smoke", ["n_queries=6"], "r", runs_root=tmp_path, launcher="accelerate launch --num_machines 2",
                  print_commands=True)
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("cd ") and len(lines) == 6  # generate, score, pref-acc, split, train
+    assert lines[0].startswith("cd ") and len(lines) == 7  # generate, score, pref-acc, split, train, baselines
     assert lines[1].startswith("accelerate launch --num_machines 2 -m dlma generate --out ")
     assert "--n-queries 6" in lines[1] and lines[4].endswith("# on the main machine only") and " split " in lines[4]
     assert not list(tmp_path.iterdir())
