@@ -40,10 +40,22 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return path
 
 
-def write_json(path: str | Path, obj: Any) -> Path:
+def json_text(obj: Any) -> str:
     """Strict JSON: a NaN or infinity raises here instead of writing a file no JSON parser accepts."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
-                             + "\n")
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json_text(obj))
+
+
+def write_json_if_changed(path: str | Path, obj: Any) -> bool:
+    """write_json unless the file already holds exactly this; True when it wrote."""
+    text, path = json_text(obj), Path(path)
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return False
+    atomic_write_text(path, text)
+    return True
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:

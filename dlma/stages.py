@@ -26,6 +26,7 @@ from .artifacts import (
     read_jsonl,
     record_params,
     write_json,
+    write_json_if_changed,
     write_jsonl,
     write_manifest,
 )
@@ -118,13 +119,14 @@ def run_generate(out_dir, model_cfg: ModelConfig, queries: str, cfg: GenerateCon
         raise DLMAError(f"{queries}: every query is over max_query_words={cfg.max_query_words} words")
     check_model(model_cfg)  # after the data: a data error is named even when the model is wrong too
     at = begin_launch(out_dir, model_cfg, params, {"queries": queries}, force)
-    done = ran_through(out_dir)
     if at.main:
         note_dropped("generate", too_long, f"over max_query_words={cfg.max_query_words}")
+    if ran_through(out_dir):  # e.g. by a launch, before its notebook: no model to load
+        return read_jsonl(out_dir / "pairs.jsonl")
     model, tokenizer = _model(model_cfg, model)
     info: dict = {}
     rows = generate_pairs(model, tokenizer, examples, cfg, out_dir / "pairs.jsonl", info, at)
-    if at.main and not done:
+    if at.main:
         write_manifest(out_dir, "generate", params, started, model=model_fingerprint(model_cfg), n_pairs=len(rows),
                        dropped={"over_max_query_words": too_long}, processes=at.world, **info)
     at.barrier()
@@ -297,15 +299,20 @@ def run_pref_acc(out_dir, model_cfg: ModelConfig, pref_data: str, cfg: PrefAccCo
                     model_tok = model_tok or _model(model_cfg, model)
                     store.append(score_examples(*model_tok, part, scorer, cfg))
         store.finish(order=[(s, e.id) for s in scorers for e in examples] if at.world > 1 else None)
-    if at.main and not done:
+    metrics = None
+    if at.main:  # the metrics are recomputed on every run (seconds): they follow the code that reports them
         by_scorer = {s: [r["score"] for r in store.rows if r["scorer"] == s] for s in scorers}
         metrics = judge_metrics(store.rows, examples, scorers, cfg.n_bootstrap, cfg.seed)
-        write_json(out_dir / "metrics.json", metrics)
-        write_json(out_dir / "calibration.json", {s: accuracy_by_confidence(v) for s, v in by_scorer.items()})
-        write_manifest(out_dir, "pref-acc", params, started, model=model_fingerprint(model_cfg), skipped_rows=skipped,
-                       n_examples=len(examples), excluded_ids=len(excluded), processes=at.world)
+        changed = [write_json_if_changed(out_dir / "metrics.json", metrics),
+                   write_json_if_changed(out_dir / "calibration.json",
+                                         {s: accuracy_by_confidence(v) for s, v in by_scorer.items()})]
+        if not done or any(changed):  # the manifest hashes what the folder holds
+            write_manifest(out_dir, "pref-acc", params, started, model=model_fingerprint(model_cfg),
+                           skipped_rows=skipped, n_examples=len(examples), excluded_ids=len(excluded),
+                           processes=at.world)
     at.barrier()
-    return json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))
+    # in the scorers' order on the main process (the file's keys are sorted)
+    return metrics or json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))
 
 
 def scorer_parts(todo: list[Example], scorer: str, at) -> list[list[Example]]:

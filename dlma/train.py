@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from transformers import PrinterCallback
 from trl import DPOConfig, DPOTrainer
 
-from .artifacts import write_json, write_jsonl
+from .artifacts import json_text, write_json, write_jsonl
 from .errors import DLMAError, check_fields
 from .models import ModelConfig, load_model, resolve_device, resolve_dtype
 from .params import documented
@@ -478,7 +478,7 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
         "wall_time_s": round(wall, 2),
         "device": device,
     }
-    summary = json.loads(json.dumps(summary))  # the same object a rerun reads back from disk (tuples -> lists)
+    summary = json.loads(json_text(summary))  # the object a rerun reads back from disk: tuples as lists, keys sorted
     if progress():
         print(f"train: {n_steps} steps, {summary['s_per_step']} s/step, final loss {summary['final_loss']}, "
               f"{changed}/{len(trainable)} adapter tensors changed")

@@ -3,6 +3,7 @@ stale results (unless asked to redo with --force), and executed notebooks are th
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import subprocess
@@ -140,3 +141,21 @@ def test_a_parameter_added_later_at_its_default_resumes_an_older_folder(tmp_path
     record_params(tmp_path, {"seed": 0, "max_batch_tokens": 0}, "hint")
     with pytest.raises(DLMAError, match=r"other parameters \(max_batch_tokens\)"):
         record_params(tmp_path, {"seed": 0, "max_batch_tokens": 512}, "hint")
+
+
+@pytest.mark.slow
+def test_a_stage_reexecuted_over_its_results_publishes_the_same_notebook(tmp_path, tiny_model_dir):
+    """What the book publishes may come from a fresh run or from notebooks re-executed over stored results
+    (`rm <stage>/.done`): the same bytes either way (no "already done" lines, metrics in the same order)."""
+    from dlma.pipeline import STAGES, run_pipeline
+
+    overrides = [f"model={tiny_model_dir}", "baseline_methods=rlcd"]
+    run_dir = run_pipeline("smoke", overrides, "r", publish=False, runs_root=tmp_path)
+    fresh = {s: (run_dir / f"{s}.ipynb").read_bytes() for s in STAGES}
+    for s in STAGES:
+        (run_dir / s / ".done").unlink()
+    run_pipeline("smoke", overrides, "r", publish=False, runs_root=tmp_path)
+    for s in STAGES:
+        again = (run_dir / f"{s}.ipynb").read_bytes()
+        diff = difflib.unified_diff(fresh[s].decode().splitlines(), again.decode().splitlines(), lineterm="", n=1)
+        assert again == fresh[s], f"{s}:\n" + "\n".join(list(diff)[:30])
