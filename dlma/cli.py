@@ -156,8 +156,9 @@ def run_parser() -> Parser:
 def usage() -> str:
     lines = ["usage: dlma COMMAND [options]   (dlma COMMAND --help for its options)", "",
              "Direct Large Model Alignment, offline. Commands:"]
-    lines += [f"  {name:<10} {what}" for name, (what, _) in commands().items()]
-    lines.append(f"  {'run':<10} the whole pipeline: notebooks executed with papermill, then the book")
+    width = max(map(len, commands()))
+    lines += [f"  {name:<{width}} {what}" for name, (what, _) in commands().items()]
+    lines.append(f"  {'run':<{width}} the whole pipeline: notebooks executed with papermill, then the book")
     return "\n".join(lines)
 
 
