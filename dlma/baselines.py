@@ -289,9 +289,8 @@ def run_baselines(run_dir, model_cfg: ModelConfig, study: BaselineConfig, force:
                             f"rlhf needs {len(train_rows)}")
         rlhf_examples = pool[: len(train_rows)]
     check_model(model_cfg)
-    params = {**asdict(study), "train": asdict(train_cfg), "evaluate": asdict(cfg)}
+    params = {**asdict(study), "train": asdict(train_cfg), "evaluate": asdict(cfg), "model": model_cfg.to_dict()}
     at = begin_launch(out, model_cfg, params, inputs, force)
-    params["model"] = model_cfg.to_dict()  # as begin_launch recorded it
 
     eval_cfg = ModelConfig(**{**model_cfg.to_dict(), "adapter": str(stage4 / "adapter"),
                               "load_in_4bit": train_cfg.load_in_4bit})

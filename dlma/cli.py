@@ -127,14 +127,18 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def stage_parser(command: str, what: str, types: list):
+def command_types(command: str) -> list[type]:
+    """The dataclasses a command's options come from (train's config imported now)."""
+    return [t() if not isinstance(t, type) else t for t in commands()[command][1]]
+
+
+def stage_parser(command: str):
     from transformers import HfArgumentParser
 
     class OneLineHfParser(HfArgumentParser, Parser):
         pass
 
-    types = [t() if not isinstance(t, type) else t for t in types]  # train's config, imported now
-    return OneLineHfParser(types, prog=f"dlma {command}", description=what)
+    return OneLineHfParser(command_types(command), prog=f"dlma {command}", description=commands()[command][0])
 
 
 def run_parser() -> Parser:
@@ -231,8 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         if command == "run":
             args = run_parser().parse_args(argv[1:])
         elif command in commands():
-            what, types = commands()[command]
-            parsed = stage_parser(command, what, types).parse_args_into_dataclasses(argv[1:])
+            parsed = stage_parser(command).parse_args_into_dataclasses(argv[1:])
         else:
             print(f"dlma: error: unknown command '{command}'\n{usage()}", file=sys.stderr)
             return 2

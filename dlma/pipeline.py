@@ -203,9 +203,9 @@ def command_args(command: str, paths: dict, nb_params: dict, run_dir: str) -> li
     (the same name: `gen_batch_size` is `--gen-batch-size`)."""
     from dataclasses import fields
 
-    from .cli import commands
+    from .cli import command_types
 
-    options = {f.name for t in commands()[command][1] for f in fields(t() if not isinstance(t, type) else t)}
+    options = {f.name for t in command_types(command) for f in fields(t)}
     args = [command]
     for name, rel in paths.items():
         args += [f"--{name.replace('_', '-')}", f"{run_dir}/{rel}" if rel else run_dir]
@@ -243,21 +243,21 @@ def check_launcher(launcher: str | None) -> list[str]:
     return words
 
 
-def stage_argvs(stage: str, nb_params: dict, launcher: list[str]) -> list[list[str]]:
-    """The command lines of a stage's sharded work: under the launcher where it shards."""
-    return [[*launcher, "-m", "dlma", *args] if launched else [sys.executable, "-m", "dlma", *args]
+def stage_argvs(stage: str, nb_params: dict, launcher: list[str]) -> list[tuple[bool, list[str]]]:
+    """[(under the launcher?, command line)] of a stage's sharded work."""
+    return [(launched, [*(launcher if launched else [sys.executable]), "-m", "dlma", *args])
             for launched, args in stage_commands(stage, nb_params)]
 
 
 def run_launched(stage: str, nb_params: dict, launcher: list[str]) -> None:
     """Each command of a stage's sharded work, from the repository root (where the notebooks run, so its
     paths are theirs)."""
-    for argv in stage_argvs(stage, nb_params, launcher):
+    for _, argv in stage_argvs(stage, nb_params, launcher):
         print(f"[dlma run] {stage}: {shlex.join(argv)}", flush=True)
         rc = subprocess.run(argv, cwd=ROOT).returncode
         if rc != 0:
-            raise DLMAError(f"stage {stage}: `dlma {argv[argv.index('dlma') + 1]}` exited with status {rc} (its "
-                            "error is above); fix and rerun to resume")
+            raise DLMAError(f"stage {stage}: `{shlex.join(argv)}` exited with status {rc} (its error is above); "
+                            "fix and rerun to resume")
 
 
 def stage_params(stage: str, params: dict, run_dir: Path) -> dict:
@@ -279,9 +279,8 @@ def run_pipeline(preset: str, overrides: list[str], run_id: str | None = None, p
     if print_commands:
         print(f"cd {shlex.quote(str(ROOT))}")
         for stage in stages:
-            for argv in stage_argvs(stage, stage_params(stage, params, run_dir), launcher_words):
-                alone = argv[0] == sys.executable  # one process: on one machine only
-                print(shlex.join(argv) + ("  # on the main machine only" if alone else ""))
+            for launched, argv in stage_argvs(stage, stage_params(stage, params, run_dir), launcher_words):
+                print(shlex.join(argv) + ("" if launched else "  # on the main machine only"))
         return run_dir
     check_out(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

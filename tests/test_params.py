@@ -7,19 +7,14 @@ import re
 
 import pytest
 
-from dlma.cli import commands, main
+from dlma.cli import command_types, commands, main
 from dlma.params import HELP
 from dlma.pipeline import ROOT, STAGES, load_preset, notebook_path
 
 
 def cli_fields() -> dict[str, dataclasses.Field]:
     """Every option of every command, by name, from the dataclasses the commands are built from."""
-    out = {}
-    for _, types in commands().values():
-        for t in types:
-            cls = t if isinstance(t, type) else t()
-            out.update({f.name: f for f in dataclasses.fields(cls)})
-    return out
+    return {f.name: f for command in commands() for cls in command_types(command) for f in dataclasses.fields(cls)}
 
 
 def notebook_comments(stage: str) -> dict[str, str]:
