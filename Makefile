@@ -1,15 +1,18 @@
 # Two commands on a fresh machine (see README):
-#   make all    set-up, the default pipeline on the embedded model, then the book (_build/html/index.html)
-#   make test   set-up, then lint, unit tests, the notebooks under nbval (smoke defaults) and the book build
+#   make all    set-up, the default pipeline on the embedded model, then its own book
+#               (_build/default/_build/html/index.html); the published book (book/results) is left alone
+#   make test   set-up, then lint, unit tests, the notebooks under nbval (smoke values) and the book build
+# Others: make book (the published book), make notebooks (the notebooks' parameters cells and the book's
+# parameter table, written from dlma's options and params/smoke.yaml: after adding or changing a parameter)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: all setup run book test lint unit nbval clean
+.PHONY: all setup run run-book book notebooks test lint unit nbval clean
 
-all: setup run book
+all: setup run run-book
 
 setup: $(VENV)/.installed
 
@@ -24,7 +27,15 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup
-	$(BIN)/dlma run --preset default
+	$(BIN)/dlma run --preset default --book _build/default
+
+# the default run's own book: true of that run, built beside the published one
+run-book: setup
+	$(BIN)/jupyter-book build _build/default -W --keep-going
+	$(PY) tests/book_check.py _build/default/_build/html
+
+notebooks: setup
+	$(PY) -c "from dlma.pipeline import update_notebooks, update_parameter_table as t; print(update_notebooks(), t())"
 
 book: setup
 	$(BIN)/jupyter-book build . -W --keep-going
@@ -33,7 +44,7 @@ book: setup
 test: setup lint unit nbval book
 
 lint: setup
-	$(BIN)/ruff check dlma tests
+	$(BIN)/ruff check dlma tests benchmarks
 
 unit: setup
 	$(BIN)/pytest -q -p no:cacheprovider tests

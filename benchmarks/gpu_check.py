@@ -6,7 +6,7 @@ Builds a LLaMA-shaped model with random weights (bf16, on the GPU) and the given
 local model folder, and measures, each with its peak GPU memory:
 
 1. generation of one response per contrastive prompt for the queries: the old path (one batch by count,
-   transformers' `stop_strings`) as the baseline, then `dlma.stages.run_generate` under a token budget with
+   transformers' `stop_strings`) as the baseline, then `dlma.generate.run_generate` under a token budget with
    token-id stops, then the same with a static KV cache (compiled decode step);
 2. scoring of the generated pairs (`run_score`: the four S terms, prompts shared, under the token budget);
 3. QLoRA training (`run_train`: NF4 base, LoRA, per-device batch 8 x accumulation 8 = the paper's global
@@ -145,11 +145,11 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
 
     from dlma.data import load_examples
-    from dlma.generate import GenerateConfig
+    from dlma.generate import GenerateConfig, run_generate
     from dlma.models import ModelConfig
-    from dlma.score import ScoreConfig
-    from dlma.stages import run_generate, run_score, run_train
-    from dlma.train import TrainConfig
+    from dlma.params import Out, Pairs, Queries
+    from dlma.score import ScoreConfig, run_score
+    from dlma.train import TrainConfig, run_train
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     work = Path(args.work)
@@ -172,14 +172,14 @@ def main() -> None:
     gen = GenerateConfig(max_new_tokens=new, gen_batch_size=n, max_batch_tokens=args.max_batch_tokens, seed=0)
     how = "auto" if not args.max_batch_tokens else "given"
     t0 = check.start()
-    rows = run_generate(work / "gen", model_cfg, args.queries, gen, n, model=(model, tok))
+    rows = run_generate(model_cfg, Queries(args.queries, n), gen, Out(str(work / "gen")), model=(model, tok))
     budget = json.loads((work / "gen" / "manifest.json").read_text())["max_batch_tokens"]
     check.stop(t0, "generate", f"token budget {budget:,} ({how}), token-id stops, dynamic cache", new_tokens(rows),
                "new tokens", batches=len({r["batch"] for r in rows}))
     t0 = check.start()
-    scored = run_score(work / "score", model_cfg, work / "gen" / "pairs.jsonl",
+    scored = run_score(model_cfg, Pairs(str(work / "gen" / "pairs.jsonl")),
                        ScoreConfig(score_batch_size=64, score_max_length=1024, max_batch_tokens=args.max_batch_tokens),
-                       model=(model, tok))
+                       Out(str(work / "score")), model=(model, tok))
     tokens = sum(len(tok(r["o1"]).input_ids) + len(tok(r["o2"]).input_ids) for r in scored)
     check.stop(t0, "score", f"R of {len(scored)} pairs, prompts shared, token budget {args.max_batch_tokens or 'auto'}",
                len(scored), "pairs",
@@ -199,7 +199,8 @@ def main() -> None:
             signal.signal(signal.SIGALRM, too_long)
             signal.alarm(args.static_limit)
             try:
-                got = run_generate(work / "gen_static", model_cfg, args.queries, static, n, model=(model, tok))
+                got = run_generate(model_cfg, Queries(args.queries, n), static, Out(str(work / "gen_static")),
+                                   model=(model, tok))
                 signal.alarm(0)
                 check.stop(t0, "generate", f"same, static cache ({attempt})", new_tokens(got), "new tokens")
             except Exception as e:  # reported, not fatal: the plain path is the one CI tests
@@ -213,9 +214,10 @@ def main() -> None:
         del model
         gc.collect()
         cfg = TrainConfig(train_batch_size=8, grad_accum=8, train_max_length=512, max_prompt_length=256, epochs=1,
-                          learning_rate=2e-5, warmup_steps=0, load_in_4bit=True, seed=0, logging_steps=1)
+                          learning_rate=2e-5, warmup_steps=0, qlora=True, seed=0, logging_steps=1)
         t0 = check.start()
-        summary = run_train(work / "train", ModelConfig(str(work / "model"), device=device), work / "score", cfg)
+        summary = run_train(ModelConfig(str(work / "model"), device=device), Pairs(str(work / "score")), cfg,
+                            Out(str(work / "train")))
         check.stop(t0, "train", f"QLoRA (NF4 + LoRA), per-device 8 x accumulation 8, 512 tokens: "
                    f"{summary['s_per_step']} s per optimizer step, 4-bit load included", len(scored),
                    "pairs", s_per_step=summary["s_per_step"])

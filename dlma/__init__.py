@@ -6,9 +6,12 @@
     generate   o1 ~ pi(.|p+,q), o2 ~ pi(.|p-,q), resumable
     score      the self-rewarding score R
     preference preference accuracy against human labels (dlma, rlaif, loglik, random, implicit)
-    train      DLMATrainer: TRL's DPO with the clamped self-reward as a per-pair margin, QLoRA
+    study      the prompt-pair study: candidates selected on a slice, confirmed on the rest
+    trainer    DLMATrainer: TRL's DPO with the clamped self-reward as a per-pair margin
+    train      the hold-out split and QLoRA training with DLMATrainer
     alignment  base vs trained: refusals, contrastive score, perplexity
-    stages     each stage as a function writing a run folder; `cli` and `pipeline` call these
+    baselines  the methods the paper compares with, on one budget, judged
+    folder     the run-folder helper every stage writes through; `commands` lists the stages
 """
 
 from .quiet import quiet_libraries
@@ -24,11 +27,19 @@ def setup(seed: int = 0) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import matplotlib.pyplot as plt
+    from transformers import set_seed
 
     from .quiet import quiet_transformers
-    from .stages import seed_everything
 
     quiet_transformers()
     plt.rcParams.update({"figure.dpi": 110, "figure.figsize": (7, 3.6), "axes.grid": True, "grid.alpha": 0.3,
                          "axes.spines.top": False, "axes.spines.right": False})
-    seed_everything(seed)
+    set_seed(seed)
+
+
+def stage(name: str, parameters: dict):
+    """A notebook's one call: `dlma.stage("01_generate", globals())` parses the parameters the notebook declares
+    as the CLI parses them and runs its stage in `run_dir` (see dlma.commands)."""
+    from .commands import run_stage
+
+    return run_stage(name, parameters)

@@ -13,11 +13,12 @@ from __future__ import annotations
 import math
 import re
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
-from .data import Example, check_limit
+from .data import Example, check_limit, load_examples
 from .generate import GenerateConfig, sample
 from .logprobs import buckets, kv_bytes_per_token, response_ids, sequence_logprobs, token_budget
 from .params import documented
@@ -54,6 +55,7 @@ class EvalConfig:
     max_batch_tokens: int = 0
     rendering: str = "affix"
     beta: float = 0.1
+    pref_max_length: int = 1024
     label_field: str = "safer_response_id"
     seed: int = 0
 
@@ -69,7 +71,8 @@ class EvalConfig:
 
     def pref_config(self) -> PrefAccConfig:
         return PrefAccConfig(rendering=self.rendering, beta=self.beta, score_batch_size=self.score_batch_size,
-                             max_batch_tokens=self.max_batch_tokens, seed=self.seed)
+                             pref_max_length=self.pref_max_length, max_batch_tokens=self.max_batch_tokens,
+                             seed=self.seed)
 
 
 def respond(model, tokenizer, examples: list[Example], cfg: GenerateConfig, adapter: bool = True,
@@ -148,3 +151,98 @@ def summarize_alignment(responses: list[dict], human: list[dict], generated: lis
             "n": len(rows),
         }
     return summary
+
+
+def run_evaluate(model_cfg, cfg: EvalConfig, run) -> dict:
+    """Stage 5 in a run folder: base (adapter off) against DLMA (adapter on) on what no earlier stage used:
+    queries stage 1 did not generate from, human pairs stage 3 did not score, and the pairs stage 4 held
+    out. Writes `05_evaluate_alignment/` (responses.jsonl, human_pairs.jsonl, heldout_generated.jsonl,
+    alignment.json) and resumes: sampled responses are kept batch by batch, each other file once done."""
+    from .artifacts import PartialJSONL, read_json, read_jsonl, write_json, write_jsonl
+    from .data import read_pairs
+    from .errors import DLMAError
+    from .folder import StageFolder
+    from .models import ModelConfig
+    from .preference import implicit_and_loglik
+
+    run_dir = Path(run.run_dir)
+    out, adapter = run_dir / "05_evaluate_alignment", run_dir / "04_train_dlma" / "adapter"
+    generated, heldout_path = run_dir / "01_generate" / "pairs.jsonl", run_dir / "04_train_dlma" / "heldout.jsonl"
+    for path in (generated, run_dir / "01_generate" / "params.json", run_dir / "03_preference_accuracy" /
+                 "predictions.jsonl", heldout_path, adapter / "adapter_model.safetensors",
+                 adapter / "train_summary.json"):
+        if not path.is_file():
+            raise DLMAError(f"{path}: no such file (run the earlier stages first)")
+    queries = read_json(run_dir / "01_generate" / "params.json")["queries"]
+    used_pairs = {r["id"] for r in read_jsonl(run_dir / "03_preference_accuracy" / "predictions.jsonl")}
+    prompts = unused_queries(queries, [r["id"] for r in read_jsonl(generated)], cfg.eval_n_prompts)
+    pairs = unused_pairs(cfg.pref_data, used_pairs, cfg.eval_n_pairs, cfg.label_field)
+    reused = [e.id for e in pairs if e.id in used_pairs]
+    heldout = [Example(str(r["id"]), r["turns"], r["o1"], r["o2"]) for r in read_pairs(heldout_path)] \
+        if heldout_path.read_text(encoding="utf-8").strip() else []
+    if not prompts:
+        raise DLMAError(f"{queries}: no query left that stage 1 did not use")
+    # the adapter on the base it was trained on (4-bit for QLoRA): read from stage 4, not given twice
+    qlora = read_json(adapter / "train_summary.json")["config"]["qlora"]
+    model_cfg = ModelConfig(**{**model_cfg.to_dict(), "adapter": str(adapter), "load_in_4bit": qlora})
+    folder = StageFolder(out, "evaluate", model_cfg)
+    folder.begin(asdict(cfg), {"adapter": adapter / "adapter_model.safetensors", "heldout": heldout_path,
+                               "pref_data": cfg.pref_data}, run.force)
+    print(f"{len(prompts)} held-out prompts, {len(pairs)} held-out human pairs from {cfg.pref_data}, "
+          f"{len(heldout)} held-out generated pairs")
+    if reused:
+        print(f"{len(reused)} of the human pairs were also scored in stage 3, which used all but "
+              f"{len(pairs) - len(reused)} of the file (stage 3 trains nothing, so the adapter has seen none)")
+    gen_cfg, pref_cfg = cfg.generate_config(), cfg.pref_config()
+    loaded = folder.model
+
+    if not (out / "responses.jsonl").exists():
+        texts = PartialJSONL(out / "generations.jsonl", key=("model", "id"))
+        responses = []
+        for name in MODELS:
+            done = {r["id"]: r["response"] for r in texts.rows if r["model"] == name}
+
+            def save(new: dict, name=name):
+                texts.append([{"model": name, "id": i, "response": t} for i, t in new.items()])
+
+            got = respond(*loaded(), prompts, gen_cfg, adapter=name == "dlma", done=done, save=save)
+            judged = base_judgements(*loaded(), prompts, got, gen_cfg.rendering, pref_cfg.score_batch_size,
+                                     pref_cfg.max_batch_tokens)
+            responses += [{"id": ex.id, "model": name, "query": ex.turns[-1], "response": t, **j}
+                          for ex, t, j in zip(prompts, got, judged, strict=True)]
+        write_jsonl(out / "responses.jsonl", responses)
+        texts.finish()
+    # Human pairs: log-probs under the policy (adapter on) and the reference (off) give at once the DPO
+    # implicit reward and each model's own likelihood preference (loglik) for base vs DLMA.
+    for name, examples in (("human_pairs", pairs), ("heldout_generated", heldout)):
+        if examples and not (out / f"{name}.jsonl").exists():
+            write_jsonl(out / f"{name}.jsonl", implicit_and_loglik(*loaded(), examples, pref_cfg))
+    read = [read_jsonl(out / f"{n}.jsonl") if (out / f"{n}.jsonl").exists() else []
+            for n in ("responses", "human_pairs", "heldout_generated")]
+    summary = summarize_alignment(*read, pref_cfg.n_bootstrap, pref_cfg.seed)
+    write_json(out / "alignment.json", summary)
+    folder.finish(changed=True, n_prompts=len(prompts), n_pairs=len(pairs), n_pairs_also_in_stage3=len(reused),
+                  n_heldout_generated=len(heldout))
+    return summary
+
+
+def unused_queries(source: str, used_ids, n: int, prefer_pair: str | None = "harmless") -> list[Example]:
+    """n queries from `source` that generation did not use, those tagged `prefer_pair` first."""
+    used = set(map(str, used_ids))
+    fresh = [e for e in load_examples(source) if e.id not in used]
+    fresh.sort(key=lambda e: e.pair != prefer_pair)  # stable: file order within each group
+    return fresh[:n]
+
+
+def unused_pairs(data: str, used_ids, n: int, label_field: str = "safer_response_id") -> list[Example]:
+    """n human-labelled pairs (valid rows only), those an earlier evaluation did not use first: when stage 3
+    scored (nearly) all of the file, the rest are pairs it scored, in file order."""
+    used = set(map(str, used_ids))
+    rows = load_examples(data, require="labelled", label_field=label_field, on_invalid="skip")
+    return ([e for e in rows if e.id not in used] + [e for e in rows if e.id in used])[:n]
+
+
+def summary(result: dict, run) -> str:
+    from .report import alignment_frame
+
+    return alignment_frame(result).to_string()

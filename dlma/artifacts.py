@@ -24,13 +24,14 @@ from typing import Any
 PACKAGES = ("dlma", "torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "numpy")
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
+def atomic_write(path: str | Path, data: str | bytes) -> Path:
+    """The one way a file is written: a temporary file beside it, flushed to disk, renamed into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -46,7 +47,7 @@ def json_text(obj: Any) -> str:
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json_text(obj))
+    return atomic_write(path, json_text(obj))
 
 
 def write_json_if_changed(path: str | Path, obj: Any) -> bool:
@@ -54,17 +55,32 @@ def write_json_if_changed(path: str | Path, obj: Any) -> bool:
     text, path = json_text(obj), Path(path)
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return False
-    atomic_write_text(path, text)
+    atomic_write(path, text)
     return True
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
-    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def read_jsonl(path: str | Path, text: str | None = None) -> list[dict]:
+    """The one JSONL reader of the files dlma writes: a line that is not JSON is one error naming the file
+    and the line (from 1)."""
+    from .errors import DLMAError
+
+    rows = []
+    text = Path(path).read_text(encoding="utf-8") if text is None else text
+    for n, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError as e:
+                raise DLMAError(f"{path}:{n}: malformed JSON ({e}); delete the file to redo what wrote it") from None
+    return rows
 
 
 def complete_rows(path: Path, repair: bool = False) -> list[dict]:
@@ -73,8 +89,8 @@ def complete_rows(path: Path, repair: bool = False) -> list[dict]:
     raw = path.read_text(encoding="utf-8")
     complete = raw[: raw.rfind("\n") + 1]
     if repair and complete != raw:
-        path.write_text(complete, encoding="utf-8")
-    return [json.loads(line) for line in complete.splitlines() if line.strip()]
+        atomic_write(path, complete)
+    return read_jsonl(path, complete)
 
 
 class PartialJSONL:
@@ -156,7 +172,7 @@ def input_record(source: str | Path) -> dict:
 # Parameters added after results were made: at these values they change nothing, so a folder made before
 # they existed is the same run (a token budget of 0 batches by count on a CPU, as before).
 ADDED_LATER = MappingProxyType({"max_batch_tokens": 0, "static_cache": False, "judge_url": "", "judge_model": "gpt-4o",
-                                "judge_key_env": "OPENAI_API_KEY"})
+                                "judge_key_env": "OPENAI_API_KEY", "on_invalid": "skip"})
 
 
 def record_params(folder: str | Path, params: dict, hint: str, inputs: dict[str, str | Path] | None = None,

@@ -22,8 +22,6 @@ the base, distinct-2 and length: each with a 95% bootstrap interval over prompts
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -31,11 +29,12 @@ import numpy as np
 from scipy.stats import binomtest
 
 from .alignment import EvalConfig, base_judgements, respond
-from .artifacts import PartialJSONL, check_out, read_jsonl, write_json, write_jsonl, write_manifest
+from .artifacts import PartialJSONL, check_out, read_json, read_jsonl, write_json, write_jsonl
 from .data import Example, load_examples
 from .errors import DLMAError
+from .folder import StageFolder
 from .judge import ContrastJudge, HttpJudge, RlaifJudge, length_controlled, position_consistency
-from .models import ModelConfig, check_model, load_model, model_fingerprint
+from .models import ModelConfig
 from .params import documented
 from .preference import policy_logprobs, summarize
 from .stats import bootstrap_ci, bootstrap_items_ci, paired_comparison
@@ -218,8 +217,8 @@ def study_rewards(model, tokenizer, rows: list[dict], study_dir: Path, score_bat
     for name in ("study.json", "params.json"):
         if not (study_dir / name).is_file():
             raise DLMAError(f"{study_dir / name}: no such file (dlma_study needs stage 3b's prompt-pair study)")
-    selected = json.loads((study_dir / "study.json").read_text(encoding="utf-8"))["selected"]
-    study_params = json.loads((study_dir / "params.json").read_text(encoding="utf-8"))
+    selected = read_json(study_dir / "study.json")["selected"]
+    study_params = read_json(study_dir / "params.json")
     for definition in study_params.get("pair_definitions", {}).values():  # the study's own pairs file, as it read it
         register_pair(PromptPair(**definition))
     variants = StudyConfig(study_variants=study_params["study_variants"]).variant_list()
@@ -240,21 +239,32 @@ def study_rewards(model, tokenizer, rows: list[dict], study_dir: Path, score_bat
     return [{**r, "self_reward": float(x)} for r, x in zip(rows, reward, strict=True)], selected
 
 
-def run_baselines(run_dir, model_cfg: ModelConfig, study: BaselineConfig, force: bool = False,
-                  train_only: bool = False) -> dict:
-    """Stage 6 in a run folder: train each method on stage 4's training pairs with stage 4's budget
-    (06_baselines/<method>/train.jsonl and adapter/), answer stage 5's held-out prompts with it and judge the
-    answers against base and DLMA; implicit-reward accuracy on stage 5's human pairs, with stage 5's settings.
-    Writes responses.jsonl, human_pairs.jsonl, judgements.jsonl (each resumed as it goes), baselines.json and
-    manifest.json.
+@dataclass
+class Setting:
+    """What stage 6 reads from the run folder: stage 4's pairs and budget, stage 5's evaluation."""
 
-    `train_only` (`dlma baselines-train`) stops after the adapters: the part that shares its work among the
-    processes of a launch (each method's DDP training; the main process writes the training rows), so that
-    `dlma run --launcher` trains every method on all GPUs before the notebook, on one, answers and judges."""
-    from .stages import begin_launch, read_pairs, run_train, unused_pairs, unused_queries
+    run_dir: Path
+    out: Path
+    methods: list[str]
+    train_cfg: object  # stage 4's TrainConfig
+    dlma_summary: dict
+    cfg: EvalConfig  # stage 5's
+    prompts: list[Example]
+    pairs: dict[str, Example]
+    stage5_rows: list[dict]
+    stage5_human: list[dict]
+    train_rows: list[dict]
+    rlhf_examples: list[Example]
+    inputs: dict
+
+
+def read_setting(run_dir: Path, study: BaselineConfig) -> Setting:
+    """Stage 6's inputs, checked: the shared budget is stage 4's, the evaluation stage 5's (read from what they
+    wrote, not given twice)."""
+    from .alignment import unused_pairs, unused_queries
+    from .data import read_pairs
     from .train import TrainConfig
 
-    started, run_dir = time.time(), Path(run_dir)
     out, stage4, stage5 = run_dir / "06_baselines", run_dir / "04_train_dlma", run_dir / "05_evaluate_alignment"
     check_out(out)
     methods = method_list(study.baseline_methods)
@@ -264,16 +274,13 @@ def run_baselines(run_dir, model_cfg: ModelConfig, study: BaselineConfig, force:
                  stage5 / "params.json"]:
         if not path.is_file():
             raise DLMAError(f"{path}: no such file (run stages 1 to 5 first)")
-    # the shared budget is stage 4's, the evaluation stage 5's: read from what they wrote, not given twice
-    dlma_summary = json.loads((stage4 / "adapter" / "train_summary.json").read_text(encoding="utf-8"))
-    train_cfg = TrainConfig(**dlma_summary["config"])
-    stage5_params = json.loads((stage5 / "params.json").read_text(encoding="utf-8"))
+    dlma_summary = read_json(stage4 / "adapter" / "train_summary.json")
+    stage5_params = read_json(stage5 / "params.json")
     cfg = EvalConfig(**{k: stage5_params[k] for k in EvalConfig.__dataclass_fields__ if k in stage5_params})
-    queries = json.loads((run_dir / "01_generate" / "params.json").read_text(encoding="utf-8"))["queries"]
+    queries = read_json(run_dir / "01_generate" / "params.json")["queries"]
     prompts = unused_queries(queries, [r["id"] for r in read_jsonl(run_dir / "01_generate" / "pairs.jsonl")],
                              cfg.eval_n_prompts)
-    stage5_rows = read_jsonl(stage5 / "responses.jsonl")
-    stage5_human = read_jsonl(stage5 / "human_pairs.jsonl")
+    stage5_rows, stage5_human = read_jsonl(stage5 / "responses.jsonl"), read_jsonl(stage5 / "human_pairs.jsonl")
     used = {r["id"] for r in read_jsonl(run_dir / "03_preference_accuracy" / "predictions.jsonl")}
     pairs = {e.id: e for e in unused_pairs(cfg.pref_data, used, cfg.eval_n_pairs, cfg.label_field)}
     if [e.id for e in prompts] != [r["id"] for r in stage5_rows if r["model"] == "base"] or \
@@ -288,115 +295,153 @@ def run_baselines(run_dir, model_cfg: ModelConfig, study: BaselineConfig, force:
             raise DLMAError(f"{cfg.pref_data}: {len(pool)} human pairs left after the {len(pairs)} evaluated ones; "
                             f"rlhf needs {len(train_rows)}")
         rlhf_examples = pool[: len(train_rows)]
-    check_model(model_cfg)
-    params = {**asdict(study), "train": asdict(train_cfg), "evaluate": asdict(cfg), "model": model_cfg.to_dict()}
-    at = begin_launch(out, model_cfg, params, inputs, force)
+    return Setting(run_dir, out, methods, TrainConfig(**dlma_summary["config"]), dlma_summary, cfg, prompts, pairs,
+                   stage5_rows, stage5_human, train_rows, rlhf_examples, inputs)
 
-    eval_cfg = ModelConfig(**{**model_cfg.to_dict(), "adapter": str(stage4 / "adapter"),
-                              "load_in_4bit": train_cfg.load_in_4bit})
-    loaded: list = []
 
-    def model_tok():  # the base with stage 4's adapter (the `dlma` method), loaded once, when first needed
-        if not loaded:
-            loaded.extend(load_model(eval_cfg))
-        return loaded
+def begin(model_cfg: ModelConfig, study: BaselineConfig, run) -> tuple[Setting, StageFolder]:
+    s = read_setting(Path(run.run_dir), study)
+    # the base with stage 4's adapter (the `dlma` method), loaded once, when first needed
+    eval_cfg = ModelConfig(**{**model_cfg.to_dict(), "adapter": str(s.run_dir / "04_train_dlma" / "adapter"),
+                              "load_in_4bit": s.train_cfg.qlora})
+    folder = StageFolder(s.out, "baselines", eval_cfg)
+    params = {**asdict(study), "train": asdict(s.train_cfg), "evaluate": asdict(s.cfg)}
+    folder.begin(params, s.inputs, run.force, launched=True)
+    return s, folder
 
-    # 1. Training rows and adapters, method by method (each adapter folder resumes like stage 4's).
-    training = {"dlma": {"adapter": str(stage4 / "adapter"),
-                         **{k: dlma_summary[k] for k in ("n_pairs", "n_steps", "final_loss", "wall_time_s")}}}
-    for m in methods:
+
+def train_methods(s: Setting, folder: StageFolder, model_cfg: ModelConfig) -> dict:
+    """Phase 1: each method's training rows and adapter (each adapter folder resumes like stage 4's). Under a
+    launch, the main process writes the rows and every process trains (`dlma baselines-train`)."""
+    from .params import Out, Pairs
+    from .train import run_train
+
+    training = {"dlma": {"adapter": str(s.run_dir / "04_train_dlma" / "adapter"),
+                         **{k: s.dlma_summary[k] for k in ("n_pairs", "n_steps", "final_loss", "wall_time_s")}}}
+    for m in s.methods:
         if m in ("base", "dlma"):
             continue
-        folder = out / m
-        if at.main and not (folder / "train.jsonl").exists():  # the others wait, then train beside it
-            rows, note = train_rows, {}
+        method_dir = s.out / m
+        if folder.at.main and not (method_dir / "train.jsonl").exists():  # the others wait, then train beside it
+            rows, note = s.train_rows, {}
             if m == "rlaif_dpo":
-                model, tok = model_tok()
+                model, tok = folder.model()
                 with model.disable_adapter():
-                    verdicts = RlaifJudge(model, tok, batch_size=cfg.score_batch_size).judge(
-                        [(r["turns"], r["o1"], r["o2"]) for r in train_rows])
-                rows, swapped = relabel(train_rows, [v["verdict"] for v in verdicts])
+                    verdicts = RlaifJudge(model, tok, batch_size=s.cfg.score_batch_size).judge(
+                        [(r["turns"], r["o1"], r["o2"]) for r in s.train_rows])
+                rows, swapped = relabel(s.train_rows, [v["verdict"] for v in verdicts])
                 note = {"swapped": swapped, "ties": sum(v["verdict"] == "tie" for v in verdicts)}
             elif m == "rlhf":
-                rows = human_rows(rlhf_examples, pairs)
-                note = {"human_pair_ids": [e.id for e in rlhf_examples], "source": cfg.pref_data}
+                rows = human_rows(s.rlhf_examples, s.pairs)
+                note = {"human_pair_ids": [e.id for e in s.rlhf_examples], "source": s.cfg.pref_data}
             elif m == "dlma_study":
-                rows, selected = study_rewards(*model_tok(), train_rows, run_dir / "03b_pair_study",
-                                               cfg.score_batch_size, cfg.max_batch_tokens)
+                rows, selected = study_rewards(*folder.model(), s.train_rows, s.run_dir / "03b_pair_study",
+                                               s.cfg.score_batch_size, s.cfg.max_batch_tokens)
                 note = {"study_selected": selected}
-            write_json(folder / "rows_note.json", note)
-            write_jsonl(folder / "train.jsonl", rows)
-        at.barrier()
-        summary = run_train(folder / "adapter", model_cfg, folder / "train.jsonl", method_config(train_cfg, m),
-                            sft=m == "context_distillation")
-        note = json.loads((folder / "rows_note.json").read_text(encoding="utf-8"))
+            write_json(method_dir / "rows_note.json", note)
+            write_jsonl(method_dir / "train.jsonl", rows)
+        folder.at.barrier()
+        summary = run_train(model_cfg, Pairs(str(method_dir / "train.jsonl")), method_config(s.train_cfg, m),
+                            Out(str(method_dir / "adapter")), sft=m == "context_distillation")
+        note = read_json(method_dir / "rows_note.json")
         training[m] = {**note, "n_pairs": summary["n_pairs"], "n_steps": summary["n_steps"],
                        "final_loss": summary["final_loss"], "wall_time_s": summary["wall_time_s"]}
-    if train_only:
-        return training
+    return training
 
-    # 2. Each method's responses to stage 5's prompts, judged by the base; its implicit reward on the pairs.
-    responses = PartialJSONL(out / "responses.jsonl", key=("model", "id"))
-    human = PartialJSONL(out / "human_pairs.jsonl", key=("model", "id"))
+
+def answer(s: Setting, folder: StageFolder) -> tuple[PartialJSONL, PartialJSONL]:
+    """Phase 2: each method's responses to stage 5's prompts, judged by the base; its implicit reward on the
+    human pairs (base and DLMA: stage 5's own rows)."""
+    responses = PartialJSONL(s.out / "responses.jsonl", key=("model", "id"))
+    human = PartialJSONL(s.out / "human_pairs.jsonl", key=("model", "id"))
     for name in ("base", "dlma"):
         if not any(r["model"] == name for r in responses.rows):
-            responses.append([r for r in stage5_rows if r["model"] == name])
+            responses.append([r for r in s.stage5_rows if r["model"] == name])
     if not any(r["model"] == "dlma" for r in human.rows):
         human.append([{"model": "dlma", "id": r["id"], "implicit": r["implicit"], "loglik": r["loglik_dlma"]}
-                      for r in stage5_human])
-    gen_cfg, pref_cfg = cfg.generate_config(), cfg.pref_config()
-    loglik_base = {r["id"]: r["loglik_base"] for r in stage5_human}
-    for m in methods:
-        if m in ("base", "dlma") or all((m, e.id) in responses.done for e in prompts) and \
-                all((m, i) in human.done for i in pairs):
+                      for r in s.stage5_human])
+    gen_cfg, pref_cfg = s.cfg.generate_config(), s.cfg.pref_config()
+    loglik_base = {r["id"]: r["loglik_base"] for r in s.stage5_human}
+    for m in s.methods:
+        if m in ("base", "dlma") or all((m, e.id) in responses.done for e in s.prompts) and \
+                all((m, i) in human.done for i in s.pairs):
             continue
-        model, tok = model_tok()
+        model, tok = folder.model()
         name = m.replace(".", "_")  # a peft adapter name is a module name
         if name not in model.peft_config:
-            model.load_adapter(str(out / m / "adapter"), adapter_name=name)
+            model.load_adapter(str(s.out / m / "adapter"), adapter_name=name)
         model.set_adapter(name)
-        if not all((m, e.id) in responses.done for e in prompts):
-            got = respond(model, tok, prompts, gen_cfg, adapter=True)
-            judged = base_judgements(model, tok, prompts, got, gen_cfg.rendering, pref_cfg.score_batch_size,
+        if not all((m, e.id) in responses.done for e in s.prompts):
+            got = respond(model, tok, s.prompts, gen_cfg, adapter=True)
+            judged = base_judgements(model, tok, s.prompts, got, gen_cfg.rendering, pref_cfg.score_batch_size,
                                      pref_cfg.max_batch_tokens)
             responses.append([{"id": ex.id, "model": m, "query": ex.turns[-1], "response": t, **j}
-                              for ex, t, j in zip(prompts, got, judged, strict=True)])
-        if not all((m, i) in human.done for i in pairs):
-            s = policy_logprobs(model, tok, list(pairs.values()), pref_cfg, m)
+                              for ex, t, j in zip(s.prompts, got, judged, strict=True)])
+        if not all((m, i) in human.done for i in s.pairs):
+            scores = policy_logprobs(model, tok, list(s.pairs.values()), pref_cfg, m)
             human.append([{"model": m, "id": i, "implicit": pref_cfg.beta * ((a - b) - loglik_base[i]),
-                           "loglik": float(a - b)} for i, (a, b) in zip(pairs, s, strict=True)])
-    if loaded:
-        loaded[0].set_adapter("default")
+                           "loglik": float(a - b)} for i, (a, b) in zip(s.pairs, scores, strict=True)])
+        model.set_adapter("default")
+    return responses, human
 
-    # 3. Verdicts of every judge (the local ones: the base model, adapter off) on each method against base and
-    # DLMA. The HTTP judge's answers are cached in http_judge_cache.jsonl: a rerun asks nothing again.
-    judgements = PartialJSONL(out / "judgements.jsonl", key=("judge", "model", "opponent", "id"))
+
+def judge_methods(s: Setting, folder: StageFolder, study: BaselineConfig, responses: PartialJSONL) -> PartialJSONL:
+    """Phase 3: the verdicts of every judge (the local ones: the base model, adapter off) on each method against
+    base and DLMA. The HTTP judge's answers are cached in http_judge_cache.jsonl: a rerun asks nothing again."""
+    judgements = PartialJSONL(s.out / "judgements.jsonl", key=("judge", "model", "opponent", "id"))
     text = {(r["model"], r["id"]): r["response"] for r in responses.rows}
-    http = HttpJudge(study.judge_url, study.judge_model, out / "http_judge_cache.jsonl", study.judge_key_env) \
+    http = HttpJudge(study.judge_url, study.judge_model, s.out / "http_judge_cache.jsonl", study.judge_key_env) \
         if study.judge_url else None  # its cache read once
-    for m in methods:
+    for m in s.methods:
         for opp in OPPONENTS:
             if m == opp or m == "base":
                 continue
             for judge in study.judges():
-                if all((judge, m, opp, e.id) in judgements.done for e in prompts):
+                if all((judge, m, opp, e.id) in judgements.done for e in s.prompts):
                     continue
-                items = [(ex.turns, text[(m, ex.id)], text[(opp, ex.id)]) for ex in prompts]
+                items = [(ex.turns, text[(m, ex.id)], text[(opp, ex.id)]) for ex in s.prompts]
                 if judge == "http":
                     got = http.judge(items)
                 else:
-                    model, tok = model_tok()
+                    model, tok = folder.model()
                     j = (RlaifJudge if judge == "rlaif" else ContrastJudge)(model, tok,
-                                                                          batch_size=cfg.score_batch_size)
+                                                                          batch_size=s.cfg.score_batch_size)
                     with model.disable_adapter():
                         got = j.judge(items)
                 judgements.append([{"judge": judge, "model": m, "opponent": opp, "id": ex.id, **g}
-                                   for ex, g in zip(prompts, got, strict=True)])
+                                   for ex, g in zip(s.prompts, got, strict=True)])
+    return judgements
+
+
+def train_baselines(model_cfg: ModelConfig, study: BaselineConfig, run) -> dict:
+    """`dlma baselines-train`: stage 6's phase 1 alone, the part that shares its work among the processes of a
+    launch, so that `dlma run --launcher` trains every method on all GPUs before the notebook, on one, answers
+    and judges."""
+    s, folder = begin(model_cfg, study, run)
+    training = train_methods(s, folder, model_cfg)
+    folder.release()
+    return training
+
+
+def run_baselines(model_cfg: ModelConfig, study: BaselineConfig, run) -> dict:
+    """Stage 6 (`dlma baselines`) in the run folder `run.run_dir`: train each method on stage 4's training pairs
+    with stage 4's budget (06_baselines/<method>/train.jsonl and adapter/), answer stage 5's held-out prompts
+    with it and judge the answers against base and DLMA; implicit-reward accuracy on stage 5's human pairs,
+    with stage 5's settings. Writes responses.jsonl, human_pairs.jsonl, judgements.jsonl (each resumed as it
+    goes), baselines.json and manifest.json."""
+    s, folder = begin(model_cfg, study, run)
+    training = train_methods(s, folder, model_cfg)
+    responses, human = answer(s, folder)
+    judgements = judge_methods(s, folder, study, responses)
     for store in (responses, human, judgements):
         store.finish()
-    result = summarize_baselines(methods, responses.rows, human.rows, judgements.rows, training, pref_cfg.n_bootstrap,
-                                 pref_cfg.seed)
-    write_json(out / "baselines.json", result)
-    write_manifest(out, "baselines", params, started, model=model_fingerprint(model_cfg), methods=methods,
-                   n_prompts=len(prompts), n_pairs=len(pairs), training=training)
+    pref_cfg = s.cfg.pref_config()
+    result = summarize_baselines(s.methods, responses.rows, human.rows, judgements.rows, training,
+                                 pref_cfg.n_bootstrap, pref_cfg.seed)
+    write_json(s.out / "baselines.json", result)
+    folder.finish(changed=True, methods=s.methods, n_prompts=len(s.prompts), n_pairs=len(s.pairs), training=training)
     return result
+
+
+def training_summary(training: dict, run) -> str:
+    return "\n".join(f"{m}: {t['n_steps']} steps, final loss {t['final_loss']}" for m, t in training.items())

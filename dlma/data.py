@@ -16,13 +16,15 @@ Sources: a local .jsonl / .json / .parquet file, the name of a shipped sample (`
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import TypedDict
 
 from .errors import DLMAError, where
-from .prompts import PAIRS, get_pair
+from .prompts import PAIRS, RENDERINGS, get_pair
 
 SAMPLES = {"queries": "queries.jsonl", "pairs": "pairs.jsonl"}
 LABEL_FIELDS = ("safer_response_id", "better_response_id")
@@ -275,3 +277,101 @@ def _last(row: dict, key: str, name: str, n: int) -> str:
     if not value.strip():
         raise _Invalid(f"{where(name, n, key)}: empty response")
     return value.strip()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Generated and scored pairs: the schema of pairs.jsonl and scored.jsonl, checked where they are read
+
+
+class GeneratedPair(TypedDict, total=False):
+    """A row of `pairs.jsonl` (stage 1). id, turns, o1 and o2 are required; `read_pairs` checks every field."""
+
+    id: str | int
+    turns: list[str]  # the context, user turn first
+    o1: str  # sampled under p+
+    o2: str  # sampled under p-
+    pair: str
+    rendering: str
+    o1_tokens: int
+    o2_tokens: int
+    o1_end: str  # eos, turn or length
+    o2_end: str
+    batch: int
+
+
+class ScoredPair(GeneratedPair, total=False):
+    """A row of `scored.jsonl` (stage 2): the generated pair, its four S terms and R."""
+
+    s_o1_pos: float
+    s_o1_neg: float
+    s_o2_pos: float
+    s_o2_neg: float
+    self_reward: float
+
+
+def pairs_file(path) -> Path:
+    """A pairs artifact given as its file or as its stage folder (scored.jsonl first, then pairs.jsonl)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("scored.jsonl", "pairs.jsonl"):
+            if (path / name).is_file():
+                return path / name
+        raise DLMAError(f"{path}: a folder without scored.jsonl or pairs.jsonl (run the previous stage first)")
+    if not path.exists():
+        raise DLMAError(f"{path}: no such file (run the previous stage first)")
+    return path
+
+
+def read_pairs(path, need_self_reward: bool = False, dropped: list[str] | None = None) -> list[ScoredPair]:
+    """Generated (or scored) pairs, each row checked: id, turns (a list of strings, user first), o1, o2
+    (strings), and where present pair, rendering, self_reward (or required, with `need_self_reward`).
+    A pair with an empty response is left out (an empty response has no token for S to score) and its
+    reason appended to `dropped`; anything else wrong is one error naming file, line and field."""
+    path = pairs_file(path)
+    rows, first_line, empty = [], {}, []
+    for n, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise DLMAError(f"{where(path, n)}: malformed JSON ({e})") from None
+        if not isinstance(row, dict):
+            raise DLMAError(f"{where(path, n)}: a row must be a JSON object, got {type(row).__name__}")
+        problem = _pair_row_problem(row, need_self_reward)
+        if problem:
+            raise DLMAError(f"{where(path, n, problem[0])}: {problem[1]}")
+        if row["id"] in first_line:
+            first = first_line[row["id"]]
+            raise DLMAError(f"{where(path, n, 'id')}: duplicate id {row['id']!r} (first at line {first})")
+        first_line[row["id"]] = n
+        blank = [k for k in ("o1", "o2") if not row[k].strip()]
+        if blank:
+            empty.append(f"{where(path, n, blank[0])}: empty response")
+            continue
+        rows.append(row)
+    return usable(str(path), rows, empty, dropped, "pairs")
+
+
+def _pair_row_problem(row: dict, need_self_reward: bool) -> tuple[str, str] | None:
+    """(field, what is wrong) for the first bad field of a pairs row, or None."""
+    for key in ("id", "turns", "o1", "o2"):
+        if key not in row:
+            return key, "missing"
+    if isinstance(row["id"], bool) or not isinstance(row["id"], (str, int)):
+        return "id", f"expected a string or an integer, got {type(row['id']).__name__}"
+    turns = row["turns"]
+    if not (isinstance(turns, list) and turns and all(isinstance(t, str) and t.strip() for t in turns)):
+        return "turns", "expected a non-empty list of non-empty strings (the context, user turn first)"
+    for key in ("o1", "o2"):
+        if not isinstance(row[key], str):
+            return key, f"expected a string, got {type(row[key]).__name__}"
+    if "pair" in row and row["pair"] not in PAIRS:
+        return "pair", f"unknown prompt pair {row['pair']!r} (known: {', '.join(sorted(PAIRS))})"
+    if "rendering" in row and row["rendering"] not in RENDERINGS:
+        return "rendering", f"unknown rendering {row['rendering']!r} (valid: {', '.join(RENDERINGS)})"
+    value = row.get("self_reward")
+    if (need_self_reward or "self_reward" in row) and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+        return "self_reward", f"missing or not a finite number (got {value!r}); run `dlma score`"
+    return None

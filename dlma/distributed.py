@@ -34,10 +34,25 @@ class Launch:
         return [(k, item) for k, item in enumerate(items) if k % self.world == self.rank]
 
 
+def rank() -> int:
+    """The one place that reads this process's place in a launch: its rank (`accelerate launch` and torchrun
+    set RANK; 0 in a single process)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def local_rank() -> int | None:
+    """The process's GPU on its machine under a launch (LOCAL_RANK), None in a single process."""
+    return int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else None
+
+
 def launch(cpu: bool = False) -> Launch:
     """This process's place in the launch: from accelerate's state under `accelerate launch` or torchrun
     (`cpu`: processes on CPUs, gloo), else the single process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if world_size() <= 1:
         return Launch()
     from accelerate import PartialState
 

@@ -16,13 +16,14 @@ compiles on a GPU.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from .artifacts import read_jsonl
 from .data import Example
 from .distributed import Launch, ShardedJSONL
 from .errors import check_fields
@@ -204,3 +205,40 @@ def generate_pairs(model, tokenizer, examples: list[Example], cfg: GenerateConfi
             bar.update(len(batch))
     store.finish(order=[ex.id for ex in examples] if budget or at.world > 1 else None)
     return store.rows
+
+
+def run_generate(model_cfg, data, cfg: GenerateConfig, out, model=None) -> list[dict]:
+    """Stage 1 (`dlma generate`): `pairs.jsonl` in `out.out`, one (o1 under p+, o2 under p-) per query of
+    `data` (params.Queries). Queries longer than `max_query_words` are left out, as in the released code,
+    and counted."""
+    from .data import check_limit, load_examples
+    from .errors import DLMAError
+    from .folder import StageFolder
+    from .prompts import with_custom_pairs
+
+    folder = StageFolder(out.out, "generate", model_cfg, model)
+    check_limit(data.n_queries, "n_queries")
+    examples = load_examples(data.queries, limit=data.n_queries)
+    for ex in examples:  # fail on a bad pair name before any generation
+        get_pair(ex.pair or cfg.pair, f"{ex.source}: field 'pair'")
+    params = {"queries": str(data.queries), "n_queries": data.n_queries, **asdict(cfg),
+              **with_custom_pairs(ex.pair or cfg.pair for ex in examples)}
+    words = [sum(len(t.split()) for t in ex.turns) for ex in examples]
+    too_long = [f"{ex.source}: field 'prompt': {n} words" for ex, n in zip(examples, words, strict=True)
+                if n > cfg.max_query_words]
+    examples = [ex for ex, n in zip(examples, words, strict=True) if n <= cfg.max_query_words]
+    if not examples:
+        raise DLMAError(f"{data.queries}: every query is over max_query_words={cfg.max_query_words} words")
+    at = folder.begin(params, {"queries": data.queries}, out.force, launched=True)
+    folder.note_dropped(too_long, f"over max_query_words={cfg.max_query_words}")
+    if folder.done:  # e.g. by a launch, before its notebook: no model to load
+        folder.release()
+        return read_jsonl(folder.path / "pairs.jsonl")
+    info: dict = {}
+    rows = generate_pairs(*folder.model(), examples, cfg, folder.path / "pairs.jsonl", info, at)
+    folder.finish(n_pairs=len(rows), dropped={"over_max_query_words": too_long}, processes=at.world, **info)
+    return rows
+
+
+def summary(rows: list[dict], out) -> str:
+    return f"{len(rows)} pairs -> {Path(out.out) / 'pairs.jsonl'}"

@@ -7,8 +7,10 @@
   difference of differences cancels what the two prompts share, length among it. Order-free.
 - `HttpJudge`: any OpenAI-compatible chat-completions endpoint (base URL and model name as parameters), with
   the RLAIF prompt in both orders. The key is read from an environment variable at each request and never
-  written anywhere; failed requests are retried with exponential backoff; every answer is cached on disk
-  (keyed by model and prompt), so a rerun asks nothing.
+  written anywhere, nor sent over plain http to another machine unless DLMA_ALLOW_HTTP_KEY=1; failed requests
+  and answers that name neither option (null, empty, not JSON) are retried with exponential backoff, then
+  stop the run with one line; every valid answer is cached on disk (keyed by model and prompt), so a rerun
+  asks nothing, and only valid answers: a cache line that is not one is dropped and asked again.
 
 A two-order judge says "win" or "lose" only when both orders agree, else "tie"; `position_consistency` is
 the share of items where they agree. `length_controlled` fits the judge's preference on the length
@@ -19,10 +21,14 @@ rate at no length difference.
 from __future__ import annotations
 
 import hashlib
+import http.client
+import ipaddress
 import json
 import os
+import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import expit
 
+from .artifacts import atomic_write
 from .errors import DLMAError
 from .preference import RLAIF_INSTRUCTION, rlaif_preferences, rlaif_prompt
 from .prompts import PAIRS
@@ -82,10 +89,33 @@ class ContrastJudge:
                  "self_reward": t["self_reward"]} for t in terms]
 
 
+ALLOW_HTTP_KEY = "DLMA_ALLOW_HTTP_KEY"  # =1: send the key over plain http to a host that is not this machine
+
+
+class BadAnswer(Exception):
+    """The server answered, but not with text that names (A) or (B)."""
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """What came back, for an error message: one line (repr escapes newlines) and short."""
+    text = repr(value.decode("utf-8", "replace") if isinstance(value, bytes) else value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def is_loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1: a request that never leaves this machine."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name other than localhost: it may resolve anywhere
+        return False
+
+
 @dataclass
 class HttpJudge:
     """An OpenAI-compatible chat-completions judge. `api_key_env` names the environment variable holding the
-    key (none is sent when it is unset, as a local server needs none)."""
+    key (none is sent when it is unset, as a local server needs none). A failed request is retried up to
+    `retries` times, an answer naming neither option up to `answer_retries` times (at temperature 0 it seldom
+    changes, but a proxy's empty answer may)."""
 
     base_url: str
     model: str
@@ -93,59 +123,113 @@ class HttpJudge:
     api_key_env: str = "OPENAI_API_KEY"
     instruction: str = RLAIF_INSTRUCTION
     retries: int = 5
+    answer_retries: int = 2
     backoff_s: float = 1.0
     timeout_s: float = 60.0
 
     def __post_init__(self):
         self.cache = Path(self.cache)
         self.answers: dict[str, str] = {}
-        if self.cache.exists():
-            for line in self.cache.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    self.answers[row["key"]] = row["answer"]
+        text = self.cache.read_text(encoding="utf-8", errors="replace") if self.cache.exists() else ""
+        ignored = 0
+        for line in filter(str.strip, text.split("\n")):
+            try:  # a torn last line, a corrupt one, or an empty answer an older version cached: asked again
+                row = json.loads(line)
+                key, answer = row["key"], row["answer"]
+            except (ValueError, LookupError, TypeError):
+                key = answer = None
+            if isinstance(key, str) and self.valid(answer):
+                self.answers[key] = answer
+            else:
+                ignored += 1
+        if ignored or not text.endswith("\n") and text:  # rewritten, so the next line appended starts clean
+            atomic_write(self.cache, "".join(self._line(k, a) for k, a in self.answers.items()))
+        if ignored:
+            print(f"dlma: judge cache {self.cache}: dropped {ignored} line(s) that are not valid answers "
+                  "(corrupt, or an empty answer an older version cached); they are asked again", file=sys.stderr)
         self.requests = 0  # sent in this session (a rerun on a full cache sends none)
 
     def _key(self, prompt: str) -> str:
         return hashlib.sha256(json.dumps([self.base_url, self.model, prompt]).encode()).hexdigest()
 
+    @staticmethod
+    def _line(key: str, answer: str) -> str:
+        return json.dumps({"key": key, "answer": answer}, ensure_ascii=False) + "\n"
+
     def ask(self, prompt: str) -> str:
         key = self._key(prompt)
         if key not in self.answers:
-            answer = self._request(prompt)
+            answer = self._request(prompt)  # valid, or it raised: nothing invalid reaches the cache
             self.cache.parent.mkdir(parents=True, exist_ok=True)
             with open(self.cache, "a", encoding="utf-8") as f:  # one line per answer, on disk at once
-                f.write(json.dumps({"key": key, "answer": answer}, ensure_ascii=False) + "\n")
+                f.write(self._line(key, answer))
                 f.flush()
                 os.fsync(f.fileno())
             self.answers[key] = answer
         return self.answers[key]
 
+    def _headers(self, url: str) -> dict[str, str]:
+        """The request's headers, the key among them when its variable is set; refused (before anything is
+        sent) when that would put the key in clear text on the network."""
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            return headers
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme == "http" and not is_loopback(parts.hostname or "") and os.environ.get(ALLOW_HTTP_KEY) != "1":
+            raise DLMAError(f"judge {url}: refusing to send the key in ${self.api_key_env} over plain http to "
+                            f"{parts.hostname} (not this machine): use https, or set {ALLOW_HTTP_KEY}=1 to allow it")
+        headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    @classmethod
+    def parse(cls, raw: bytes) -> str:
+        """The answer in a chat-completions response body; `BadAnswer` saying what came back when there is no
+        text naming an option (a null, empty or non-text content, no choices, a body that is not JSON)."""
+        try:
+            content = json.loads(raw)["choices"][0]["message"]["content"]
+        except (ValueError, LookupError, TypeError):
+            raise BadAnswer(f"not a chat-completions answer: {shown(raw)}") from None
+        if not cls.valid(content):
+            raise BadAnswer(f"an answer naming neither (A) nor (B): content {shown(content)}")
+        return content
+
     def _request(self, prompt: str) -> str:
         url = self.base_url.rstrip("/") + "/chat/completions"
+        headers = self._headers(url)
         body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": 5,
                            "messages": [{"role": "user", "content": prompt}]}).encode()
-        headers = {"Content-Type": "application/json"}
-        if os.environ.get(self.api_key_env):
-            headers["Authorization"] = f"Bearer {os.environ[self.api_key_env]}"
+        bad = 0
         for attempt in range(self.retries + 1):
             self.requests += 1
             try:
                 request = urllib.request.Request(url, data=body, headers=headers, method="POST")
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    return json.loads(response.read())["choices"][0]["message"]["content"]
+                    return self.parse(response.read())
             except urllib.error.HTTPError as e:  # 429 and 5xx may pass; anything else is the request's fault
                 problem = f"HTTP {e.code}"
                 if e.code != 429 and e.code < 500:
                     break
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+            except BadAnswer as e:
+                problem, bad = str(e), bad + 1
+                if bad > self.answer_retries:
+                    break
+            except (ValueError, http.client.InvalidURL) as e:
+                # not sendable (a bad port, a line break in the key): not retried, and its text (it may hold the key)
+                # left out
+                raise DLMAError(f"judge {url}: the request cannot be sent ({type(e).__name__}): check the URL, and "
+                                f"${self.api_key_env} for a line break") from None
+            except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as e:
                 problem = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
-            except (KeyError, IndexError, ValueError) as e:
-                raise DLMAError(f"judge {url}: not an OpenAI chat-completions answer ({type(e).__name__})") from None
             if attempt < self.retries:
                 time.sleep(self.backoff_s * 2**attempt)
-        raise DLMAError(f"judge {url}: {problem} after {attempt + 1} attempt(s); answers so far are cached in "
-                        f"{self.cache}, a rerun asks only the rest")
+        raise DLMAError(f"judge {url} (model {self.model}): {problem} after {attempt + 1} attempt(s); answers so "
+                        f"far are cached in {self.cache}, a rerun asks only the rest")
+
+    @staticmethod
+    def valid(answer: object) -> bool:
+        """An answer worth caching: text that names (A) or (B)."""
+        return isinstance(answer, str) and HttpJudge.choice(answer) is not None
 
     @staticmethod
     def choice(answer: str) -> bool | None:

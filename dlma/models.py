@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .artifacts import sha256_file, write_json
+from .distributed import local_rank
 from .errors import DLMAError
 from .params import documented
 
@@ -41,6 +42,16 @@ class ModelConfig:
         return asdict(self)
 
 
+@documented
+@dataclass
+class BaseModel:
+    """The model `dlma train` quantises (see qlora) and trains adapters on."""
+
+    model: str = DEFAULT_MODEL
+    dtype: str = "auto"
+    device: str = "auto"
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("DLMA_CACHE", Path.home() / ".cache" / "dlma"))
 
@@ -49,8 +60,8 @@ def resolve_device(device: str = "auto") -> str:
     """`auto` -> cuda if torch sees a GPU, else cpu; any other name is checked against this machine."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per process of `accelerate launch`
-        device = f"cuda:{os.environ['LOCAL_RANK']}"
+    if device == "cuda" and local_rank() is not None:  # one GPU per process of `accelerate launch`
+        device = f"cuda:{local_rank()}"
     if device == "cpu":
         return device
     try:

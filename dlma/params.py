@@ -17,7 +17,7 @@ HELP = {
     "model": "alias, local folder or hub id",
     "dtype": "auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16",
     "device": "auto (cuda if torch sees a GPU, else cpu), cpu, cuda, cuda:N or mps",
-    "load_in_4bit": "QLoRA: NF4 base through bitsandbytes (CPU or CUDA)",
+    "load_in_4bit": "load the model's weights in 4-bit NF4 through bitsandbytes (CPU or CUDA)",
     "trust_remote_code": "run a model folder's own code (off unless you trust it)",
     "adapter": "a trained LoRA adapter folder to apply on top (the `implicit` scorer needs one)",
     "seed": "seeds sampling, the hold-out split, the bootstrap and training",
@@ -75,6 +75,8 @@ HELP = {
     "grad_accum": "steps whose gradients are summed before an update (the global batch is train_batch_size times this)",
     "train_max_length": "prompt + response tokens (paper: 512)",
     "max_prompt_length": "prompt tokens in training; longer prompts keep their end (the question and the cue)",
+    "qlora": "train LoRA adapters on a 4-bit NF4 base (QLoRA, through bitsandbytes); false: on the base in its "
+             "own dtype",
     "lora_r": "LoRA rank",
     "lora_alpha": "LoRA scaling alpha",
     "lora_dropout": "dropout on the LoRA path (the base runs without dropout)",
@@ -105,3 +107,165 @@ def documented(cls):
                 raise KeyError(f"{cls.__name__}.{f.name}: no help text in dlma.params.HELP")
             f.metadata = MappingProxyType({**f.metadata, "help": HELP[f.name]})
     return cls
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The arguments every stage shares: where it reads and writes. The method's own settings are the config
+# dataclasses beside each stage (GenerateConfig, ScoreConfig, ...); `dlma.commands` lists which a command takes.
+
+
+@documented
+@dataclasses.dataclass
+class Out:
+    out: str
+    force: bool = False
+
+
+@documented
+@dataclasses.dataclass
+class PairsFile:
+    """Parsed first, so the pairs it defines are known when the stage's config checks its pair names."""
+
+    pairs_file: str = ""
+
+    def __post_init__(self):
+        from .prompts import load_pairs_file
+
+        load_pairs_file(self.pairs_file)
+
+
+@documented
+@dataclasses.dataclass
+class Queries:
+    queries: str = "sample:queries"
+    n_queries: int | None = None
+
+
+@documented
+@dataclasses.dataclass
+class Pairs:
+    pairs: str
+
+
+@documented
+@dataclasses.dataclass
+class PrefData:
+    pref_data: str = "sample:pairs"
+    pref_limit: int | None = None
+    on_invalid: str = "skip"
+    label_field: str = "safer_response_id"
+
+
+@documented
+@dataclasses.dataclass
+class Split:
+    holdout_fraction: float = 0.05
+    seed: int = 0
+
+
+@documented
+@dataclasses.dataclass
+class Run:
+    # `--run` is accepted too (not under torchrun, whose --run-path it abbreviates)
+    run_dir: str = dataclasses.field(metadata={"aliases": ["--run"]})
+    force: bool = False
+
+
+# Arguments that say where a stage reads and writes: in a run folder, `dlma run` and the notebooks set them.
+PATHS = ("out", "pairs", "run_dir", "force")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One parser: the CLI's. Presets, `--set` and notebook parameters go through the type functions of the very
+# argparse actions `dlma COMMAND --help` shows, so a value is read the same way wherever it is given.
+
+
+def argument_parser(types: list[type], prog: str | None = None, description: str | None = None):
+    """`HfArgumentParser` over `types`, reporting a wrong or misspelt option as one line with exit status 2."""
+    import argparse
+
+    from transformers import HfArgumentParser
+
+    class OneLineParser(HfArgumentParser):
+        def error(self, message: str):
+            import difflib
+
+            hint = ""
+            if message.startswith("unrecognized arguments:"):  # argparse's "did you mean" came in Python 3.12
+                options = [s for a in self._actions for s in a.option_strings]
+                word = message.split(":", 1)[1].split()[0].split("=")[0]
+                near = difflib.get_close_matches(word, options, n=1)
+                hint = f" (did you mean {near[0]}?)" if near else ""
+            self.exit(2, f"{self.prog}: error: {message}{hint} (see {self.prog} --help)\n")
+
+        def parse(self, argv: list[str]) -> list:
+            """The dataclasses from a command line; an unknown or misspelt option is one line, exit status 2."""
+            namespace = self.parse_args(argv)
+            return [t(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(t) if f.init})
+                    for t in self.dataclass_types]
+
+    parser = OneLineParser(types, prog=prog, description=description, allow_abbrev=False)
+    for action in parser._actions:  # argparse reads help as a %-format string: a literal % must be doubled
+        if action.help and action.help is not argparse.SUPPRESS:
+            action.help = action.help.replace("%", "%%")
+    return parser
+
+
+def option_text(value) -> str:
+    """A value as it is typed on a command line (booleans as true / false)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def parse(types: list[type], values: dict, where=lambda key: f"parameter '{key}'") -> list:
+    """The dataclasses of `types` built from `values` ({name: value}, from a preset, `--set` or a notebook):
+    each value read by its CLI option's type function, as if typed after `--name`. `where(key)` says where a
+    value came from, for the one-line error a wrong one gets. Names not in `values` take their default."""
+    read = read_values(types, values, where)
+    missing = [f.name for t in types for f in dataclasses.fields(t)
+               if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+               and f.name not in read]
+    if missing:
+        from .errors import DLMAError
+
+        raise DLMAError(f"{where(missing[0])}: required, not given")
+    return [t(**{f.name: read[f.name] for f in dataclasses.fields(t) if f.init and f.name in read}) for t in types]
+
+
+def read_values(types: list[type], values: dict, where=lambda key: f"parameter '{key}'") -> dict:
+    """`values` as the options of `types` read them (see `parse`)."""
+    import argparse
+    import difflib
+
+    from .errors import DLMAError
+
+    actions = {}
+    for a in argument_parser(types)._actions:  # the first per name: a default-true flag's --no_x comes after
+        actions.setdefault(a.dest, a)
+    actions.pop("help", None)
+    read = {}
+    for key, value in values.items():
+        action = actions.get(key)
+        if action is None:
+            near = difflib.get_close_matches(key, list(actions), n=1)
+            raise DLMAError(f"{where(key)}: unknown parameter '{key}'"
+                            + (f" (did you mean '{near[0]}'?)" if near else ""))
+        field = next(f for t in types for f in dataclasses.fields(t) if f.name == key)
+        if value is None and field.default is None:
+            read[key] = None  # "all if not given"
+            continue
+        try:
+            if isinstance(value, (list, dict)) or value is None:
+                raise ValueError
+            read[key] = action.type(option_text(value)) if action.type else option_text(value)
+        except (ValueError, TypeError, argparse.ArgumentTypeError):
+            kind = {"int": "an integer", "float": "a number", "string_to_bool": "true or false"}.get(
+                getattr(action.type, "__name__", ""), "text")
+            raise DLMAError(f"{where(key)}: expected {kind}, got {value!r}") from None
+        if action.choices and read[key] not in action.choices:
+            raise DLMAError(f"{where(key)}: expected one of {', '.join(map(str, action.choices))}, got {value!r}")
+    return read
+
+
+def fields_of(types: list[type]) -> dict[str, dataclasses.Field]:
+    """{name: field} of every option of `types`, in order."""
+    return {f.name: f for t in types for f in dataclasses.fields(t) if f.init}

@@ -1,24 +1,30 @@
 """`dlma run`: execute the stage notebooks in order with papermill into `runs/<run-id>/`.
 
-- Notebooks run with the repository root as working directory: relative paths in presets (such as
-  `../shared/data/...`) are relative to the root. (nbval runs them in `notebooks/`, hence the
-  notebooks' own `run_dir` default `../runs/nbval`.)
-- A preset (`params/<name>.yaml`) plus `--set key=value` overrides gives every notebook parameter; a
-  key that no notebook declares is refused, not ignored.
+- `dlma run` works in a checkout of the repository (an editable install): it runs the notebooks in
+  `notebooks/` and reads presets from `params/` beside the package, and writes under `runs/`.
+- Notebooks run with the repository root as working directory: relative paths in a preset (such as
+  `../shared/data/...`) are read from the root; relative paths given with `--set` are read from where the
+  user stands. (nbval runs the notebooks in `notebooks/`, hence their `run_dir` default `../runs/nbval`.)
+- A preset (`params/<name>.yaml`) plus `--set key=value` overrides gives every notebook parameter. Each value
+  is read by the type function of its CLI option (`dlma.params.parse`); a key that no stage takes, or a
+  value of the wrong type, is one error naming the preset's line or the `--set` item.
 - Each stage's notebook is written to a temporary name and renamed only when it ran through; a failed
   stage leaves `<stage>.failed.ipynb` for inspection. A stage with a `.done` marker is skipped, so a
   killed run resumes where it stopped (the stage functions resume inside a stage, too).
-- When every stage has run, the executed notebooks are copied into `book/results/` for the book.
-- With a launcher (`--launcher "accelerate launch --num_processes 8"`), the stages whose work shards across
-  processes (generation, scoring, preference accuracy, training, stage 6's training: `LAUNCHED`) first run
-  as their `dlma` command under it, with the notebook's parameters (the same names) and paths; the notebook
-  then finds that work done, checks it was made with its parameters, and only reports it.
+- The executed notebooks stay in the run folder. `--publish` copies them into `book/results/` (what the
+  published book shows); `--book DIR` writes a copy of the book's sources showing this run into DIR, to be
+  built there (`make all` does this for the default run, so it leaves the published book alone).
+- With a launcher (`--launcher "accelerate launch --num_processes 8"`), the commands of a notebook that share
+  their work among processes (`dlma.commands.NOTEBOOKS`: generation, scoring, preference accuracy, training,
+  stage 6's training) first run under it with the notebook's parameters; the notebook then finds that work
+  done, checks it was made with its parameters, and only reports it.
 """
 
 from __future__ import annotations
 
-import ast
+import argparse
 import contextlib
+import difflib
 import json
 import os
 import shlex
@@ -30,33 +36,25 @@ from pathlib import Path
 
 import yaml
 
-from .artifacts import check_out, write_json
+from .artifacts import atomic_write, check_out, read_json, write_json
+from .commands import COMMANDS, NOTEBOOKS, STAGES, notebook_fields, step_values
 from .errors import DLMAError
-from .params import HELP
+from .params import PATHS, fields_of, option_text, parse, read_values
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("01_generate", "02_self_reward", "03_preference_accuracy", "03b_pair_study", "04_train_dlma",
-          "05_evaluate_alignment", "06_baselines")
-SET_BY_PIPELINE = ("run_dir",)
-# stage: (the command doing its sharded work, its paths in the run folder); stage 4's split runs before it
-LAUNCHED = {
-    "01_generate": ("generate", {"out": "01_generate"}),
-    "02_self_reward": ("score", {"pairs": "01_generate/pairs.jsonl", "out": "02_self_reward"}),
-    "03_preference_accuracy": ("pref-acc", {"out": "03_preference_accuracy"}),
-    "04_train_dlma": ("train", {"pairs": "04_train_dlma/train.jsonl", "out": "04_train_dlma/adapter"}),
-    "06_baselines": ("baselines-train", {"run_dir": ""}),  # the methods' training; answers and verdicts: the notebook
-}
+PATH_PARAMETERS = ("model", "queries", "pref_data", "pairs_file", "adapter")  # read from where the user stands
+BOOK_SOURCES = ("_config.yml", "_toc.yml", "references.bib", "_static", "book")
+
+
+def check_checkout() -> None:
+    if not (ROOT / "notebooks").is_dir() or not (ROOT / "params").is_dir():
+        raise DLMAError(f"dlma run needs a checkout of the repository (notebooks/ and params/ beside the dlma "
+                        f"package; found none beside {ROOT / 'dlma'}): clone it and `pip install -e .` there; "
+                        "the stage commands (dlma generate, ...) work anywhere")
 
 
 def notebook_path(stage: str) -> Path:
     return ROOT / "notebooks" / f"{stage}.ipynb"
-
-
-def notebook_parameters(stage: str) -> dict:
-    """{name: default} of the notebook's `parameters` cell, as papermill sees it."""
-    import papermill as pm
-
-    return {name: p["default"] for name, p in pm.inspect_notebook(str(notebook_path(stage))).items()}
 
 
 def preset_path(name: str) -> Path:
@@ -85,60 +83,66 @@ def preset_lines(name: str) -> dict[str, int]:
     return {k.value: k.start_mark.line + 1 for k, _ in node.value} if isinstance(node, yaml.MappingNode) else {}
 
 
-def expected_type(default_source: str) -> type | None:
-    """The type a parameter takes, from its default in the notebook's parameters cell (None: anything)."""
-    try:
-        value = ast.literal_eval(default_source)
-    except (ValueError, SyntaxError):
-        return None
-    return type(value) if isinstance(value, (bool, int, float, str)) else None
-
-
-def check_type(key: str, value, default_source: str, where: str):
-    """The value as the notebook will take it, or one error naming where it came from."""
-    want = expected_type(default_source)
-    if want is None or isinstance(value, want) and not (want is not bool and isinstance(value, bool)):
-        return value
-    if want is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-    raise DLMAError(f"{where}: field '{key}': expected {names[want]} (the notebook's default is {default_source}), "
-                    f"got {value!r}")
-
-
 def parse_overrides(items: list[str]) -> dict:
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise DLMAError(f"--set {item!r}: expected KEY=VALUE")
-        parsed = yaml.safe_load(value)  # numbers, booleans and lists as YAML reads them
-        if isinstance(parsed, str):
-            try:  # YAML 1.1 reads 5e-5 (no dot) as a string
-                parsed = float(parsed)
-            except ValueError:
-                pass
-        out[key.strip()] = parsed
+        parsed = yaml.safe_load(value) if value.strip() else ""  # numbers, booleans, null as YAML reads them
+        out[key.strip()] = value if isinstance(parsed, (list, dict)) else parsed
     return out
 
 
+def from_here(key: str, value):
+    """A relative path given with --set, read from where the user stands (as the notebooks see it: relative to
+    the repository root when it lies inside it)."""
+    if key not in PATH_PARAMETERS or not isinstance(value, str) or not value or Path(value).is_absolute():
+        return value
+    here = Path.cwd() / value
+    if not here.exists():
+        return value  # a hub id, an alias or sample:..., or a path the stage will report as missing
+    here = here.resolve()
+    return str(here.relative_to(ROOT)) if here.is_relative_to(ROOT) else str(here)
+
+
 def resolve_params(preset: str, overrides: list[str]) -> dict:
-    """The preset with its --set overrides, each key declared by a notebook and each value of the type of
-    that notebook's default: checked here, before a kernel starts."""
+    """The preset with its --set overrides: each key taken by some stage, each value read as its CLI option
+    reads it (one error naming the preset's line or the --set item), before a kernel starts."""
+    check_checkout()
     preset_values, override_values = load_preset(preset), parse_overrides(overrides)
+    override_values = {k: from_here(k, v) for k, v in override_values.items()}
     params = {**preset_values, **override_values}
-    declared = {k: v for stage in STAGES for k, v in notebook_parameters(stage).items()}
-    unknown = sorted(set(params) - set(declared) - {"description"})
-    if unknown:
-        raise DLMAError(f"unknown parameter(s) {', '.join(unknown)} (known: {', '.join(sorted(declared))})")
-    bad = sorted(set(params) & set(SET_BY_PIPELINE))
-    if bad:
-        raise DLMAError(f"parameter(s) {', '.join(bad)} are set by `dlma run` itself (use --run-id)")
+    params.pop("description", None)
+    taken = {}
+    for stage in STAGES:
+        taken.update(notebook_fields(stage))
     lines = preset_lines(preset)
-    for key in set(params) - {"description"}:
-        where = "--set" if key in override_values else f"{preset_path(preset)}:{lines.get(key, '?')}"
-        params[key] = check_type(key, params[key], declared[key], where)
-    return params
+
+    def where(key: str) -> str:
+        return f"--set {key}=..." if key in override_values else f"{preset_path(preset)}:{lines.get(key, '?')}"
+
+    set_by_run = sorted(set(params) & set(PATHS))
+    if set_by_run:
+        raise DLMAError(f"{where(set_by_run[0])}: parameter '{set_by_run[0]}' is set by `dlma run` itself "
+                        "(use --run-id)")
+    unknown = sorted(set(params) - set(taken))
+    if unknown:
+        near = difflib.get_close_matches(unknown[0], list(taken), n=1)
+        raise DLMAError(f"{where(unknown[0])}: unknown parameter '{unknown[0]}'"
+                        + (f" (did you mean '{near[0]}'?)" if near else " (see the parameter table: dlma run --help)"))
+    read = {}
+    for stage in STAGES:  # each value read by the options of the stages that take it, and checked by their configs
+        for step in NOTEBOOKS[stage]:
+            types = COMMANDS[step.command].types()
+            parse(types, step_values(step, params, "runs/check"), where)
+            read.update(read_values(types, {k: v for k, v in params.items() if k in fields_of(types)}, where))
+    return {k: read[k] for k in params}
+
+
+def check_run_id(run_id: str | None) -> None:
+    if run_id is not None and (not run_id.strip() or run_id in (".", "..") or "/" in run_id or "\\" in run_id):
+        raise DLMAError(f"--run-id {run_id!r}: a name for a folder under runs/, not a path")
 
 
 def check_run_params(run_dir: Path, params: dict) -> None:
@@ -146,10 +150,10 @@ def check_run_params(run_dir: Path, params: dict) -> None:
     change to a stage not yet finished (a fix after a failure) is taken and recorded."""
     path = run_dir / "params.json"
     if path.exists():
-        before = json.loads(path.read_text(encoding="utf-8"))
+        before = read_json(path)
         changed = {k for k in set(before) | set(params) if before.get(k) != params.get(k)}
         done = [s for s in STAGES if (run_dir / s / ".done").exists()]
-        blocking = sorted(k for k in changed if any(k in notebook_parameters(s) for s in done))
+        blocking = sorted(k for k in changed if any(k in notebook_fields(s) for s in done))
         if blocking:
             raise DLMAError(f"{run_dir} holds finished stages made with other parameters ({', '.join(blocking)}): "
                             "pass another --run-id, or delete the folder to start over")
@@ -161,6 +165,13 @@ def notebook_run_dir(run_dir: Path) -> str:
     it lies inside it, so a published notebook names no path of the machine that ran it."""
     run_dir = run_dir.resolve()
     return str(run_dir.relative_to(ROOT)) if run_dir.is_relative_to(ROOT) else str(run_dir)
+
+
+def stage_params(stage: str, params: dict, run_dir: Path) -> dict:
+    """The parameters `dlma run` gives a stage's notebook: every one it declares, the run's value or else the
+    option's default (the values in the notebook's own cell are the smoke preset's, for nbval), and run_dir."""
+    return {"run_dir": notebook_run_dir(run_dir),
+            **{k: params.get(k, f.default) for k, f in notebook_fields(stage).items()}}
 
 
 def clean_notebook(path: Path) -> None:
@@ -194,42 +205,25 @@ def quiet_kernels():
             os.environ["DLMA_PROGRESS"] = before
 
 
-def option_value(value) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def command_args(command: str, paths: dict, nb_params: dict, run_dir: str) -> list[str]:
-    """`dlma COMMAND` arguments: its paths in the run folder, then each notebook parameter it has an option for
-    (the same name: `gen_batch_size` is `--gen-batch-size`)."""
-    from dataclasses import fields
-
-    from .cli import command_types
-
-    options = {f.name for t in command_types(command) for f in fields(t)}
+def command_args(command: str, values: dict) -> list[str]:
+    """`dlma COMMAND` arguments for `values` (the same names: `gen_batch_size` is `--gen-batch-size`)."""
     args = [command]
-    for name, rel in paths.items():
-        args += [f"--{name.replace('_', '-')}", f"{run_dir}/{rel}" if rel else run_dir]
-    for name, value in nb_params.items():
-        if name in options and name not in paths and value is not None:
-            args += [f"--{name.replace('_', '-')}", option_value(value)]
+    for name, value in values.items():
+        if value is not None:
+            args += [f"--{name.replace('_', '-')}", option_text(value)]
     return args
 
 
 def stage_commands(stage: str, nb_params: dict) -> list[tuple[bool, list[str]]]:
-    """[(under the launcher?, `dlma` arguments)] that do a stage's sharded work before its notebook reports it;
-    none for a stage that works in its notebook alone."""
-    if stage not in LAUNCHED:
+    """[(under the launcher?, `dlma` arguments)] that do a stage's shared work before its notebook reports it:
+    its commands up to the last launched one (stage 4's split runs first, in one process); none for a stage
+    that works in its notebook alone."""
+    steps = NOTEBOOKS[stage]
+    launched = [k for k, step in enumerate(steps) if step.launched]
+    if not launched:
         return []
-    command, paths = LAUNCHED[stage]
-    # what the notebook will run with: its defaults, then what the run sets
-    nb_params = {**{k: ast.literal_eval(v) for k, v in notebook_parameters(stage).items()}, **nb_params}
-    run_dir = nb_params["run_dir"]
-    out = [(True, command_args(command, paths, nb_params, run_dir))]
-    if command == "train":  # the hold-out split first, as the notebook's train_stage does: small, one process
-        split = command_args("split", {"pairs": "02_self_reward/scored.jsonl", "out": "04_train_dlma"}, nb_params,
-                             run_dir)
-        out.insert(0, (False, split))
-    return out
+    return [(step.launched, command_args(step.command, step_values(step, nb_params, nb_params["run_dir"])))
+            for step in steps[: launched[-1] + 1]]
 
 
 def check_launcher(launcher: str | None) -> list[str]:
@@ -244,13 +238,13 @@ def check_launcher(launcher: str | None) -> list[str]:
 
 
 def stage_argvs(stage: str, nb_params: dict, launcher: list[str]) -> list[tuple[bool, list[str]]]:
-    """[(under the launcher?, command line)] of a stage's sharded work."""
+    """[(under the launcher?, command line)] of a stage's shared work."""
     return [(launched, [*(launcher if launched else [sys.executable]), "-m", "dlma", *args])
             for launched, args in stage_commands(stage, nb_params)]
 
 
 def run_launched(stage: str, nb_params: dict, launcher: list[str]) -> None:
-    """Each command of a stage's sharded work, from the repository root (where the notebooks run, so its
+    """Each command of a stage's shared work, from the repository root (where the notebooks run, so its
     paths are theirs)."""
     for _, argv in stage_argvs(stage, nb_params, launcher):
         print(f"[dlma run] {stage}: {shlex.join(argv)}", flush=True)
@@ -260,19 +254,14 @@ def run_launched(stage: str, nb_params: dict, launcher: list[str]) -> None:
                             "fix and rerun to resume")
 
 
-def stage_params(stage: str, params: dict, run_dir: Path) -> dict:
-    """The parameters `dlma run` gives a stage's notebook: the run's, for the names it declares, and run_dir."""
-    declared = notebook_parameters(stage)
-    return {**{k: v for k, v in params.items() if k in declared}, "run_dir": notebook_run_dir(run_dir)}
-
-
-def run_pipeline(preset: str, overrides: list[str], run_id: str | None = None, publish: bool = True,
+def run_pipeline(preset: str, overrides: list[str], run_id: str | None = None, publish: bool = False,
                  runs_root: Path | None = None, stages: tuple[str, ...] = STAGES, launcher: str | None = None,
-                 print_commands: bool = False) -> Path:
-    """`print_commands`: print the sharded stages' command lines (under `launcher`) and stop, writing nothing;
+                 print_commands: bool = False, book: Path | None = None) -> Path:
+    """`print_commands`: print the shared stages' command lines (under `launcher`) and stop, writing nothing;
     for several machines, each of which runs them under its own launch."""
     import papermill as pm
 
+    check_run_id(run_id)
     launcher_words = check_launcher(launcher) if not print_commands else shlex.split(launcher or "LAUNCHER")
     params = resolve_params(preset, overrides)
     run_dir = (runs_root or ROOT / "runs") / (run_id or Path(preset).stem)
@@ -295,7 +284,8 @@ def run_pipeline(preset: str, overrides: list[str], run_id: str | None = None, p
         if launcher_words:
             run_launched(stage, nb_params, launcher_words)
         partial = run_dir / f".{stage}.partial.ipynb"
-        print(f"[dlma run] {stage}: running ({', '.join(f'{k}={v}' for k, v in nb_params.items())})", flush=True)
+        shown = {k: v for k, v in nb_params.items() if k in params or k == "run_dir"}  # the rest: defaults
+        print(f"[dlma run] {stage}: running ({', '.join(f'{k}={v}' for k, v in shown.items())})", flush=True)
         started = time.time()
         try:
             execute(notebook_path(stage), partial, nb_params)
@@ -311,6 +301,8 @@ def run_pipeline(preset: str, overrides: list[str], run_id: str | None = None, p
         print(f"[dlma run] {stage}: finished in {time.time() - started:.0f} s", flush=True)
     if publish:
         publish_notebooks(run_dir, stages)
+    if book is not None:
+        book_sources(run_dir, Path(book))
     return run_dir
 
 
@@ -328,35 +320,44 @@ def execute(source: Path, target: Path, parameters: dict) -> None:
 def publish_notebooks(run_dir: Path, stages: tuple[str, ...] = STAGES, book_dir: Path | None = None) -> None:
     """Copy the executed notebooks into the book (each atomically), only once all have run."""
     book_dir = book_dir or ROOT / "book" / "results"
-    book_dir.mkdir(parents=True, exist_ok=True)
     for stage in stages:
-        tmp = book_dir / f".{stage}.ipynb.tmp"
-        shutil.copyfile(run_dir / f"{stage}.ipynb", tmp)
-        os.replace(tmp, book_dir / f"{stage}.ipynb")
+        atomic_write(book_dir / f"{stage}.ipynb", (run_dir / f"{stage}.ipynb").read_bytes())
     print(f"[dlma run] published {len(stages)} notebooks to {book_dir}")
 
 
-def parameter_table() -> str:
-    """Markdown table of every notebook parameter: its notebook(s), and its value in each preset."""
-    import papermill as pm
+def book_sources(run_dir: Path, dest: Path) -> Path:
+    """The book's sources in `dest`, showing this run's executed notebooks instead of the published ones:
+    `jupyter-book build DEST` then builds the run's own book, and book/ is left as it is."""
+    if dest.resolve() == ROOT.resolve() or ROOT.resolve().is_relative_to(dest.resolve()):
+        raise DLMAError(f"--book {dest}: give a folder of its own (it is replaced)")
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for name in BOOK_SOURCES:
+        source = ROOT / name
+        (shutil.copytree if source.is_dir() else shutil.copyfile)(source, dest / name)
+    publish_notebooks(run_dir, tuple(s for s in STAGES if (run_dir / f"{s}.ipynb").exists()),
+                      dest / "book" / "results")
+    return dest
 
+
+def parameter_table() -> str:
+    """Markdown table of every stage parameter: its notebook(s), its value in each preset (the smoke preset's,
+    else the default, is what the notebooks declare), and its help."""
     presets = {p.stem: load_preset(p.stem) for p in sorted((ROOT / "params").glob("*.yaml"))}
     rows: dict[str, dict] = {}
     for stage in STAGES:
-        for name, p in pm.inspect_notebook(str(notebook_path(stage))).items():
-            default = ast.literal_eval(p["default"])  # the value, as a preset would write it
-            row = rows.setdefault(name, {"stages": [], "default": default, "help": HELP[name]})
+        for name, f in notebook_fields(stage).items():
+            row = rows.setdefault(name, {"stages": [], "default": f.default, "help": f.metadata["help"]})
             row["stages"].append(stage.split("_")[0])
     order = ["smoke"] + [n for n in presets if n != "smoke"]
-    head = "| parameter | notebooks | " + " | ".join(f"`{n}`" for n in order) + " | meaning |"
-    lines = [head, "|" + "---|" * (3 + len(order))]
+    head = "| parameter | notebooks | default | " + " | ".join(f"`{n}`" for n in order) + " | meaning |"
+    lines = [head, "|" + "---|" * (4 + len(order))]
     for name, row in rows.items():
-        values = [row["default"] if n == "smoke" else presets[n].get(name, "(notebook default)") for n in order]
-        if name in SET_BY_PIPELINE:
-            values = ["set by `dlma run`"] * len(order)
-        cells = " | ".join(f"`{v}`" if not str(v).startswith(("(", "set by")) else str(v) for v in values)
+        values = [f"`{presets[n][name]}`" if name in presets[n] else "" for n in order]
         where = "all" if len(row["stages"]) == len(STAGES) else ", ".join(row["stages"])
-        lines.append(f"| `{name}` | {where} | {cells} | {row['help'].replace('|', '/')} |")
+        lines.append(f"| `{name}` | {where} | `{row['default']}` | {' | '.join(values)} | "
+                     f"{row['help'].replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -375,3 +376,71 @@ def update_parameter_table(page: Path | None = None) -> bool:
     if new != text:
         page.write_text(new)
     return new != text
+
+
+def run_parser() -> argparse.ArgumentParser:
+    from .cli import RUN_HELP
+    from .params import argument_parser
+
+    r = argument_parser([], prog="dlma run", description=f"{RUN_HELP}. Works in a checkout of the repository "
+                        "(notebooks/ and params/ beside dlma/). Paths in a preset are read from the repository "
+                        "root, paths given with --set from where you stand.")
+    r.add_argument("--preset", default="default", help="params/<preset>.yaml (smoke, default, full, paper) or a "
+                   "YAML file")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset parameter (repeatable; any option of a stage command); unknown keys and "
+                        "wrong types are refused")
+    r.add_argument("--run-id", default=None, help="run folder name under runs/ (default: the preset's name)")
+    r.add_argument("--publish", action="store_true", help="copy the executed notebooks into book/results (the "
+                   "published book) once every stage has run")
+    r.add_argument("--book", default=None, metavar="DIR", help="write the book's sources showing this run into DIR "
+                   "(replaced), to build with `jupyter-book build DIR`")
+    r.add_argument("--launcher", default=None, metavar="COMMAND",
+                   help="run the shared work (generate, score, pref-acc, train, stage 6's training) under this "
+                        "launcher first, e.g. 'accelerate launch --config_file accelerate/ddp.yaml --num_processes 8'")
+    r.add_argument("--print-commands", action="store_true",
+                   help="print the shared stages' commands under --launcher and stop, writing nothing (for "
+                        "several machines: run them under each machine's launch, then dlma run on the main one)")
+    return r
+
+
+def main(argv: list[str]) -> None:
+    args = run_parser().parse_args(argv)
+    run_pipeline(args.preset, args.overrides, args.run_id, publish=args.publish, launcher=args.launcher,
+                 print_commands=args.print_commands, book=Path(args.book) if args.book else None)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The notebooks' parameters cells: written from the registry (each parameter's default and help, the smoke
+# preset's value where it sets one), never by hand, so they cannot drift from the CLI.
+
+NOTEBOOK_RUN_DIR = "../runs/nbval"  # nbval runs the notebooks in notebooks/
+
+
+def parameters_source(stage: str) -> str:
+    """The source of a notebook's `parameters` cell: run_dir, then each parameter its commands take."""
+    smoke = load_preset("smoke")
+
+    def literal(value) -> str:
+        return json.dumps(value) if isinstance(value, str) else repr(value)
+
+    lines = [f"run_dir = {literal(NOTEBOOK_RUN_DIR)}  # the run folder; `dlma run` sets it"]
+    for name, f in notebook_fields(stage).items():
+        lines.append(f"{name} = {literal(smoke.get(name, f.default))}  # {f.metadata['help']}")
+    return "\n".join(lines) + "\n"
+
+
+def update_notebooks() -> list[str]:
+    """Rewrite each notebook's parameters cell from the registry; the names of those that changed."""
+    import nbformat
+
+    changed = []
+    for stage in STAGES:
+        path = notebook_path(stage)
+        nb = nbformat.read(path, as_version=4)
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        if cell.source != parameters_source(stage):
+            cell.source = parameters_source(stage)
+            atomic_write(path, nbformat.writes(nb) + "\n")
+            changed.append(stage)
+    return changed

@@ -13,7 +13,7 @@ exactly 0 is a tie: counted, and counted as wrong.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -212,3 +212,66 @@ def metrics_table(metrics: dict) -> str:
         lines.append(f"{p['a'] + ' - ' + p['b']:<18} {p['difference']:>+10.3f}  [{lo:+.3f}, {hi:+.3f}]  "
                      f"{p['a_only']:>6} {p['b_only']:>6} {p['mcnemar_p']:>9.3f}")
     return "\n".join(lines)
+
+
+SHARD_CHUNK = 64  # pairs per chunk when preference accuracy is shared among the processes of a launch
+
+
+def run_pref_acc(model_cfg, data, cfg: PrefAccConfig, out, exclude_ids=(), model=None) -> dict:
+    """Stage 3 (`dlma pref-acc`): `metrics.json`, `predictions.jsonl`, `calibration.json` in `out.out`, on the
+    human-labelled pairs of `data` (params.PrefData)."""
+    from .artifacts import read_json, write_json_if_changed
+    from .data import check_limit, load_examples
+    from .distributed import ShardedJSONL
+    from .folder import StageFolder
+    from .prompts import with_custom_pairs
+
+    folder = StageFolder(out.out, "pref-acc", model_cfg, model)
+    check_limit(data.pref_limit, "pref_limit")
+    scorers = cfg.scorer_list()
+    if "implicit" in scorers and not model_cfg.adapter and not hasattr(model, "disable_adapter"):
+        raise DLMAError("scorer 'implicit' needs a trained adapter: pass --adapter DIR")
+    skipped: list[str] = []
+    excluded = set(map(str, exclude_ids))
+    examples = load_examples(data.pref_data, limit=data.pref_limit, require="labelled", label_field=data.label_field,
+                             on_invalid=data.on_invalid, skipped=skipped, exclude=excluded)
+    params = {"pref_data": str(data.pref_data), "pref_limit": data.pref_limit, "on_invalid": data.on_invalid,
+              "label_field": data.label_field, **asdict(cfg), **with_custom_pairs([cfg.pref_pair])}
+    at = folder.begin({**params, "excluded_ids": sorted(excluded)}, {"pref_data": data.pref_data}, out.force,
+                      launched=True)
+    folder.note_dropped(skipped, "invalid rows, --on-invalid skip")
+    store = ShardedJSONL(folder.path / "predictions.jsonl", key=("scorer", "id"), at=at)
+    if not store.finished:
+        for scorer in scorers:
+            todo = [e for e in examples if (scorer, e.id) not in store.done]
+            for part in scorer_parts(todo, scorer, at):
+                if part:
+                    store.append(score_examples(*folder.model(), part, scorer, cfg))
+        store.finish(order=[(s, e.id) for s in scorers for e in examples] if at.world > 1 else None)
+    metrics = None
+    changed = False
+    if at.main:  # the metrics are recomputed on every run (seconds): they follow the code that reports them
+        by_scorer = {s: [r["score"] for r in store.rows if r["scorer"] == s] for s in scorers}
+        metrics = judge_metrics(store.rows, examples, scorers, cfg.n_bootstrap, cfg.seed)
+        changed = any([write_json_if_changed(folder.path / "metrics.json", metrics),
+                       write_json_if_changed(folder.path / "calibration.json",
+                                             {s: accuracy_by_confidence(v) for s, v in by_scorer.items()})])
+    folder.finish(changed, skipped_rows=skipped, n_examples=len(examples), excluded_ids=len(excluded),
+                  processes=at.world)
+    # in the scorers' order on the main process (the file's keys are sorted)
+    return metrics or read_json(folder.path / "metrics.json")
+
+
+def scorer_parts(todo: list[Example], scorer: str, at) -> list[list[Example]]:
+    """The pairs this process scores, in calls: one process, all in one call; several, chunks of SHARD_CHUNK,
+    every world-th to each (their scores agree with one process's within float tolerance, the batches being
+    others); `length` and `random` need no model and are the main process's, in one call."""
+    if at.world == 1:
+        return [todo]
+    if scorer in ("length", "random"):
+        return [todo] if at.main else []
+    return [part for _, part in at.mine([todo[k : k + SHARD_CHUNK] for k in range(0, len(todo), SHARD_CHUNK)])]
+
+
+def summary(metrics: dict, out) -> str:
+    return metrics_table(metrics)

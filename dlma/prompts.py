@@ -131,6 +131,12 @@ def custom_pairs(names) -> dict:
     return {n: asdict(PAIRS[n]) for n in sorted(set(names)) if n not in BUILT_IN}
 
 
+def with_custom_pairs(names) -> dict:
+    """{"pair_definitions": ...} when user-defined prompt pairs are used, else nothing (params stay as they were)."""
+    defs = custom_pairs(names)
+    return {"pair_definitions": defs} if defs else {}
+
+
 def flatten_context(turns: list[str]) -> str:
     """turn0 + "\\nASSISTANT: " + turn1 + "\\nUSER: " + turn2 ... (the released code's flattening)."""
     out = turns[0]

@@ -55,9 +55,6 @@ def quiet_transformers() -> None:
 def progress() -> bool:
     """Draw progress bars and print timings? Off when DLMA_PROGRESS=0 (set by `dlma run` for its notebooks),
     and on all but the main process of a launch (one bar per launch, not one per GPU)."""
-    return os.environ.get("DLMA_PROGRESS", "1") != "0" and launch_rank() == 0
+    from .distributed import rank
 
-
-def launch_rank() -> int:
-    """This process's rank in a launch (`accelerate launch`, torchrun set RANK); 0 in a single process."""
-    return int(os.environ.get("RANK", "0"))
+    return os.environ.get("DLMA_PROGRESS", "1") != "0" and rank() == 0

@@ -329,3 +329,331 @@ def training_frame(result: dict) -> pd.DataFrame:
                      "final loss": round(t["final_loss"], 4) if t.get("final_loss") is not None else "",
                      "notes": ", ".join(f"{k} {v}" for k, v in notes.items())})
     return pd.DataFrame(rows).set_index("method")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Stage 6 in words: the values the results page glues, each computed from baselines.json alone, so that what
+# the page says is true of the run it shows (a sentence whose wording depends on the outcome is chosen here).
+
+ALPHA = 0.05
+JUDGE_NAMES = {"rlaif": "the RLAIF judge", "contrast": "the contrast judge", "http": "the HTTP judge"}
+ANSWER_METRICS = (("refusal_rate", "refusal rate", 2), ("contrastive_score", "contrastive score", 2),
+                  ("perplexity_median", "median perplexity", 1), ("distinct_2", "distinct-2", 2),
+                  ("length_tokens", "length in tokens", 1))
+
+
+def baseline_comparisons(result: dict) -> list[dict]:
+    """Every judge verdict of stage 6, one dict per (method, judge, opponent), in the order of baselines.json:
+    `method`, `judge`, `opponent` and the verdict's summary (win, tie, lose, sign_test_p, win_rate, ...)."""
+    out = []
+    for m, e in result.items():
+        for key, v in e.items():
+            if "_vs_" in key and key != "implicit_vs_dlma":
+                judge, _, opponent = key.partition("_vs_")
+                out.append({"method": m, "judge": judge, "opponent": opponent, **v})
+    return out
+
+
+def holm_rejected(pvalues: list[float], alpha: float = ALPHA) -> list[bool]:
+    """Which hypotheses Holm's step-down procedure rejects at family-wise level `alpha` (p below
+    alpha / (m - k) for the k-th smallest, k from 0, until the first that is not)."""
+    rejected = [False] * len(pvalues)
+    for rank, i in enumerate(sorted(range(len(pvalues)), key=lambda k: pvalues[k])):
+        if not pvalues[i] < alpha / (len(pvalues) - rank):
+            break
+        rejected[i] = True
+    return rejected
+
+
+def _join(words) -> str:
+    words = list(words)
+    return ", ".join(words[:-1]) + " and " + words[-1] if len(words) > 1 else "".join(words)
+
+
+def _p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def _opponent(name: str) -> str:
+    return {"base": "the base model", "dlma": "DLMA"}.get(name, name)
+
+
+def _where(c: dict) -> str:
+    """'dlma_gamma0.1 against the base model by the RLAIF judge'."""
+    return f"{c['method']} against {_opponent(c['opponent'])} by {JUDGE_NAMES.get(c['judge'], c['judge'])}"
+
+
+def _tally(c: dict) -> str:
+    return f"{c['win']} wins to {c['lose']}" + (f", {c['tie']} ties" if c["tie"] else "")
+
+
+def _excludes(ci, value: float) -> bool:
+    return ci[0] > value or ci[1] < value
+
+
+def _range(lo: str, hi: str) -> str:
+    return lo if lo == hi else f"{lo} to {hi}"
+
+
+def _listed(items: list[str], limit: int = 6) -> str:
+    """The first `limit` items, separated by semicolons (each may hold commas); the rest counted."""
+    more = f"; and {len(items) - limit} more (the notebook's verdicts table lists them)" if len(items) > limit else ""
+    return "; ".join(items[:limit]) + more
+
+
+def _small(n: int) -> str:
+    return ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")[n] if 0 <= n <= 10 \
+        else str(n)
+
+
+def _separate(k: int, n: int) -> str:
+    return f"{k} of the {n} comparisons separate{'s' if k == 1 else ''}"
+
+
+def _count_sentence(n: int, singular: str, plural: str) -> str:
+    return f"none {singular}" if n == 0 else f"one {singular}" if n == 1 else f"{n} {plural}"
+
+
+def sign_test_reading(result: dict, alpha: float = ALPHA) -> dict:
+    """The sign tests of wins against losses over every comparison of stage 6 (method x opponent x judge), as
+    glue values: `baselines_sign_tests` (how many comparisons separate after Holm's correction, which have
+    p < alpha and whether that is more than chance gives, which win-rate intervals exclude 0.5),
+    `baselines_near_misses` (alpha <= p < 0.10), `baselines_vs_dlma` (every method against DLMA),
+    `baselines_dlma_vs_base` (DLMA against the base model, by each judge) and `baselines_separation` (the
+    verdict in a clause, for another page)."""
+    from scipy.stats import binom
+
+    comps = baseline_comparisons(result)
+    n = len(comps)
+    n_pairs = len({frozenset((c["method"], c["opponent"])) for c in comps})
+    n_judges = len({c["judge"] for c in comps})
+    holm = [c for c, r in zip(comps, holm_rejected([c["sign_test_p"] for c in comps], alpha), strict=True) if r]
+    sig = sorted((c for c in comps if c["sign_test_p"] < alpha), key=lambda c: c["sign_test_p"])
+    excluding = [c for c in comps if _excludes(c["win_rate"]["ci95"], 0.5)]
+
+    def detail(c):
+        return f"{_where(c)}, {_tally(c)} ({_p(c['sign_test_p'])}, win rate {_ci(c['win_rate'])})"
+
+    if holm:
+        head = (f"{_separate(len(holm), n)} after Holm's correction for {n} tests: "
+                f"{_listed([detail(c) for c in holm])}.")
+        separation = f"{_separate(len(holm), n)} after Holm's correction for {n} tests"
+    else:
+        head = "No method separates from another."
+        separation = f"no method separates from another (none of the {n} sign tests survives Holm's correction)"
+    body = (f"Of the {n} comparisons ({n_pairs} pairs of methods, {_small(n_judges)} judges), "
+            f"{_count_sentence(len(sig), 'has', 'have')} a sign test of wins against losses below {alpha:g}")
+    if sig:
+        expected = alpha * n
+        body += (f", about what {n} tests give by chance alone (at most {expected:.1f} expected at the {alpha:g} level)"
+                 if binom.sf(len(sig) - 1, n, alpha) >= alpha else
+                 f", more than the {expected:.1f} that {n} tests give by chance alone at the {alpha:g} level")
+        if not holm:
+            body += f", and {'it does not' if len(sig) == 1 else 'none'} survive{'' if len(sig) == 1 else 's'} " \
+                    f"Holm's correction for the {n} tests"
+        body += f": {_listed([detail(c) for c in sig])}"
+    body += "."
+    if excluding and len(sig) == 1 and excluding == sig:
+        intervals = f"Its win-rate interval is the only one of the {n} that excludes 0.5."
+    elif excluding:
+        intervals = (f"{'One' if len(excluding) == 1 else len(excluding)} of the {n} win-rate intervals "
+                     f"exclude{'s' if len(excluding) == 1 else ''} 0.5: {_listed([_where(c) for c in excluding])}.")
+    else:
+        intervals = f"None of the {n} win-rate intervals excludes 0.5."
+
+    near = [c for c in comps if alpha <= c["sign_test_p"] < 0.10]
+    groups: dict = {}
+    for c in sorted(near, key=lambda c: c["sign_test_p"]):
+        key = (c["judge"], c["opponent"], c["win"], c["tie"], c["lose"], round(c["sign_test_p"], 3))
+        groups.setdefault(key, []).append(c)
+    if groups:
+        parts = []
+        for (judge, opponent, *_), cs in groups.items():
+            c = cs[0]
+            parts.append(f"{_join(x['method'] for x in cs)} against {_opponent(opponent)} by "
+                         f"{JUDGE_NAMES.get(judge, judge)}, {_tally(c)}{' each' if len(cs) > 1 else ''} "
+                         f"({_p(c['sign_test_p'])})")
+        near_text = f"Between {alpha:g} and 0.10: {_listed(parts)}."
+    else:
+        near_text = "No other sign test has p below 0.10."
+
+    against = [c for c in comps if c["opponent"] == "dlma"]
+    against_sig = [c for c in against if c["sign_test_p"] < alpha]
+    if not against:
+        vs_dlma = "No method was compared with DLMA in this run."
+    elif against_sig:
+        vs_dlma = (f"Against DLMA, {len(against_sig)} of the {len(against)} comparisons "
+                   f"{'has' if len(against_sig) == 1 else 'have'} a sign test below "
+                   f"{alpha:g}: {_listed([detail(c) for c in against_sig])}.")
+    else:
+        vs_dlma = (f"Against DLMA, no method wins or loses with a sign test below {alpha:g} (the smallest p of "
+                   f"the {len(against)} comparisons is {min(c['sign_test_p'] for c in against):.3f}).")
+
+    def outcome(c):
+        w, t, lose = c["win"], c["tie"], c["lose"]
+        said = f"wins {w} to {lose}" if w > lose else f"loses {w} to {lose}" if w < lose else \
+            f"ties, {w} wins to {lose}"
+        ties = f", {t} ties" if t else ""
+        return f"by {JUDGE_NAMES.get(c['judge'], c['judge'])} it {said}{ties} ({_p(c['sign_test_p'])})"
+
+    own = [c for c in comps if c["method"] == "dlma" and c["opponent"] == "base"]
+    dlma_vs_base = f"DLMA itself, against the base model: {'; '.join(outcome(c) for c in own)}." if own else ""
+    return {"baselines_sign_tests": f"{head} {body} {intervals}", "baselines_near_misses": near_text,
+            "baselines_vs_dlma": vs_dlma, "baselines_dlma_vs_base": dlma_vs_base,
+            "baselines_separation": separation}
+
+
+def judges_reading(result: dict) -> dict:
+    """What the judges did, as glue values: `baselines_rlaif_consistency` (the range of the RLAIF judge's
+    position consistency, '9% to 31%'), `baselines_rlaif_reading` (that range, the share of its verdicts that
+    are ties, and, when its orders agree on fewer than half of the prompts of every comparison, that it
+    answers by position more than by content), `baselines_length_reading` (how far the length-controlled win
+    rates are from the raw ones, the range of mean answer lengths), `baselines_contrast_reading` (the contrast
+    judge's ties and its win-rate intervals that exclude 0.5) and `baselines_http_judge` (whether an
+    OpenAI-compatible judge judged this run)."""
+    comps = baseline_comparisons(result)
+    rlaif = [c for c in comps if c["judge"] == "rlaif"]
+    consistency = [c["position_consistency"] for c in rlaif if np.isfinite(c.get("position_consistency", np.nan))]
+    if consistency:
+        agree = _range(f"{min(consistency):.0%}", f"{max(consistency):.0%}")
+        ties = sum(c["tie"] for c in rlaif) / sum(c["win"] + c["tie"] + c["lose"] for c in rlaif)
+        if max(consistency) < 0.5:
+            rlaif_text = (f"The RLAIF judge barely judges here: its two orders agree on only {agree} of the prompts, "
+                          f"so {ties:.0%} of its verdicts are ties; the model answers by the option's position more "
+                          "than by its content.")
+        else:
+            rlaif_text = (f"The RLAIF judge's two orders agree on {agree} of the prompts, and {ties:.0%} of its "
+                          "verdicts are ties (a tie where the orders disagree).")
+    else:
+        agree, rlaif_text = "no measured share", "The RLAIF judge gave no verdict in this run."
+
+    lengths = [e["length_tokens"]["value"] for e in result.values() if "length_tokens" in e]
+    lc_gap = max((abs(c["lc_win_rate"]["value"] - c["win_rate"]["value"]) for c in comps), default=0.0)
+    either = "either" if len({c["judge"] for c in comps}) == 2 else "every"
+    length_text = (f"The length-controlled win rates (of {either} judge) differ from the raw ones by at most "
+                   f"{lc_gap:.3f}")
+    if lengths:
+        length_text += (f"; the methods' answers are {_range(f'{min(lengths):.1f}', f'{max(lengths):.1f}')} tokens "
+                        "long on average")
+    length_text += "."
+
+    contrast = [c for c in comps if c["judge"] == "contrast"]
+    if contrast:
+        n_verdicts = sum(c["win"] + c["tie"] + c["lose"] for c in contrast)
+        n_ties = sum(c["tie"] for c in contrast)
+        decides = (f"The contrast judge always decides (no tie in its {n_verdicts:,} verdicts)" if not n_ties else
+                   f"The contrast judge ties on {n_ties:,} of its {n_verdicts:,} verdicts")
+        excluding = [c for c in contrast if _excludes(c["win_rate"]["ci95"], 0.5)]
+        contrast_text = decides + (
+            f", and none of its {len(contrast)} win-rate intervals excludes 0.5." if not excluding else
+            f"; {len(excluding)} of its {len(contrast)} win-rate intervals exclude 0.5: "
+            f"{_listed([_where(c) for c in excluding])}.")
+    else:
+        contrast_text = "The contrast judge gave no verdict in this run."
+
+    http = any(c["judge"] == "http" for c in comps)
+    return {"baselines_rlaif_consistency": agree, "baselines_rlaif_reading": rlaif_text,
+            "baselines_length_reading": length_text, "baselines_contrast_reading": contrast_text,
+            "baselines_http_judge": "one judged this run beside the base model's two" if http else
+            "none judged this run, which ran offline"}
+
+
+def implicit_reading(result: dict, alpha: float = ALPHA) -> str:
+    """Implicit-reward accuracy of every method in words: its range and whether every interval contains 0.5,
+    whether every paired difference from DLMA's has an interval containing 0 (with the smallest McNemar p),
+    and which method is highest and whether it differs significantly from DLMA."""
+    acc = {m: e["implicit_accuracy"] for m, e in result.items() if "implicit_accuracy" in e}
+    if not acc:
+        return "No method has an implicit-reward accuracy in this run."
+    values = [a["accuracy"] for a in acc.values()]
+    span = _range(f"{min(values):.3f}", f"{max(values):.3f}")
+    n = next(iter(acc.values()))["n"]
+    off = [m for m, a in acc.items() if _excludes(a["ci95"], 0.5)]
+    text = (f"Implicit-reward accuracy is indistinguishable from chance for every method: {span} on {n} human pairs, "
+            "every 95% interval containing 0.5." if not off else
+            f"Implicit-reward accuracy is {span} over the methods on {n} human pairs; the 95% intervals of "
+            f"{_join(off)} exclude 0.5.")
+    paired = {m: e["implicit_vs_dlma"] for m, e in result.items() if "implicit_vs_dlma" in e}
+    if paired:
+        apart = [m for m, p in paired.items() if _excludes(p["ci95"], 0.0)]
+        if apart:
+            text += " The paired difference from DLMA's has an interval excluding 0 for " + _join(
+                f"{m} ({p['difference']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}], McNemar "
+                f"{_p(p['mcnemar_p'])})" for m, p in paired.items() if m in apart) + "."
+        else:
+            text += (" Every paired difference from DLMA's has an interval containing 0 (the smallest McNemar p is "
+                     f"{min(p['mcnemar_p'] for p in paired.values()):.3f}).")
+    best = [m for m, a in acc.items() if a["accuracy"] == max(values)]
+    if len(best) > 1:
+        return text + f" The highest, {max(values):.3f}, is shared by {_join(best)}."
+    m = best[0]
+    if m == "dlma":
+        return text + f" The highest is DLMA's own, {fmt_acc(acc[m])}."
+    who = "rlhf, the RLHF stand-in trained on human pairs of the same distribution" if m == "rlhf" else m
+    text += f" The highest is {who}: {fmt_acc(acc[m])}"
+    if m in paired:
+        p = paired[m]["mcnemar_p"]
+        text += (f", significantly different from DLMA's (McNemar {_p(p)})" if p < alpha else
+                 f", not significantly different from DLMA's (McNemar {_p(p)})")
+    return text + "."
+
+
+def training_reading(result: dict) -> str:
+    """How far training moved the answers: every method's interval of each answer measure against the base
+    model's (the non-overlapping ones listed), with the shared budget; and how many training pairs the RLAIF
+    judge relabelled for rlaif_dpo."""
+    base = result.get("base", {})
+    budget = (result.get("dlma") or {}).get("training") or {}
+    lead = f"with {budget['n_steps']} steps of LoRA training on {budget['n_pairs']} pairs, " \
+        if "n_steps" in budget and "n_pairs" in budget else ""
+    measures = _join(label for _, label, _ in ANSWER_METRICS)
+    apart = []
+    for m, e in result.items():
+        if m == "base":
+            continue
+        for key, label, digits in ANSWER_METRICS:
+            if key in e and key in base and not (e[key]["ci95"][1] >= base[key]["ci95"][0]
+                                                 and e[key]["ci95"][0] <= base[key]["ci95"][1]):
+                apart.append(f"{m}'s {label}, {_ci(e[key], digits)} against the base model's {_ci(base[key], digits)}")
+    if apart:
+        text = (f"{lead[:1].upper()}{lead[1:]}{'every' if lead else 'Every'} method's interval of {measures} "
+                f"overlaps the base model's, except {_listed(apart)}.")
+    else:
+        text = (f"Training moved the answers little: {lead}every method's interval of {measures} overlaps the base "
+                "model's.")
+    t = (result.get("rlaif_dpo") or {}).get("training") or {}
+    if "swapped" in t:
+        text += (f" rlaif_dpo's judge swapped the prompt label of {t['swapped']} of its {t['n_pairs']} training pairs "
+                 f"and tied on {t.get('ties', 0)}, which keep it.")
+    return text
+
+
+def claim2_reading(result: dict, alpha: float = ALPHA) -> str:
+    """The conclusion on the paper's claim 2 that this run supports, chosen by whether any comparison
+    separates after Holm's correction and by which judges."""
+    comps = baseline_comparisons(result)
+    holm = [c for c, r in zip(comps, holm_rejected([c["sign_test_p"] for c in comps], alpha), strict=True) if r]
+    budget = (result.get("dlma") or {}).get("training") or {}
+    n_prompts = (result.get("base") or {}).get("refusal_rate", {}).get("n")
+    scale = [f"{budget['n_pairs']} training pairs"] if "n_pairs" in budget else []
+    scale += [f"{n_prompts} prompts"] if n_prompts else []
+    at = f"with {_join(scale)}, " if scale else ""
+    if not holm:
+        judges = "any of this run's judges" if any(c["judge"] == "http" for c in comps) else "a base-model judge"
+        return f"The paper's claim 2 is neither supported nor refuted here: {at}no method is distinguishable from " \
+               f"another by {judges}."
+    if all(c["judge"] in ("rlaif", "contrast") for c in holm):
+        return (f"{_separate(len(holm), len(comps))} after Holm's correction, but only by judges "
+                "made of the base model the methods were trained from, not by an independent judge such as the "
+                "paper's GPT-4: the paper's claim 2 is neither supported nor refuted here.")
+    return (f"{_separate(len(holm), len(comps))} after Holm's correction, the HTTP judge's among "
+            "them (listed above): read them at this run's scale, not the paper's.")
+
+
+def baselines_reading(result: dict) -> dict:
+    """Every glue value of stage 6's reading on the results page, by name (all strings): the methods
+    trained, the sign tests, the judges, implicit-reward accuracy, the answers and the conclusion."""
+    trained = [m for m in result if m not in ("base", "dlma")]
+    return {"baselines_methods": _join(trained) if trained else "none", **sign_test_reading(result),
+            **judges_reading(result), "baselines_implicit_reading": implicit_reading(result),
+            "baselines_training_reading": training_reading(result), "baselines_claim2": claim2_reading(result)}

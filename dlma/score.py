@@ -10,7 +10,7 @@ R > 0: the model's own contrast agrees that o1 is the better response. All four 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from .errors import check_fields
 from .logprobs import response_ids, sequence_logprobs, shared_prompt_logprobs
@@ -99,3 +99,45 @@ def contrast(s_pos: float, s_neg: float) -> float:
 def self_reward(s_o1_pos: float, s_o1_neg: float, s_o2_pos: float, s_o2_neg: float) -> float:
     """R = [S(o1|p+) - S(o1|p-)] - [S(o2|p+) - S(o2|p-)] = C(o1) - C(o2)."""
     return contrast(s_o1_pos, s_o1_neg) - contrast(s_o2_pos, s_o2_neg)
+
+
+def run_score(model_cfg, pairs, cfg: ScoreConfig, out, chunk: int = 32, model=None) -> list[dict]:
+    """Stage 2 (`dlma score`): `scored.jsonl` in `out.out`, each pair of `pairs.pairs` with its four S terms
+    and R (under the row's own pair and rendering, if it names them)."""
+    from .data import pairs_file, read_pairs
+    from .distributed import ShardedJSONL
+    from .folder import StageFolder
+    from .prompts import with_custom_pairs
+
+    folder = StageFolder(out.out, "score", model_cfg, model)
+    empty: list[str] = []
+    rows_in = read_pairs(pairs.pairs, dropped=empty)
+    params = {"pairs": str(pairs.pairs), **asdict(cfg),
+              **with_custom_pairs(p.get("pair") or cfg.pair for p in rows_in)}
+    at = folder.begin(params, {"pairs": pairs_file(pairs.pairs)}, out.force, launched=True)
+    folder.note_dropped(empty, "an empty response has no token to score")
+    store = ShardedJSONL(folder.path / "scored.jsonl", at=at)
+    chunks = [rows_in[k : k + chunk] for k in range(0, len(rows_in), chunk)]  # each process: every world-th chunk
+    settings = [[(p.get("pair") or cfg.pair, p.get("rendering") or cfg.rendering) for p in part] for part in chunks]
+    order = [p["id"] for part, setting in zip(chunks, settings, strict=True) for s in dict.fromkeys(setting)
+             for p, ps in zip(part, setting, strict=True) if ps == s]  # grouped by setting within a chunk
+    todo = [(k, part) for k, part in at.mine(chunks) if not all(p["id"] in store.done for p in part)]
+    if todo and not store.finished:
+        for k, part in todo:
+            rows = []
+            for name, rendering in dict.fromkeys(settings[k]):  # one call per (prompt pair, rendering)
+                group = [p for p, s in zip(part, settings[k], strict=True) if s == (name, rendering)]
+                terms = self_reward_terms(*folder.model(), [(p["turns"], p["o1"], p["o2"]) for p in group],
+                                          get_pair(name), rendering, cfg.score_batch_size,
+                                          max_length=cfg.score_max_length, desc=f"score {k + 1}/{len(chunks)}",
+                                          share_prompts=cfg.share_prompts, max_tokens=cfg.max_batch_tokens)
+                rows += [{**p, "pair": name, **t} for p, t in zip(group, terms, strict=True)]
+            store.append(rows)  # grouped by setting within a chunk: the order the published run's split used
+    store.finish(order=order if at.world > 1 else None)
+    folder.finish(n_pairs=len(store.rows), dropped={"empty_response": empty}, processes=at.world)
+    return store.rows
+
+
+def summary(rows: list[dict], out) -> str:
+    neg = sum(r["self_reward"] < 0 for r in rows)
+    return f"{len(rows)} pairs scored, {neg} with R < 0 -> {out.out}/scored.jsonl"

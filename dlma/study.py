@@ -13,7 +13,8 @@ on one slice of the labelled pairs and confirmed on the others (the paper uses o
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -29,11 +30,26 @@ ENSEMBLE, NORM = "ensemble", "/norm"
 @documented
 @dataclass
 class StudyConfig:
+    """The variants and the selection slice, and the scoring settings the study shares with stage 3 (its
+    variants bring their own pair and rendering)."""
+
     study_variants: str = "harmless,harmless@chat,helpful"
     study_select: int = 400
+    score_batch_size: int = 8
+    pref_max_length: int = 1024
+    max_batch_tokens: int = 0
+    share_prompts: bool = True
+    n_bootstrap: int = 1000
+    seed: int = 0
 
     def __post_init__(self):
-        check_fields(self, [(self.study_select >= 1, ("study_select",), "must be >= 1")])
+        check_fields(self, [
+            (self.study_select >= 1, ("study_select",), "must be >= 1"),
+            (self.score_batch_size >= 1, ("score_batch_size",), "must be >= 1"),
+            (self.pref_max_length >= 2, ("pref_max_length",), "must be >= 2 (a prompt token and a response token)"),
+            (self.max_batch_tokens >= 0, ("max_batch_tokens",), "must be >= 0 (0: by count on a CPU, auto on a GPU)"),
+            (self.n_bootstrap >= 1, ("n_bootstrap",), "must be >= 1"),
+        ])
         self.variant_list()
 
     def variant_list(self) -> list[tuple[str, str, str]]:
@@ -101,3 +117,96 @@ def confirm(selected: np.ndarray, reference: np.ndarray, n_boot: int = 1000, see
 def terms_row(terms: dict, n_o1: int, n_o2: int) -> dict:
     """A stored row: the four S terms, R and the two responses' token counts."""
     return {**{k: terms[k] for k in SCORE_KEYS}, "self_reward": terms["self_reward"], "n_o1": n_o1, "n_o2": n_o2}
+
+
+def stage3_rows(run_dir: Path, pref_data: str, study, variant: tuple[str, str, str], label_field: str) -> dict:
+    """{id: dlma row} of stage 3 when it scored `variant` with the very settings the study would use (the same
+    numbers, so not computed twice); else {}."""
+    from .artifacts import input_record, read_json, read_jsonl
+
+    folder = run_dir / "03_preference_accuracy"
+    if not (folder / "predictions.jsonl").is_file():
+        return {}
+    before = read_json(folder / "params.json")
+    same = {"pref_data": str(pref_data), "pref_pair": variant[1], "rendering": variant[2], "label_field": label_field,
+            "pref_max_length": study.pref_max_length, "share_prompts": study.share_prompts}
+    if any(before.get(k) != v for k, v in same.items()) or before["inputs"]["pref_data"] != input_record(pref_data):
+        return {}
+    return {r["id"]: r for r in read_jsonl(folder / "predictions.jsonl") if r["scorer"] == "dlma"}
+
+
+def run_pair_study(model_cfg, data, study: StudyConfig, run, model=None) -> dict:
+    """Stage 3b (`dlma pair-study`) in the run folder `run.run_dir`: the prompt-pair study on the labelled pairs
+    of `data` (params.PrefData). Writes
+    `03b_pair_study/` (scores.jsonl, study.json, manifest.json) and resumes variant by variant, reusing stage
+    3's scores of the reference."""
+    from .artifacts import PartialJSONL, write_json
+    from .data import check_limit, load_examples
+    from .folder import StageFolder
+    from .logprobs import response_ids
+    from .preference import summarize
+    from .prompts import with_custom_pairs
+    from .score import self_reward_terms
+
+    run_dir = Path(run.run_dir)
+    folder = StageFolder(run_dir / "03b_pair_study", "pair-study", model_cfg, model)
+    check_limit(data.pref_limit, "pref_limit")
+    variants = study.variant_list()
+    skipped: list[str] = []
+    examples = load_examples(data.pref_data, limit=data.pref_limit, require="labelled", label_field=data.label_field,
+                             on_invalid=data.on_invalid, skipped=skipped)
+    by_id = {e.id: e for e in examples}
+    select_ids, rest_ids = split_ids(list(by_id), study.study_select, study.seed)
+    params = {**asdict(data), "pref_data": str(data.pref_data), **asdict(study),
+              **with_custom_pairs([p for _, p, _ in variants])}
+    folder.begin(params, {"pref_data": data.pref_data}, run.force)
+    store = PartialJSONL(folder.path / "scores.jsonl", key=("variant", "id"))
+
+    def score(variant: tuple[str, str, str], ids: list[str]) -> None:
+        v, pair, rendering = variant
+        todo = [i for i in ids if (v, i) not in store.done]
+        if not todo:
+            return
+        m, tok = folder.model()
+        reuse = stage3_rows(run_dir, data.pref_data, study, variant, data.label_field)
+        fresh = [i for i in todo if i not in reuse]
+        items = [(by_id[i].turns, by_id[i].chosen, by_id[i].rejected) for i in fresh]
+        terms = dict(zip(fresh, self_reward_terms(m, tok, items, get_pair(pair), rendering, study.score_batch_size,
+                                                  max_length=study.pref_max_length, desc=v,
+                                                  share_prompts=study.share_prompts, max_tokens=study.max_batch_tokens),
+                         strict=True)) if fresh else {}
+        store.append([{"variant": v, "id": i, **terms_row(terms.get(i) or reuse[i],
+                                                         len(response_ids(by_id[i].chosen, tok)),
+                                                         len(response_ids(by_id[i].rejected, tok)))} for i in todo])
+
+    if not store.finished:
+        for variant in variants:  # step 2: every variant on the selection slice
+            score(variant, select_ids)
+    rows = {(r["variant"], r["id"]): r for r in store.rows}
+    names = [v for v, _, _ in variants]
+    on_slice = candidate_scores(rows, names, select_ids)
+    selection = {c: summarize(s, study.n_bootstrap, study.seed) for c, s in on_slice.items()}
+    chosen = select(selection)
+    if not store.finished:  # step 3: the selected candidate and the reference on the rest
+        for variant in variants:
+            if variant[0] in needs(chosen, names) or variant[0] == names[0]:
+                score(variant, rest_ids)
+        store.finish()
+    rows = {(r["variant"], r["id"]): r for r in store.rows}
+    scored_rest = [v for v in names if all((v, i) in rows for i in rest_ids)]
+    on_rest = candidate_scores(rows, scored_rest, rest_ids)  # the selected candidate and the reference among them
+    reference = names[0]
+    result = {
+        "split": {"seed": study.seed, "n_select": len(select_ids), "n_rest": len(rest_ids)},
+        "reference": reference,
+        "selection": selection,
+        "selected": chosen,
+        "confirmation": {
+            "selected": summarize(on_rest[chosen], study.n_bootstrap, study.seed),
+            "reference": summarize(on_rest[reference], study.n_bootstrap, study.seed),
+            "paired": confirm(on_rest[chosen], on_rest[reference], study.n_bootstrap, study.seed),
+        },
+    }
+    write_json(folder.path / "study.json", result)
+    folder.finish(changed=True, skipped_rows=skipped, n_examples=len(examples))
+    return result

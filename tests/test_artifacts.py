@@ -9,7 +9,7 @@ import pytest
 
 from dlma.artifacts import (
     PartialJSONL,
-    atomic_write_text,
+    atomic_write,
     read_jsonl,
     sha256_file,
     write_json,
@@ -18,19 +18,19 @@ from dlma.artifacts import (
 )
 
 
-def test_atomic_write_text_leaves_no_temp_files(tmp_path):
+def test_atomic_write_leaves_no_temp_files(tmp_path):
     target = tmp_path / "sub" / "a.txt"
-    atomic_write_text(target, "one\n")
-    atomic_write_text(target, "two\n")
+    atomic_write(target, "one\n")
+    atomic_write(target, "two\n")
     assert target.read_text() == "two\n"
     assert sorted(p.name for p in target.parent.iterdir()) == ["a.txt"]
 
 
-def test_atomic_write_text_failure_keeps_the_old_file(tmp_path):
+def test_atomic_write_failure_keeps_the_old_file(tmp_path):
     target = tmp_path / "a.txt"
-    atomic_write_text(target, "old\n")
+    atomic_write(target, "old\n")
     with pytest.raises(TypeError):
-        atomic_write_text(target, 123)  # fails inside the write
+        atomic_write(target, 123)  # fails inside the write
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
 

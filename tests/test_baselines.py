@@ -103,7 +103,7 @@ def run_to_stage5(tmp_path, tiny_model_dir) -> Path:
     write_jsonl(run / "03_preference_accuracy" / "predictions.jsonl",
                 [{"scorer": "dlma", "id": "hh-0001", "score": 1.0}])
     model_cfg = ModelConfig(tiny_model_dir, device="cpu")
-    train_stage(run, model_cfg, TrainConfig(load_in_4bit=False, train_batch_size=4, train_max_length=48,
+    train_stage(run, model_cfg, TrainConfig(qlora=False, train_batch_size=4, train_max_length=48,
                                             max_prompt_length=24, learning_rate=1e-3, warmup_steps=0), 0.2)
     run_evaluate(run, model_cfg, EvalConfig(eval_n_prompts=3, eval_n_pairs=3, eval_max_new_tokens=6, eval_batch_size=2))
     # a prompt-pair study that selected the length-normalised `helpful` pair

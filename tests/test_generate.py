@@ -17,10 +17,10 @@ import torch
 
 from dlma.artifacts import sha256_file
 from dlma.data import load_examples
-from dlma.generate import GenerateConfig, cut_response
+from dlma.generate import GenerateConfig, cut_response, run_generate
 from dlma.models import DEFAULT_MODEL, ModelConfig, load_tokenizer, resolve_spec, weights_sha256
+from dlma.params import Out, Queries
 from dlma.prompts import stop_strings
-from dlma.stages import run_generate
 
 N, BATCH, NEW_TOKENS = 16, 4, 8
 
@@ -108,10 +108,15 @@ def gen_cfg(seed: int = 0) -> GenerateConfig:
     return GenerateConfig(max_new_tokens=NEW_TOKENS, gen_batch_size=BATCH, seed=seed)
 
 
+def generate(out: Path, cfg: GenerateConfig, n: int, model) -> list[dict]:
+    """Stage 1 as `dlma generate` runs it: the first `n` shipped queries into the folder `out`."""
+    return run_generate(ModelConfig(DEFAULT_MODEL), Queries("sample:queries", n), cfg, Out(str(out)), model=model)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(embedded, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("gen-uninterrupted")
-    run_generate(out, ModelConfig(DEFAULT_MODEL), "sample:queries", gen_cfg(0), N, model=embedded)
+    generate(out, gen_cfg(0), N, model=embedded)
     return out
 
 
@@ -175,7 +180,7 @@ def test_resume_after_a_torn_partial_batch(embedded, tmp_path, uninterrupted):
     out.mkdir()
     shutil.copy(uninterrupted / "params.json", out / "params.json")  # written before the first pair
     (out / "pairs.partial.jsonl").write_text("".join(good[: BATCH + 2]) + good[BATCH + 2][:40])
-    rows = run_generate(out, ModelConfig(DEFAULT_MODEL), "sample:queries", gen_cfg(0), N, model=embedded)
+    rows = generate(out, gen_cfg(0), N, model=embedded)
     assert len(rows) == N
     assert (out / "pairs.jsonl").read_bytes() == (uninterrupted / "pairs.jsonl").read_bytes()
 
@@ -185,14 +190,13 @@ def test_finished_run_is_not_regenerated(embedded, tmp_path, uninterrupted):
     out = tmp_path / "again"
     shutil.copytree(uninterrupted, out)
     before = (out / "pairs.jsonl").stat().st_mtime_ns
-    rows = run_generate(out, ModelConfig(DEFAULT_MODEL), "sample:queries", gen_cfg(0), N,
-                        model=(None, None))  # any use of the model would fail
+    rows = generate(out, gen_cfg(0), N, model=(None, None))  # any use of the model would fail
     assert len(rows) == N and (out / "pairs.jsonl").stat().st_mtime_ns == before
 
 
 @pytest.mark.slow
 def test_another_seed_gives_other_pairs(embedded, tmp_path, uninterrupted):
-    rows = run_generate(tmp_path, ModelConfig(DEFAULT_MODEL), "sample:queries", gen_cfg(1), N, model=embedded)
+    rows = generate(tmp_path, gen_cfg(1), N, model=embedded)
     base = [json.loads(line) for line in (uninterrupted / "pairs.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == [r["id"] for r in base]
     differ = sum((a["o1"], a["o2"]) != (b["o1"], b["o2"]) for a, b in zip(rows, base, strict=True))
@@ -244,11 +248,11 @@ def test_token_budget_batches_by_length_and_writes_in_query_order(embedded, tmp_
     batches, budget = query_batches(model, tok, examples, cfg)
     assert budget == 200 and sorted(e.id for b in batches for e in b) == sorted(e.id for e in examples)
     assert len(batches) > 3  # more than the 3 batches of 4 by count: the budget binds
-    rows = run_generate(tmp_path / "a", ModelConfig(DEFAULT_MODEL), "sample:queries", cfg, 10, model=embedded)
+    rows = generate(tmp_path / "a", cfg, 10, model=embedded)
     assert [r["id"] for r in rows] == [e.id for e in examples]
     assert sorted({r["batch"] for r in rows}) == list(range(len(batches)))
     assert json.loads((tmp_path / "a" / "manifest.json").read_text())["max_batch_tokens"] == 200
-    again = run_generate(tmp_path / "b", ModelConfig(DEFAULT_MODEL), "sample:queries", cfg, 10, model=embedded)
+    again = generate(tmp_path / "b", cfg, 10, model=embedded)
     assert again == rows
     assert (tmp_path / "a" / "pairs.jsonl").read_bytes() == (tmp_path / "b" / "pairs.jsonl").read_bytes()
     # killed after two batches: the rest is generated, the file is the same
@@ -256,5 +260,5 @@ def test_token_budget_batches_by_length_and_writes_in_query_order(embedded, tmp_
     (tmp_path / "c").mkdir()
     shutil.copy(tmp_path / "a" / "params.json", tmp_path / "c" / "params.json")
     (tmp_path / "c" / "pairs.partial.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done))
-    run_generate(tmp_path / "c", ModelConfig(DEFAULT_MODEL), "sample:queries", cfg, 10, model=embedded)
+    generate(tmp_path / "c", cfg, 10, model=embedded)
     assert (tmp_path / "c" / "pairs.jsonl").read_bytes() == (tmp_path / "a" / "pairs.jsonl").read_bytes()

@@ -1,58 +1,163 @@
-"""One vocabulary: a parameter has one name and one help text from preset to notebook to CLI to manifest."""
+"""One vocabulary and one parameter path: a parameter has one name, one default and one help text, and every
+path a user takes (a command line, a preset, `--set`, a notebook's parameters) reads it with the CLI's parser."""
 
 from __future__ import annotations
 
 import dataclasses
-import re
+import json
+import typing
 
+import papermill as pm
 import pytest
 
-from dlma.cli import command_types, commands, main
-from dlma.params import HELP
-from dlma.pipeline import ROOT, STAGES, load_preset, notebook_path
+from dlma.commands import COMMANDS, NOTEBOOKS, STAGES, notebook_fields, run_stage, step_values
+from dlma.errors import DLMAError
+from dlma.params import HELP, PATHS, parse
+from dlma.pipeline import ROOT, load_preset, notebook_path, parameters_source, resolve_params, stage_params
 
 
-def cli_fields() -> dict[str, dataclasses.Field]:
-    """Every option of every command, by name, from the dataclasses the commands are built from."""
-    return {f.name: f for command in commands() for cls in command_types(command) for f in dataclasses.fields(cls)}
+def all_fields() -> dict[str, list[dataclasses.Field]]:
+    """Every option of every command, by name (a name can belong to several commands' dataclasses)."""
+    out: dict[str, list] = {}
+    for command in COMMANDS.values():
+        for cls in command.types():
+            for f in dataclasses.fields(cls):
+                out.setdefault(f.name, []).append(f)
+    return out
 
 
-def notebook_comments(stage: str) -> dict[str, str]:
-    import json
-
-    nb = json.loads(notebook_path(stage).read_text())
-    cell = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
-    return dict(re.findall(r"^(\w+) = .*?  # (.*)$", "".join(cell["source"]), re.M))
+def test_a_shared_name_has_one_default_and_one_help():
+    for name, fields in all_fields().items():
+        assert {repr(f.default) for f in fields} | {"<MISSING>"} >= {repr(f.default) for f in fields}
+        defaults = {repr(f.default) for f in fields if f.default is not dataclasses.MISSING}
+        assert len(defaults) <= 1, f"{name} has several defaults: {defaults}"
+        assert {f.metadata["help"] for f in fields} == {HELP[name]}, name
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_notebook_parameters_are_cli_options_with_the_same_help(stage):
-    fields = cli_fields()
-    for name, comment in notebook_comments(stage).items():
-        assert comment == HELP[name], f"{stage}: the comment of {name} is not dlma.params.HELP's"
-        if name != "run_dir":  # set by `dlma run` alone
-            assert name in fields, f"{stage}: parameter {name} is no option of the CLI"
-            assert fields[name].metadata["help"] == HELP[name]
+def test_notebook_parameters_cell_is_written_from_the_registry(stage):
+    nb = json.loads(notebook_path(stage).read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
+    assert "".join(cell["source"]) == parameters_source(stage), \
+        f"{stage}: its parameters cell is stale: run `make notebooks`"
+    seen = set(pm.inspect_notebook(str(notebook_path(stage))))
+    assert seen == {"run_dir", *notebook_fields(stage)}  # papermill sees every one
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_notebook_makes_its_one_call_with_its_parameters(stage):
+    nb = json.loads(notebook_path(stage).read_text())
+    code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    assert f'dlma.stage("{stage}", globals())' in code
+
+
+# A valid value other than the default for each text parameter (a new one must be added here).
+TEXT = {"model": "my-model", "dtype": "float32", "device": "cpu", "adapter": "adapters/a", "queries": "q.jsonl",
+        "pair": "helpful", "rendering": "chat", "pref_data": "p.jsonl", "on_invalid": "error",
+        "label_field": "better_response_id", "scorers": "dlma,length", "pref_pair": "helpful",
+        "rlaif_instruction": "Which is kinder?", "study_variants": "harmless,helpful", "optim": "sgd",
+        "lr_scheduler_type": "linear", "report_to": "none", "baseline_methods": "rlcd",
+        "judge_url": "https://judge.example/v1", "judge_model": "judge-1", "judge_key_env": "MY_KEY",
+        "pairs_file": ""}
+
+
+def distinct_value(name: str, f: dataclasses.Field):
+    """A valid value of the field's type, other than its default where one is known."""
+    if name in TEXT:
+        return TEXT[name]
+    hint = f.type if isinstance(f.type, str) else f.type.__name__
+    if hint.startswith("bool"):
+        return not f.default
+    if hint.startswith("int"):
+        return (f.default or 0) + 3
+    assert hint.startswith("float"), (name, hint)
+    return f.default * 0.5 if f.default else 0.25
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_parameter_a_notebook_declares_reaches_its_stage(stage, monkeypatch):
+    """papermill's value for every parameter a notebook declares ends in the configs its stage runs with."""
+    declared = notebook_fields(stage)
+    values = {k: distinct_value(k, f) for k, f in declared.items()}
+    if values.get("weighting"):
+        values["gamma"] = 0.0  # weighting needs gamma 0
+    called = []
+    monkeypatch.setattr(type(COMMANDS["generate"]), "run", lambda self, configs, **kw: called.append(configs))
+    run_stage(stage, {"run_dir": "runs/x", **values})
+    got = {f.name: getattr(c, f.name) for configs in called for c in configs for f in dataclasses.fields(c)}
+    for key, value in values.items():
+        assert got[key] == value, f"{stage}: {key} did not reach its stage"
+
+
+def test_a_parameter_no_stage_takes_is_refused_with_the_nearest_name():
+    with pytest.raises(DLMAError, match=r"unknown parameter 'n_querys' \(did you mean 'n_queries'\?\)"):
+        parse(COMMANDS["generate"].types(), {"n_querys": 2, "out": "o"})
+    with pytest.raises(DLMAError, match=r"notebook 01_generate: parameter 'max_new_tokens': expected an integer"):
+        run_stage("01_generate", {"run_dir": "r", "max_new_tokens": "abc"})
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (ROOT / "params").glob("*.yaml")))
-def test_preset_keys_are_the_same_names(preset):
-    fields = cli_fields()
-    assert set(load_preset(preset)) - {"description"} <= set(fields)
+def test_preset_keys_are_stage_options(preset):
+    declared = {k for stage in STAGES for k in notebook_fields(stage)}
+    assert set(load_preset(preset)) - {"description"} <= declared
 
 
-def test_every_option_has_help_and_help_shows_it(capsys):
-    for name, f in cli_fields().items():
-        assert f.metadata.get("help"), name
-    with pytest.raises(SystemExit):
-        main(["train", "--help"])
-    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
-    for name in ("train_batch_size", "margin_low", "max_prompt_length", "report_to"):
-        assert f"--{name.replace('_', '-')}" in out and " ".join(HELP[name].split()) in out
+def test_every_option_of_a_stage_command_can_be_set_from_a_preset_and_set():
+    notebook = {k for stage in STAGES for k in notebook_fields(stage)}
+    for name, command in COMMANDS.items():
+        for f in (f for t in command.types() for f in dataclasses.fields(t) if f.name not in PATHS):
+            assert f.name in notebook, f"{name}: --{f.name} cannot be set from a preset"
+    assert resolve_params("smoke", ["weighting=true", "gamma=0"])["weighting"] is True
+    assert resolve_params("smoke", ["n_queries=null"])["n_queries"] is None  # "all if not given"
+
+
+def test_stages_5_and_6_use_the_runs_pref_max_length():
+    params = resolve_params("default", [])
+    [step] = NOTEBOOKS["05_evaluate_alignment"]
+    configs = parse(COMMANDS[step.command].types(), step_values(step, stage_params("05_evaluate_alignment", params,
+                                                                                    ROOT / "runs" / "x"), "r"))
+    cfg = next(c for c in configs if type(c).__name__ == "EvalConfig")
+    assert cfg.pref_max_length == params["pref_max_length"] == 256
+    assert cfg.pref_config().pref_max_length == 256  # what scores stage 5's human pairs and stage 6's
+
+
+def test_every_command_help_shows_each_option_and_its_help(capsys):
+    from dlma.cli import main
+
+    for name, command in COMMANDS.items():
+        with pytest.raises(SystemExit) as e:
+            main([name, "--help"])
+        assert e.value.code == 0, name
+        out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        for f in (f for t in command.types() for f in dataclasses.fields(t)):
+            assert f"--{f.name.replace('_', '-')}" in out and " ".join(f.metadata["help"].split()) in out, \
+                (name, f.name)
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--help"])
+    assert e.value.code == 0 and "--preset" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", [*COMMANDS, "run"])
+def test_a_misspelt_option_is_one_line_with_the_nearest(name, capsys):
+    from dlma.cli import main
+
+    if name == "run":
+        argv = ["run", "--prest", "smoke"]
+    else:
+        fields = [f for t in COMMANDS[name].types() for f in dataclasses.fields(t)]
+        required = [f.name for f in fields if f.default is dataclasses.MISSING]
+        option = next(f.name for f in fields if f.name not in PATHS)
+        argv = [name, *[a for r in required for a in (f"--{r}", "x")], f"--{option[:-1]}", "1"]  # one letter short
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"dlma {name}: error:" in err and "did you mean" in err, err
 
 
 def test_the_cli_takes_both_spellings(tmp_path, capsys):
     from dlma.artifacts import write_jsonl
+    from dlma.cli import main
 
     rows = [{"id": f"p{i}", "turns": ["q"], "o1": "a", "o2": "b", "self_reward": 1.0} for i in range(4)]
     write_jsonl(tmp_path / "scored.jsonl", rows)
@@ -61,5 +166,12 @@ def test_the_cli_takes_both_spellings(tmp_path, capsys):
     assert main(["split", "--pairs", str(tmp_path / "scored.jsonl"), "--holdout-fraction", "0.5",
                  "--out", str(tmp_path / "b")]) == 0
     assert (tmp_path / "a" / "heldout.jsonl").read_bytes() == (tmp_path / "b" / "heldout.jsonl").read_bytes()
-    manifest = __import__("json").loads((tmp_path / "a" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert manifest["params"]["holdout_fraction"] == 0.5  # the same name in the manifest
+
+
+def test_type_hints_are_ones_the_parser_reads():
+    for name, fields in all_fields().items():
+        for f in fields:
+            hint = str(f.type)
+            assert typing.get_origin(f.type) is None or "None" in hint, (name, hint)

@@ -11,18 +11,10 @@ import papermill as pm
 import pytest
 import yaml
 
+from dlma.commands import STAGES, notebook_fields
 from dlma.errors import DLMAError
-from dlma.pipeline import (
-    ROOT,
-    SET_BY_PIPELINE,
-    STAGES,
-    load_preset,
-    notebook_parameters,
-    notebook_path,
-    parse_overrides,
-    resolve_params,
-    run_pipeline,
-)
+from dlma.params import PATHS
+from dlma.pipeline import ROOT, load_preset, notebook_path, parse_overrides, resolve_params, run_pipeline
 
 PRESETS = sorted(p.stem for p in (ROOT / "params").glob("*.yaml"))
 
@@ -44,7 +36,7 @@ def assigned_names(source: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def declared() -> dict[str, dict]:
-    return {stage: notebook_parameters(stage) for stage in STAGES}
+    return {stage: notebook_fields(stage) for stage in STAGES}
 
 
 def test_presets_exist():
@@ -67,26 +59,15 @@ def test_every_preset_parameter_is_declared(preset, declared):
     all_declared = {k for params in declared.values() for k in params}
     unknown = set(load_preset(preset)) - all_declared - {"description"}
     assert not unknown, f"params/{preset}.yaml: {sorted(unknown)} declared by no notebook"
-    assert not set(load_preset(preset)) & set(SET_BY_PIPELINE)
-
-
-def test_shared_parameters_have_one_default(declared):
-    """A name declared by several notebooks (model, seed, ...) means one thing: same default everywhere."""
-    defaults: dict[str, set] = {}
-    for params in declared.values():
-        for k, v in params.items():
-            defaults.setdefault(k, set()).add(v)
-    assert {k: v for k, v in defaults.items() if len(v) > 1} == {}
+    assert not set(load_preset(preset)) & set(PATHS)
 
 
 def test_resolve_params_refuses_unknown_keys():
     with pytest.raises(DLMAError) as e:
         resolve_params("smoke", ["max_new_tokns=8"])
-    msg = str(e.value)
-    assert "max_new_tokns" in msg
-    known = msg.split("known:", 1)[1]
-    assert "max_new_tokens" in known and "seed" in known and "scorers" in known
-    with pytest.raises(DLMAError, match="run_dir"):
+    assert "unknown parameter 'max_new_tokns' (did you mean 'max_new_tokens'?)" in str(e.value)
+    assert str(e.value).startswith("--set max_new_tokns=")
+    with pytest.raises(DLMAError, match="run_dir' is set by `dlma run` itself"):
         resolve_params("smoke", ["run_dir=/tmp/x"])
     with pytest.raises(DLMAError, match="nonexistent.*known: .*smoke"):
         resolve_params("nonexistent", [])
@@ -95,7 +76,8 @@ def test_resolve_params_refuses_unknown_keys():
 
 def test_parse_overrides_types_values_as_yaml():
     got = parse_overrides(["a=1", "b=0.5", "c=true", "d=[1, 2]", "e=hello", "f=null", "g=5.0e-5", "h=a=b", " i =2"])
-    assert got == {"a": 1, "b": 0.5, "c": True, "d": [1, 2], "e": "hello", "f": None, "g": 5e-5, "h": "a=b", "i": 2}
+    assert got == {"a": 1, "b": 0.5, "c": True, "d": "[1, 2]", "e": "hello", "f": None, "g": 5e-5, "h": "a=b",
+                   "i": 2}  # a list stays text: no option takes one
     assert isinstance(got["a"], int) and isinstance(got["b"], float)
     for bad in ("novalue", "=3"):
         with pytest.raises(DLMAError, match="KEY=VALUE"):
@@ -103,33 +85,63 @@ def test_parse_overrides_types_values_as_yaml():
 
 
 def test_rerun_with_other_parameters_of_a_finished_stage_is_refused(tmp_path):
-    run_dir = run_pipeline("smoke", ["max_new_tokens=8"], run_id="r1", publish=False, runs_root=tmp_path, stages=())
-    assert json.loads((run_dir / "params.json").read_text()) == {**load_preset("smoke"), "max_new_tokens": 8}
+    run_dir = run_pipeline("smoke", ["max_new_tokens=8"], run_id="r1", runs_root=tmp_path, stages=())
+    preset = {k: v for k, v in load_preset("smoke").items() if k != "description"}
+    assert json.loads((run_dir / "params.json").read_text()) == {**preset, "max_new_tokens": 8}
     (run_dir / "01_generate").mkdir()
     (run_dir / "01_generate" / ".done").write_text("1.0\n")  # stage 1 finished with max_new_tokens=8
     # the same parameters: accepted (this is how a killed run resumes)
-    run_pipeline("smoke", ["max_new_tokens=8"], run_id="r1", publish=False, runs_root=tmp_path, stages=())
+    run_pipeline("smoke", ["max_new_tokens=8"], run_id="r1", runs_root=tmp_path, stages=())
     with pytest.raises(DLMAError, match=r"finished stages made with other parameters \(max_new_tokens\)"):
-        run_pipeline("smoke", ["max_new_tokens=9"], run_id="r1", publish=False, runs_root=tmp_path, stages=())
+        run_pipeline("smoke", ["max_new_tokens=9"], run_id="r1", runs_root=tmp_path, stages=())
     with pytest.raises(DLMAError, match="n_queries"):
         run_pipeline("smoke", ["max_new_tokens=8", "n_queries=2"], run_id="r1", publish=False,
                       runs_root=tmp_path, stages=())
     assert json.loads((run_dir / "params.json").read_text())["max_new_tokens"] == 8  # untouched
     # a parameter of a stage not yet finished (the fix after a failure) is taken, and recorded
-    run_pipeline("smoke", ["max_new_tokens=8", "gamma=0.0"], run_id="r1", publish=False, runs_root=tmp_path,
+    run_pipeline("smoke", ["max_new_tokens=8", "gamma=0.0"], run_id="r1", runs_root=tmp_path,
                  stages=())
     assert json.loads((run_dir / "params.json").read_text())["gamma"] == 0.0
 
 
-def test_set_values_take_the_notebook_defaults_types():
+def test_set_values_are_read_as_the_cli_reads_them():
     params = resolve_params("smoke", ["learning_rate=1e-4", "gamma=0", "load_in_4bit=false", "pair=helpful"])
+    assert params["pair"] == "helpful" and params["load_in_4bit"] is False
     assert params["learning_rate"] == 1e-4 and params["gamma"] == 0.0 and isinstance(params["gamma"], float)
-    assert params["load_in_4bit"] is False and params["pair"] == "helpful"
-    for bad, match in [("n_queries=abc", "expected an integer"), ("n_queries=2.5", "expected an integer"),
-                       ("load_in_4bit=1", "expected true or false"), ("pair=3", "expected a string"),
-                       ("beta=high", "expected a number")]:
+    for bad, match in [("n_queries=abc", "--set n_queries=...: expected an integer"),
+                       ("n_queries=2.5", "expected an integer"), ("load_in_4bit=maybe", "expected true or false"),
+                       ("pair=3", "unknown prompt pair '3'"), ("beta=high", "expected a number"),
+                       ("scorers=[dlma]", "scorers")]:
         with pytest.raises(DLMAError, match=match):
             resolve_params("smoke", [bad])
+
+
+def test_a_preset_error_names_its_line(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("description: x\nn_queries: 4\nmax_new_tokens: many\n")
+    with pytest.raises(DLMAError, match=r"p\.yaml:3: expected an integer, got 'many'"):
+        resolve_params(str(preset), [])
+
+
+def test_relative_set_paths_are_read_from_where_the_user_stands(tmp_path, monkeypatch):
+    (tmp_path / "mine.jsonl").write_text('{"id": "q1", "prompt": "Hello?"}\n')
+    monkeypatch.chdir(tmp_path)
+    assert resolve_params("smoke", ["queries=mine.jsonl"])["queries"] == str(tmp_path / "mine.jsonl")
+    assert resolve_params("smoke", ["queries=sample:queries"])["queries"] == "sample:queries"
+
+
+def test_run_id_is_a_name_not_a_path(tmp_path):
+    for bad in ("../../elsewhere", "/abs", "a/b", "..", ""):
+        with pytest.raises(DLMAError, match="a name for a folder under runs/"):
+            run_pipeline("smoke", [], run_id=bad, runs_root=tmp_path, stages=())
+
+
+def test_dlma_run_outside_a_checkout_says_what_it_needs(monkeypatch, tmp_path):
+    import dlma.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "ROOT", tmp_path)
+    with pytest.raises(DLMAError, match="needs a checkout of the repository"):
+        resolve_params("default", [])
 
 
 def _pyproject() -> dict:

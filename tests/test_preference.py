@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import dlma.stages
+import dlma.models
+import dlma.preference
 from dlma.data import load_examples
 from dlma.errors import DLMAError
 from dlma.models import DEFAULT_MODEL, ModelConfig
+from dlma.params import Out, PrefData
 from dlma.preference import (
     RLAIF_HEADER,
     RLAIF_INSTRUCTION,
@@ -24,11 +26,11 @@ from dlma.preference import (
     accuracy_by_confidence,
     bootstrap_ci,
     rlaif_prompt,
+    run_pref_acc,
     score_examples,
     summarize,
 )
 from dlma.score import SCORE_KEYS, self_reward
-from dlma.stages import run_pref_acc
 
 SCORERS = ("dlma", "rlaif", "loglik", "length", "random")
 LIMIT = 6
@@ -98,7 +100,7 @@ def test_unknown_scorer_is_refused():
 def pref_run(embedded, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pref-acc")
     cfg = PrefAccConfig(scorers=",".join(SCORERS), n_bootstrap=200)
-    run_pref_acc(out, ModelConfig(DEFAULT_MODEL), "sample:pairs", cfg, LIMIT, model=embedded)
+    run_pref_acc(ModelConfig(DEFAULT_MODEL), PrefData("sample:pairs", LIMIT), cfg, Out(str(out)), model=embedded)
     return out
 
 
@@ -174,10 +176,10 @@ def test_rerun_resumes_without_recomputing(pref_run, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("recomputed a finished prediction")
 
-    monkeypatch.setattr(dlma.stages, "score_examples", boom)
-    monkeypatch.setattr(dlma.stages, "load_model", boom)
+    monkeypatch.setattr(dlma.preference, "score_examples", boom)
+    monkeypatch.setattr(dlma.models, "load_model", boom)
     cfg = PrefAccConfig(scorers=",".join(SCORERS), n_bootstrap=200)
-    metrics = run_pref_acc(pref_run, ModelConfig(DEFAULT_MODEL), "sample:pairs", cfg, LIMIT)
+    metrics = run_pref_acc(ModelConfig(DEFAULT_MODEL), PrefData("sample:pairs", LIMIT), cfg, Out(str(pref_run)))
     assert pred.read_bytes() == before and pred.stat().st_mtime_ns == mtime
     assert metrics == json.loads((pref_run / "metrics.json").read_text())
 
@@ -192,14 +194,15 @@ def test_partial_predictions_are_completed(embedded, pref_run, tmp_path):
     (tmp_path / "params.json").write_text(json.dumps({**params, "scorers": cfg.scorers}))
     (tmp_path / "predictions.partial.jsonl").write_text("".join(first) + lines[LIMIT][:25])
     calls = []
-    real = dlma.stages.score_examples
+    real = dlma.preference.score_examples
 
     def spy(model, tok, todo, scorer, cfg):
         calls.append((scorer, len(todo)))
         return real(model, tok, todo, scorer, cfg)
 
-    with unittest.mock.patch.object(dlma.stages, "score_examples", spy):
-        run_pref_acc(tmp_path, ModelConfig(DEFAULT_MODEL), "sample:pairs", cfg, LIMIT, model=embedded)
+    with unittest.mock.patch.object(dlma.preference, "score_examples", spy):
+        run_pref_acc(ModelConfig(DEFAULT_MODEL), PrefData("sample:pairs", LIMIT), cfg, Out(str(tmp_path)),
+                     model=embedded)
     assert calls == [("random", LIMIT)]
     got = (tmp_path / "predictions.jsonl").read_text().splitlines(keepends=True)
     assert got == first + [ln for ln in lines if json.loads(ln)["scorer"] == "random"]
@@ -212,8 +215,8 @@ def test_implicit_needs_an_adapter(embedded, tmp_path):
     with pytest.raises(DLMAError, match="adapter"):
         score_examples(model, tok, examples, "implicit", PrefAccConfig(scorers="implicit"))
     with pytest.raises(DLMAError, match="--adapter"):
-        run_pref_acc(tmp_path, ModelConfig(DEFAULT_MODEL), "sample:pairs", PrefAccConfig(scorers="implicit"),
-                     2, model=embedded)
+        run_pref_acc(ModelConfig(DEFAULT_MODEL), PrefData("sample:pairs", 2), PrefAccConfig(scorers="implicit"),
+                     Out(str(tmp_path)), model=embedded)
 
 
 def test_cli_implicit_without_adapter_fails_before_loading(tmp_path):

@@ -64,3 +64,183 @@ def test_baselines_tables_and_bars_from_a_summary():
     assert report.training_frame(result).loc["rlcd", "steps"] == 2
     fig = report.plot_win_tie_lose(result)
     assert len(fig.axes) == 4  # two judges, against base and against dlma
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Stage 6 in words: each sentence the results page glues, on results of known outcome
+
+
+def _verdict(win, tie, lose, ci=(0.40, 0.60), lc=None, consistency=None):
+    """One verdict of baselines.json, as `baselines.verdict_summary` writes it, with a chosen interval."""
+    from scipy.stats import binomtest
+
+    rate = (win + tie / 2) / (win + tie + lose)
+    out = {"win": win, "tie": tie, "lose": lose,
+           "sign_test_p": float(binomtest(win, win + lose).pvalue) if win + lose else 1.0,
+           "win_rate": {"value": rate, "ci95": list(ci), "n": win + tie + lose},
+           "lc_win_rate": {"value": rate if lc is None else lc, "ci95": list(ci), "n": win + tie + lose}}
+    if consistency is not None:
+        out["position_consistency"] = consistency
+    return out
+
+
+def _answers(length=(39.1, 38.5, 39.6)):
+    flat = {"value": 0.5, "ci95": [0.4, 0.6], "n": 64}
+    return {"refusal_rate": {"value": 0.02, "ci95": [0.0, 0.05], "n": 64}, "contrastive_score": flat,
+            "perplexity_median": flat, "distinct_2": flat,
+            "length_tokens": {"value": length[0], "ci95": list(length[1:]), "n": 64}}
+
+
+def _stage6(dlma_rlaif=(14, 46, 4), others=(10, 44, 10), contrast=(32, 0, 32), dlma_ci=(0.516, 0.633)):
+    """base, dlma and rlcd (3 pairs of methods, 2 judges: 6 comparisons); dlma against base by the RLAIF judge
+    as given, every other RLAIF verdict `others`, every contrast verdict `contrast`."""
+    acc = {"accuracy": 0.539, "ci95": [0.453, 0.625], "n": 128, "ties": 0}
+    paired = {"difference": -0.008, "ci95": [-0.055, 0.039], "a_only": 4, "b_only": 5, "mcnemar_p": 1.0, "n": 128}
+    return {
+        "base": {"training": None, **_answers()},
+        "dlma": {"training": {"n_pairs": 56, "n_steps": 7}, **_answers((38.7, 37.7, 39.3)),
+                 "rlaif_vs_base": _verdict(*dlma_rlaif, ci=dlma_ci, consistency=0.281),
+                 "contrast_vs_base": _verdict(*contrast), "implicit_accuracy": acc},
+        "rlcd": {"training": {"n_pairs": 56, "n_steps": 7}, **_answers((38.5, 37.4, 39.4)),
+                 "rlaif_vs_base": _verdict(*others, consistency=0.094), "contrast_vs_base": _verdict(*contrast),
+                 "rlaif_vs_dlma": _verdict(*others, consistency=0.2), "contrast_vs_dlma": _verdict(*contrast),
+                 "implicit_accuracy": {**acc, "accuracy": 0.531, "ci95": [0.453, 0.617]},
+                 "implicit_vs_dlma": paired},
+    }
+
+
+def test_holm_rejects_step_down():
+    assert report.holm_rejected([0.01, 0.04, 0.03, 0.005]) == [True, False, False, True]  # 0.03 > 0.05 / 2
+    assert report.holm_rejected([0.2, 0.5]) == [False, False] and report.holm_rejected([]) == []
+
+
+def test_one_lopsided_comparison_is_about_chance_and_separates_nothing():
+    result = _stage6()
+    assert len(report.baseline_comparisons(result)) == 6
+    read = report.baselines_reading(result)
+    assert read["baselines_methods"] == "rlcd"
+    assert read["baselines_sign_tests"] == (
+        "No method separates from another. Of the 6 comparisons (3 pairs of methods, two judges), one has a sign "
+        "test of wins against losses below 0.05, about what 6 tests give by chance alone (at most 0.3 expected at "
+        "the 0.05 level), and it does not survive Holm's correction for the 6 tests: dlma against the base model "
+        "by the RLAIF judge, 14 wins to 4, 46 ties (p = 0.031, win rate 0.578 [0.516, 0.633]). Its win-rate "
+        "interval is the only one of the 6 that excludes 0.5.")
+    assert read["baselines_dlma_vs_base"] == ("DLMA itself, against the base model: by the RLAIF judge it wins 14 to "
+                                              "4, 46 ties (p = 0.031); by the contrast judge it ties, 32 wins to 32 "
+                                              "(p = 1.000).")
+    assert read["baselines_vs_dlma"] == ("Against DLMA, no method wins or loses with a sign test below 0.05 (the "
+                                         "smallest p of the 2 comparisons is 1.000).")
+    assert read["baselines_near_misses"] == "No other sign test has p below 0.10."
+    assert read["baselines_separation"].startswith("no method separates from another (none of the 6 sign tests")
+    assert read["baselines_claim2"] == ("The paper's claim 2 is neither supported nor refuted here: with 56 training "
+                                        "pairs and 64 prompts, no method is distinguishable from another by a "
+                                        "base-model judge.")
+    assert all(isinstance(v, str) for v in read.values())  # glue values, already formatted
+
+
+def test_nothing_significant_and_near_misses_grouped():
+    result = _stage6(dlma_rlaif=(10, 44, 10), contrast=(40, 0, 24), dlma_ci=(0.4, 0.6))  # 40 to 24: p = 0.060
+    read = report.sign_test_reading(result)
+    assert "none has a sign test of wins against losses below 0.05." in read["baselines_sign_tests"]
+    assert read["baselines_sign_tests"].endswith("None of the 6 win-rate intervals excludes 0.5.")
+    assert read["baselines_near_misses"] == (
+        "Between 0.05 and 0.10: dlma and rlcd against the base model by the contrast judge, 40 wins to 24 each "
+        "(p = 0.060); rlcd against DLMA by the contrast judge, 40 wins to 24 (p = 0.060).")
+
+
+def test_a_separating_comparison_changes_the_wording():
+    result = _stage6(dlma_rlaif=(40, 20, 0))  # p = 2 * 0.5 ** 40
+    read = report.baselines_reading(result)
+    assert read["baselines_sign_tests"].startswith(
+        "1 of the 6 comparisons separates after Holm's correction for 6 tests: dlma against the base model by the "
+        "RLAIF judge, 40 wins to 0, 20 ties (p < 0.001, win rate")
+    assert "more than the 0.3 that 6 tests give by chance alone" not in read["baselines_sign_tests"]  # one of 6
+    assert "No method separates" not in read["baselines_sign_tests"]
+    assert read["baselines_separation"] == "1 of the 6 comparisons separates after Holm's correction for 6 tests"
+    assert read["baselines_claim2"].startswith("1 of the 6 comparisons separates after Holm's correction, but only "
+                                               "by judges made of the base model")
+    many = report.sign_test_reading(_stage6(dlma_rlaif=(40, 20, 0), others=(30, 34, 0)))
+    assert "more than the 0.3 that 6 tests give by chance alone at the 0.05 level" in many["baselines_sign_tests"]
+    assert many["baselines_vs_dlma"].startswith("Against DLMA, 1 of the 2 comparisons has a sign test below 0.05: "
+                                                "rlcd against DLMA by the RLAIF judge, 30 wins to 0")
+
+
+def test_judges_reading_position_consistency_ties_and_length():
+    read = report.judges_reading(_stage6())
+    assert read["baselines_rlaif_consistency"] == "9% to 28%"
+    ties = (46 + 44 + 44) / (64 * 3)
+    assert read["baselines_rlaif_reading"] == (
+        f"The RLAIF judge barely judges here: its two orders agree on only 9% to 28% of the prompts, so {ties:.0%} "
+        "of its verdicts are ties; the model answers by the option's position more than by its content.")
+    assert read["baselines_contrast_reading"] == ("The contrast judge always decides (no tie in its 192 verdicts), "
+                                                  "and none of its 3 win-rate intervals excludes 0.5.")
+    assert read["baselines_length_reading"] == ("The length-controlled win rates (of either judge) differ from the raw "
+                                                "ones by at most 0.000; the methods' answers are 38.5 to 39.1 tokens "
+                                                "long on average.")
+    assert read["baselines_http_judge"] == "none judged this run, which ran offline"
+    result = _stage6()
+    result["dlma"]["rlaif_vs_base"]["position_consistency"] = 0.8
+    result["dlma"]["rlaif_vs_base"]["lc_win_rate"]["value"] += 0.07
+    result["rlcd"]["http_vs_base"] = _verdict(20, 24, 20)
+    read = report.judges_reading(result)
+    assert read["baselines_rlaif_reading"].startswith("The RLAIF judge's two orders agree on 9% to 80% of the prompts")
+    assert "by at most 0.070" in read["baselines_length_reading"] and "(of every judge)" in \
+        read["baselines_length_reading"]
+    assert read["baselines_http_judge"] == "one judged this run beside the base model's two"
+
+
+def test_implicit_reading_chance_best_and_paired():
+    result = _stage6()
+    assert report.implicit_reading(result) == (
+        "Implicit-reward accuracy is indistinguishable from chance for every method: 0.531 to 0.539 on 128 human "
+        "pairs, every 95% interval containing 0.5. Every paired difference from DLMA's has an interval containing 0 "
+        "(the smallest McNemar p is 1.000). The highest is DLMA's own, 0.539 [0.453, 0.625].")
+    result["rlhf"] = result.pop("rlcd")
+    result["rlhf"]["implicit_accuracy"] = {"accuracy": 0.586, "ci95": [0.503, 0.664], "n": 128, "ties": 0}
+    result["rlhf"]["implicit_vs_dlma"] = {"difference": 0.047, "ci95": [0.008, 0.148], "a_only": 28, "b_only": 22,
+                                          "mcnemar_p": 0.48, "n": 128}
+    text = report.implicit_reading(result)
+    assert text.startswith("Implicit-reward accuracy is 0.539 to 0.586 over the methods on 128 human pairs; the 95% "
+                           "intervals of rlhf exclude 0.5.")
+    assert "interval excluding 0 for rlhf (+0.047 [+0.008, +0.148], McNemar p = 0.480)" in text
+    assert text.endswith("The highest is rlhf, the RLHF stand-in trained on human pairs of the same distribution: "
+                         "0.586 [0.503, 0.664], not significantly different from DLMA's (McNemar p = 0.480).")
+
+
+def test_training_reading_lists_what_moved():
+    result = _stage6()
+    assert report.training_reading(result) == (
+        "Training moved the answers little: with 7 steps of LoRA training on 56 pairs, every method's interval of "
+        "refusal rate, contrastive score, median perplexity, distinct-2 and length in tokens overlaps the base "
+        "model's.")
+    result["context_distillation"] = {"training": {"n_pairs": 56, "n_steps": 7}, **_answers((32.4, 29.4, 35.1))}
+    result["rlaif_dpo"] = {"training": {"n_pairs": 56, "n_steps": 7, "swapped": 5, "ties": 41}, **_answers()}
+    assert report.training_reading(result) == (
+        "With 7 steps of LoRA training on 56 pairs, every method's interval of refusal rate, contrastive score, "
+        "median perplexity, distinct-2 and length in tokens overlaps the base model's, except "
+        "context_distillation's length in tokens, 32.4 [29.4, 35.1] against the base model's 39.1 [38.5, 39.6]. "
+        "rlaif_dpo's judge swapped the prompt label of 5 of its 56 training pairs and tied on 41, which keep it.")
+
+
+def test_reading_of_a_summarized_stage6():
+    """The reading takes what `summarize_baselines` writes (the schema of baselines.json)."""
+    from dlma.baselines import summarize_baselines
+
+    ids = [f"p{k}" for k in range(8)]
+    responses = [{"model": m, "id": i, "response": f"{m} answer {i} here", "refusal": False, "contrastive_score": 1.0,
+                  "perplexity": 5.0, "n_tokens": 4} for m in ("base", "dlma", "rlcd") for i in ids]
+    human = [{"model": m, "id": f"h{k}", "implicit": 1.0} for m in ("dlma", "rlcd") for k in range(4)]
+    judged = [{"judge": j, "model": m, "opponent": o, "id": i, "verdict": "win" if k < 7 else "lose",
+               **({"a_first": True, "a_second": k < 4} if j == "rlaif" else {})}
+              for j in ("rlaif", "contrast") for m, o in (("dlma", "base"), ("rlcd", "base"), ("rlcd", "dlma"))
+              for k, i in enumerate(ids)]
+    result = summarize_baselines(["base", "dlma", "rlcd"], responses, human, judged,
+                                 {"dlma": {"n_pairs": 8, "n_steps": 2}}, n_boot=50)
+    read = report.baselines_reading(result)
+    assert "Of the 6 comparisons (3 pairs of methods, two judges), none has a sign test" in \
+        read["baselines_sign_tests"]  # 7 wins to 1: p = 0.070
+    assert read["baselines_near_misses"].startswith("Between 0.05 and 0.10: dlma and rlcd against the base model by "
+                                                    "the RLAIF judge, 7 wins to 1 each (p = 0.070)")
+    assert read["baselines_rlaif_consistency"] == "50%"
+    assert read["baselines_claim2"].endswith("with 8 training pairs and 8 prompts, no method is distinguishable from "
+                                             "another by a base-model judge.")

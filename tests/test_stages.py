@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from dlma.alignment import EvalConfig
-from dlma.artifacts import read_jsonl, write_jsonl
+from dlma.alignment import EvalConfig, run_evaluate
+from dlma.artifacts import read_jsonl, write_json, write_jsonl
 from dlma.cli import main
 from dlma.errors import DLMAError
 from dlma.models import ModelConfig
-from dlma.stages import run_evaluate, run_split, split_holdout
+from dlma.params import Out, Pairs, Run, Split
+from dlma.train import run_split, split_holdout
 
 
 def scored(n: int) -> list[dict]:
@@ -23,17 +24,18 @@ def scored(n: int) -> list[dict]:
 
 def test_split_writes_both_parts_once(tmp_path):
     write_jsonl(tmp_path / "scored.jsonl", scored(10))
-    train, heldout = run_split(tmp_path / "s", tmp_path / "scored.jsonl", 0.2, seed=1)
+    pairs = Pairs(str(tmp_path / "scored.jsonl"))
+    train, heldout = run_split(pairs, Split(0.2, seed=1), Out(str(tmp_path / "s")))
     assert (len(train), len(heldout)) == (8, 2)
     assert sorted(r["id"] for r in train + heldout) == [f"q{i:04d}" for i in range(10)]
     assert (train, heldout) == split_holdout(scored(10), 0.2, 1)  # the function the notebook used to call
     assert read_jsonl(tmp_path / "s" / "heldout.jsonl") == heldout
     assert json.loads((tmp_path / "s" / "manifest.json").read_text())["n_heldout"] == 2
-    assert run_split(tmp_path / "s", tmp_path / "scored.jsonl", 0.2, seed=1) == (train, heldout)  # resumes
+    assert run_split(pairs, Split(0.2, seed=1), Out(str(tmp_path / "s"))) == (train, heldout)  # resumes
     with pytest.raises(DLMAError, match=r"other parameters \(holdout_fraction\)"):
-        run_split(tmp_path / "s", tmp_path / "scored.jsonl", 0.3, seed=1)
+        run_split(pairs, Split(0.3, seed=1), Out(str(tmp_path / "s")))
     with pytest.raises(DLMAError, match=r"holdout_fraction must be in \[0, 1\)"):
-        run_split(tmp_path / "t", tmp_path / "scored.jsonl", 1.0)
+        run_split(pairs, Split(1.0), Out(str(tmp_path / "t")))
 
 
 def test_split_cli(tmp_path, capsys):
@@ -60,12 +62,14 @@ def run_folder(tmp_path, tiny_model_dir) -> Path:
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
                            LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
     model.save_pretrained(run / "04_train_dlma" / "adapter")
+    # stage 4's summary: stage 5 loads the adapter on the base it was trained on (here not quantised)
+    write_json(run / "04_train_dlma" / "adapter" / "train_summary.json", {"config": {"qlora": False}})
     return run
 
 
 def evaluate(run, tiny_model_dir, **kw):
     cfg = EvalConfig(eval_n_prompts=5, eval_n_pairs=3, eval_max_new_tokens=6, eval_batch_size=2, **kw)
-    return run_evaluate(run, ModelConfig(tiny_model_dir, device="cpu"), cfg)
+    return run_evaluate(ModelConfig(tiny_model_dir, device="cpu"), cfg, Run(str(run)))
 
 
 FILES = ("responses.jsonl", "human_pairs.jsonl", "heldout_generated.jsonl", "alignment.json")

@@ -8,11 +8,12 @@ import json
 import numpy as np
 import pytest
 
-from dlma import stages
+import dlma.score
 from dlma.errors import DLMAError
 from dlma.models import DEFAULT_MODEL, ModelConfig
-from dlma.preference import PrefAccConfig
-from dlma.study import StudyConfig, candidate_scores, needs, normalised_reward, select, split_ids
+from dlma.params import Out, PrefData, Run
+from dlma.preference import PrefAccConfig, run_pref_acc
+from dlma.study import StudyConfig, candidate_scores, needs, normalised_reward, run_pair_study, select, split_ids
 
 
 def row(s1p, s1n, s2p, s2n, n1, n2):
@@ -63,30 +64,31 @@ def test_study_stage_reuses_stage3_and_resumes(tmp_path, monkeypatch):
     """Stage 3's R of the paper's pair is reused, not recomputed, and equals what the study would compute;
     a rerun computes nothing; the result file says what was selected and confirms it on the other pairs."""
     model_cfg, cfg = ModelConfig(DEFAULT_MODEL), PrefAccConfig(scorers="dlma", pref_max_length=256, seed=0)
-    study = StudyConfig(study_variants="harmless,helpful", study_select=3)
-    stages.run_pref_acc(tmp_path / "run" / "03_preference_accuracy", model_cfg, "sample:pairs", cfg, 6)
+    data = PrefData("sample:pairs", 6)
+    study = StudyConfig(study_variants="harmless,helpful", study_select=3, pref_max_length=256, seed=0)
+    run_pref_acc(model_cfg, data, cfg, Out(str(tmp_path / "run" / "03_preference_accuracy")))
     scored = []
-    real = stages.self_reward_terms
+    real = dlma.score.self_reward_terms
 
     def counting(model, tok, items, *args, **kwargs):
         scored.append(len(items))
         return real(model, tok, items, *args, **kwargs)
 
-    monkeypatch.setattr(stages, "self_reward_terms", counting)
-    result = stages.run_pair_study(tmp_path / "run", model_cfg, "sample:pairs", cfg, study, 6)
+    monkeypatch.setattr(dlma.score, "self_reward_terms", counting)
+    result = run_pair_study(model_cfg, data, study, Run(str(tmp_path / "run")))
     assert result["split"] == {"seed": 0, "n_select": 3, "n_rest": 3}
     assert scored in ([3], [3, 3])  # harmless from stage 3; helpful on the slice (and on the rest if selected)
     assert set(result["selection"]) == {"harmless", "helpful", "harmless/norm", "helpful/norm", "ensemble"}
     assert result["selected"] == select(result["selection"])
     assert result["confirmation"]["paired"]["n"] == 3
-    fresh = stages.run_pair_study(tmp_path / "alone", model_cfg, "sample:pairs", cfg, study, 6)
+    fresh = run_pair_study(model_cfg, data, study, Run(str(tmp_path / "alone")))
     assert fresh == result  # scoring the reference afresh gives the very same numbers
     before = (tmp_path / "run" / "03b_pair_study" / "scores.jsonl").read_bytes()
     scored.clear()
-    assert stages.run_pair_study(tmp_path / "run", model_cfg, "sample:pairs", cfg, study, 6) == result
+    assert run_pair_study(model_cfg, data, study, Run(str(tmp_path / "run"))) == result
     assert scored == [] and (tmp_path / "run" / "03b_pair_study" / "scores.jsonl").read_bytes() == before
     manifest = json.loads((tmp_path / "run" / "03b_pair_study" / "manifest.json").read_text())
     assert manifest["stage"] == "pair-study" and manifest["params"]["study_select"] == 3
     with pytest.raises(DLMAError, match="other parameters"):
-        stages.run_pair_study(tmp_path / "run", model_cfg, "sample:pairs", cfg,
-                              StudyConfig(study_variants="harmless,helpful", study_select=2), 6)
+        run_pair_study(model_cfg, data, StudyConfig(study_variants="harmless,helpful", study_select=2,
+                                                    pref_max_length=256, seed=0), Run(str(tmp_path / "run")))

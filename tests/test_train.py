@@ -216,7 +216,7 @@ def test_trainer_needs_self_reward(tiny_model_dir, tmp_path):
 @pytest.mark.slow
 def test_train_dlma_qlora_tiny(tiny_model_dir, tmp_path):
     rows = make_rows(REWARDS * 2)  # 16 pairs
-    cfg = TrainConfig(learning_rate=1e-3, warmup_steps=0, train_batch_size=8, load_in_4bit=True)
+    cfg = TrainConfig(learning_rate=1e-3, warmup_steps=0, train_batch_size=8, qlora=True)
     out = tmp_path / "adapter"
     summary = train_dlma(rows, ModelConfig(model=tiny_model_dir), cfg, out)
 
@@ -325,5 +325,5 @@ def test_report_to_tensorboard_needs_the_package():
 def test_train_config_defaults():
     cfg = TrainConfig()
     assert (cfg.beta, cfg.gamma, cfg.margin_clip, cfg.weighting) == (0.1, 0.2, (-40.0, 40.0), False)
-    assert cfg.load_in_4bit and cfg.optim == "adamw_torch" and (cfg.lora_r, cfg.lora_alpha) == (8, 16)
+    assert cfg.qlora and cfg.optim == "adamw_torch" and (cfg.lora_r, cfg.lora_alpha) == (8, 16)
     assert TrainConfig(margin_low=-20, margin_high=20).margin_clip == (-20.0, 20.0)

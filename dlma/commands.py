@@ -1,0 +1,128 @@
+"""The one registry of what a user can run: each `dlma` command (its help, the dataclasses its options come
+from, the stage function it calls, the line it prints) and each notebook of `dlma run` (the commands it
+runs, with their paths in the run folder). The CLI, `dlma run`, the launcher's command lines, the notebooks
+and the book's parameter table all read it, so a parameter is declared once: as a dataclass field.
+
+Names are given as "module:attribute" and imported when used: `train` pulls in TRL (seconds), and `dlma
+--help` should not.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .params import PATHS, PairsFile, argument_parser, fields_of, parse
+
+
+def load(name: str):
+    module, _, attr = name.partition(":")
+    return getattr(importlib.import_module(f"dlma.{module}"), attr)
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    configs: tuple[str, ...]  # the dataclasses its options come from, in order
+    stage: str  # called with one instance of each (the pairs file did its work when parsed)
+    summary: str  # (result, its out or run argument) -> the line(s) the CLI prints
+
+    def types(self) -> list[type]:
+        return [load(c) for c in self.configs]
+
+    def parser(self, name: str):
+        return argument_parser(self.types(), prog=f"dlma {name}", description=self.help)
+
+    def run(self, configs: list, **kwargs):
+        return load(self.stage)(*[c for c in configs if not isinstance(c, PairsFile)], **kwargs)
+
+
+MODEL, PAIRS_FILE = "models:ModelConfig", "params:PairsFile"
+COMMANDS = {
+    "generate": Command("contrastive response pairs (o1 under p+, o2 under p-)",
+                        (PAIRS_FILE, MODEL, "params:Queries", "generate:GenerateConfig", "params:Out"),
+                        "generate:run_generate", "generate:summary"),
+    "score": Command("self-rewarding score R of generated pairs",
+                     (PAIRS_FILE, MODEL, "params:Pairs", "score:ScoreConfig", "params:Out"),
+                     "score:run_score", "score:summary"),
+    "pref-acc": Command("preference accuracy on human-labelled pairs",
+                        (PAIRS_FILE, MODEL, "params:PrefData", "preference:PrefAccConfig", "params:Out"),
+                        "preference:run_pref_acc", "preference:summary"),
+    "pair-study": Command("stage 3b in a run folder: prompt pairs selected on a slice, confirmed on the rest",
+                          (PAIRS_FILE, MODEL, "params:PrefData", "study:StudyConfig", "params:Run"),
+                          "study:run_pair_study", "report:study_summary"),
+    "split": Command("hold out a share of scored pairs (train.jsonl, heldout.jsonl)",
+                     ("params:Pairs", "params:Split", "params:Out"), "train:run_split", "train:split_summary"),
+    "train": Command("QLoRA DLMA training on scored pairs",
+                     ("models:BaseModel", "params:Pairs", "train:TrainConfig", "params:Out"),
+                     "train:run_train", "train:summary"),
+    "evaluate": Command("stage 5 in a run folder: the trained adapter against its base",
+                        (MODEL, "alignment:EvalConfig", "params:Run"), "alignment:run_evaluate",
+                        "report:alignment_summary"),
+    "baselines": Command("stage 6 in a run folder: every baseline on stage 4's pairs and budget, judged on stage "
+                         "5's prompts", (MODEL, "baselines:BaselineConfig", "params:Run"),
+                         "baselines:run_baselines", "report:baselines_summary"),
+    "baselines-train": Command("stage 6's training alone (every process of a launch shares each method's "
+                               "training)", (MODEL, "baselines:BaselineConfig", "params:Run"),
+                               "baselines:train_baselines", "baselines:training_summary"),
+}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command of a notebook: its paths in the run folder ("" is the run folder itself), whether the
+    notebook runs it, and whether `dlma run --launcher` runs it under the launcher first."""
+
+    command: str
+    paths: dict
+    in_notebook: bool = True
+    launched: bool = False
+
+
+NOTEBOOKS = {
+    "01_generate": (Step("generate", {"out": "01_generate"}, launched=True),),
+    "02_self_reward": (Step("score", {"pairs": "01_generate/pairs.jsonl", "out": "02_self_reward"}, launched=True),),
+    "03_preference_accuracy": (Step("pref-acc", {"out": "03_preference_accuracy"}, launched=True),),
+    "03b_pair_study": (Step("pair-study", {"run_dir": ""}),),
+    "04_train_dlma": (Step("split", {"pairs": "02_self_reward/scored.jsonl", "out": "04_train_dlma"}),
+                      Step("train", {"pairs": "04_train_dlma/train.jsonl", "out": "04_train_dlma/adapter"},
+                           launched=True)),
+    "05_evaluate_alignment": (Step("evaluate", {"run_dir": ""}),),
+    # the methods' training on every process of a launch first; answers and verdicts in the notebook
+    "06_baselines": (Step("baselines-train", {"run_dir": ""}, in_notebook=False, launched=True),
+                     Step("baselines", {"run_dir": ""})),
+}
+STAGES = tuple(NOTEBOOKS)
+
+
+def notebook_fields(stage: str) -> dict:
+    """{name: field} of the parameters a notebook declares: every option of its commands but the paths, which
+    the run folder gives."""
+    out = {}
+    for step in NOTEBOOKS[stage]:
+        out.update({k: f for k, f in fields_of(COMMANDS[step.command].types()).items() if k not in PATHS})
+    return out
+
+
+def step_values(step: Step, values: dict, run_dir) -> dict:
+    """The options of one step: its paths in `run_dir`, then the values among `values` that it takes."""
+    names = fields_of(COMMANDS[step.command].types())
+    paths = {k: str(Path(run_dir) / rel) if rel else str(run_dir) for k, rel in step.paths.items()}
+    return {**{k: v for k, v in values.items() if k in names and k not in PATHS}, **paths}
+
+
+def run_stage(stage: str, values: dict):
+    """A notebook's one call: its parameters (the names it declares, taken from `values`, e.g. its globals())
+    parsed as the CLI parses them, then each of its commands run in the run folder `values["run_dir"]`.
+    Returns the last command's result."""
+    declared = notebook_fields(stage)
+    given = {k: v for k, v in values.items() if k in declared}
+    result = None
+    for step in NOTEBOOKS[stage]:
+        if step.in_notebook:
+            command = COMMANDS[step.command]
+            configs = parse(command.types(), step_values(step, given, values["run_dir"]),
+                            lambda key, stage=stage: f"notebook {stage}: parameter '{key}'")
+            result = command.run(configs)
+    return result

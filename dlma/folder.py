@@ -1,0 +1,84 @@
+"""One stage's output folder: the one helper every stage writes through.
+
+    folder = StageFolder(out, "score", model_cfg)   # checks the folder can be written
+    ...check every parameter and input...
+    folder.begin(params, inputs, force)             # lock, then params.json recorded or checked
+    if not folder.done: ...work, with folder.model() loaded when first needed...
+    folder.finish(n_pairs=...)                      # manifest.json last: it marks the folder finished
+
+Nothing is written before `begin`, so a bad parameter leaves no trace. `begin` takes the folder's lock (one
+writer per folder; the processes of one launch share it) and records the parameters and the content hash of
+each input, or refuses a rerun with other ones (`artifacts.record_params`). A folder with a manifest ran
+through: a rerun over it (a notebook over a launch's results) reads its outputs and keeps its manifest.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from . import lock
+from .artifacts import check_out, record_params, write_manifest
+from .distributed import Launch, launch
+
+HINT = "write to another folder, pass --force to redo it, or delete it to start over"
+
+
+class StageFolder:
+    def __init__(self, out_dir, stage: str, model_cfg=None, model=None):
+        self.path, self.stage, self.model_cfg = Path(out_dir), stage, model_cfg
+        self.started, self.at, self.params = time.time(), Launch(), {}
+        self._loaded = model  # (model, tokenizer) a caller already holds (tests, stage 6), else loaded lazily
+        check_out(self.path)
+
+    def begin(self, params: dict, inputs: dict | None = None, force: bool = False, launched: bool = False):
+        """Every parameter and input has been checked: from here on the stage writes. `launched`: the stage
+        shares its work among the processes of a launch (`dlma.distributed`); the main one records."""
+        if self.model_cfg is not None:
+            from .models import check_model, resolve_device
+
+            check_model(self.model_cfg)  # after the data: a data error is named even when the model is wrong too
+            params = {**params, "model": self.model_cfg.to_dict()}
+            if launched:
+                self.at = launch(cpu=resolve_device(self.model_cfg.device) == "cpu")
+        self.params = params
+        lock.acquire(self.path)
+        if self.at.main:
+            record_params(self.path, params, HINT, inputs, force)
+        self.at.barrier()
+        return self.at
+
+    @property
+    def done(self) -> bool:
+        return (self.path / "manifest.json").exists()
+
+    def model(self):
+        """(model, tokenizer), loaded once, when first needed: a rerun over finished results loads nothing."""
+        if self._loaded is None:
+            from .models import load_model
+
+            self._loaded = load_model(self.model_cfg)
+        return self._loaded
+
+    def note_dropped(self, dropped: list[str], why: str) -> None:
+        """Say once, on stderr, that items were left out for a documented reason (the manifest lists them)."""
+        if dropped and self.at.main:
+            more = f" and {len(dropped) - 1} more" if len(dropped) > 1 else ""
+            print(f"dlma {self.stage}: left out {len(dropped)} item(s) ({why}): {dropped[0]}{more}; "
+                  "listed in manifest.json", file=sys.stderr)
+
+    def finish(self, changed: bool = False, **extra) -> None:
+        """manifest.json (unless the folder had one and no output `changed`: a rerun keeps its times and
+        process count), then the lock is let go."""
+        if self.at.main and (changed or not self.done):
+            from .models import model_fingerprint
+
+            model = {"model": model_fingerprint(self.model_cfg)} if self.model_cfg is not None else {}
+            launch_info = {"processes": self.at.world} if self.at.world > 1 else {}  # a stage may pass its own
+            write_manifest(self.path, self.stage, self.params, self.started, **model, **{**launch_info, **extra})
+        self.at.barrier()
+        self.release()
+
+    def release(self) -> None:
+        lock.release(self.path)
