@@ -187,7 +187,8 @@ def run_evaluate(model_cfg, cfg: EvalConfig, run) -> dict:
     model_cfg = ModelConfig(**{**model_cfg.to_dict(), "adapter": str(adapter), "load_in_4bit": qlora})
     folder = StageFolder(out, "evaluate", model_cfg)
     folder.begin(asdict(cfg), {"adapter": adapter / "adapter_model.safetensors", "heldout": heldout_path,
-                               "pref_data": cfg.pref_data}, run.force)
+                               "pref_data": cfg.pref_data}, run.force,
+                 outputs=("responses.jsonl", "human_pairs.jsonl", "heldout_generated.jsonl", "alignment.json"))
     print(f"{len(prompts)} held-out prompts, {len(pairs)} held-out human pairs from {cfg.pref_data}, "
           f"{len(heldout)} held-out generated pairs")
     if reused:

@@ -148,6 +148,8 @@ def check_out(folder: str | Path) -> None:
     """An output folder that can be made or written, checked before any work starts."""
     from .errors import DLMAError
 
+    if not str(folder).strip():
+        raise DLMAError("an output folder must be named: an empty path would write into the current folder")
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise DLMAError(f"{folder}: exists and is not a folder (--out names a folder)")
@@ -176,13 +178,14 @@ ADDED_LATER = MappingProxyType({"max_batch_tokens": 0, "static_cache": False, "j
 
 
 def record_params(folder: str | Path, params: dict, hint: str, inputs: dict[str, str | Path] | None = None,
-                  force: bool = False) -> None:
+                  force: bool = False, outputs: tuple[str, ...] = ()) -> None:
     """Write `params.json` in `folder` (parameters, and the content hash of each input file), or check it.
 
     A folder is never resumed with other parameters or changed inputs, so it never mixes results of two
-    settings and nothing computed is overwritten; `force` removes the earlier results (the folder's own
-    files) and starts over. A folder that holds only its params.json (a run that stopped before its first
-    result, e.g. on a typo) takes the new parameters. A folder holding files that no stage recorded is
+    settings and nothing computed is overwritten; `force` removes the earlier results (the files its manifest
+    lists, its `outputs` and its bookkeeping, never a file a stage did not write) and starts over. A folder
+    that holds only its params.json (a run that stopped before its first result, e.g. on a typo) takes the
+    new parameters. A folder holding files that no stage recorded is
     refused. `hint` says what to do.
     """
     from .errors import DLMAError
@@ -196,13 +199,20 @@ def record_params(folder: str | Path, params: dict, hint: str, inputs: dict[str,
         names = ", ".join(sorted(p.name for p in entries)[:5])
         raise DLMAError(f"{folder}: holds files that no dlma stage recorded here ({names}); "
                         "choose an empty or new folder")
-    if path.exists() and force:
+    if path.exists() and force:  # only what a stage wrote here: its manifest's files and its own bookkeeping
+        manifest = folder / "manifest.json"
+        listed = set(json.loads(manifest.read_text(encoding="utf-8")).get("files", {})) if manifest.exists() else set()
+        ours = listed | set(outputs) | {"params.json", "manifest.json"}
         for p in entries:
-            if p.is_file():
+            if p.is_file() and (p.name in ours or p.name.endswith(".partial.jsonl")):
                 p.unlink()
         for p in folder.glob(".*.partial*"):
             p.unlink()
-        entries = []
+        others = sorted(p.name for p in entries if p.is_file() and p.exists())
+        if others:
+            raise DLMAError(f"{folder}: --force removed this stage's files; {', '.join(others[:5])} "
+                            "were not written by it and are left as they are: move them, or write to another folder")
+        entries = [p for p in entries if p.exists()]
     if path.exists() and [p.name for p in entries] != ["params.json"]:
         before = json.loads(path.read_text(encoding="utf-8"))
         before = {**{k: v for k, v in ADDED_LATER.items() if k in record}, **before}

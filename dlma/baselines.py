@@ -122,8 +122,11 @@ def distinct_n(texts: list[str], n: int = 2) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
-def _interval(values, statistic=np.mean, n_boot: int = 1000, seed: int = 0) -> dict:
+def _interval(values, statistic=np.mean, n_boot: int = 1000, seed: int = 0, undefined: str = "no item") -> dict:
+    """The statistic with its bootstrap interval; with no item, null with the reason (JSON has no NaN)."""
     values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        return {"value": None, "ci95": None, "n": 0, "undefined": undefined}
     return {"value": float(statistic(values, axis=-1)), "ci95": list(bootstrap_ci(values, n_boot, seed, statistic)),
             "n": int(len(values))}
 
@@ -163,7 +166,7 @@ def response_metrics(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> dic
         "contrastive_score": _interval([r["contrastive_score"] for r in rows], np.mean, n_boot, seed),
         "perplexity_median": _interval([r["perplexity"] for r in rows], np.median, n_boot, seed),
         "distinct_2": _interval([distinct_n([r["response"]]) for r in rows if len(r["response"].split()) > 1],
-                                np.mean, n_boot, seed),
+                                np.mean, n_boot, seed, "no answer has two words"),
         "corpus_distinct_2": distinct_n([r["response"] for r in rows]),
         "length_tokens": _interval([r["n_tokens"] for r in rows], np.mean, n_boot, seed),
     }
@@ -306,7 +309,7 @@ def begin(model_cfg: ModelConfig, study: BaselineConfig, run) -> tuple[Setting, 
                               "load_in_4bit": s.train_cfg.qlora})
     folder = StageFolder(s.out, "baselines", eval_cfg)
     params = {**asdict(study), "train": asdict(s.train_cfg), "evaluate": asdict(s.cfg)}
-    folder.begin(params, s.inputs, run.force, launched=True)
+    folder.begin(params, s.inputs, run.force, launched=True, outputs=("baselines.json",))
     return s, folder
 
 

@@ -109,7 +109,7 @@ def step_values(step: Step, values: dict, run_dir) -> dict:
     """The options of one step: its paths in `run_dir`, then the values among `values` that it takes."""
     names = fields_of(COMMANDS[step.command].types())
     paths = {k: str(Path(run_dir) / rel) if rel else str(run_dir) for k, rel in step.paths.items()}
-    return {**{k: v for k, v in values.items() if k in names and k not in PATHS}, **paths}
+    return {**paths, **{k: v for k, v in values.items() if k in names and k not in PATHS}}
 
 
 def run_stage(stage: str, values: dict):

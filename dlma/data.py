@@ -329,13 +329,7 @@ def read_pairs(path, need_self_reward: bool = False, dropped: list[str] | None =
     reason appended to `dropped`; anything else wrong is one error naming file, line and field."""
     path = pairs_file(path)
     rows, first_line, empty = [], {}, []
-    for n, line in enumerate(read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise DLMAError(f"{where(path, n)}: malformed JSON ({e})") from None
+    for n, row in _read_file(path):  # the loader's reader: one error naming the file and line
         if not isinstance(row, dict):
             raise DLMAError(f"{where(path, n)}: a row must be a JSON object, got {type(row).__name__}")
         problem = _pair_row_problem(row, need_self_reward)

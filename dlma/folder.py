@@ -32,9 +32,18 @@ class StageFolder:
         self._loaded = model  # (model, tokenizer) a caller already holds (tests, stage 6), else loaded lazily
         check_out(self.path)
 
-    def begin(self, params: dict, inputs: dict | None = None, force: bool = False, launched: bool = False):
+    def begin(self, params: dict, inputs: dict | None = None, force: bool = False, launched: bool = False,
+              outputs: tuple[str, ...] = ()):
         """Every parameter and input has been checked: from here on the stage writes. `launched`: the stage
-        shares its work among the processes of a launch (`dlma.distributed`); the main one records."""
+        shares its work among the processes of a launch (`dlma.distributed`); the main one records. `outputs`:
+        the files the stage writes before its manifest (what --force removes of a stage that did not finish)."""
+        from .data import resolve_source
+        from .errors import DLMAError
+
+        for name, given in (inputs or {}).items():  # an output folder never holds, or is, one of its inputs
+            source = resolve_source(given)  # None: not a local file (a shipped sample, a hub id)
+            if source is not None and source.resolve().is_relative_to(self.path.resolve()):
+                raise DLMAError(f"{self.path}: holds the stage's input {name} ({source}): write to another folder")
         if self.model_cfg is not None:
             from .models import check_model, resolve_device
 
@@ -45,7 +54,7 @@ class StageFolder:
         self.params = params
         lock.acquire(self.path)
         if self.at.main:
-            record_params(self.path, params, HINT, inputs, force)
+            record_params(self.path, params, HINT, inputs, force, outputs)
         self.at.barrier()
         return self.at
 

@@ -353,10 +353,13 @@ def parameter_table() -> str:
     order = ["smoke"] + [n for n in presets if n != "smoke"]
     head = "| parameter | notebooks | default | " + " | ".join(f"`{n}`" for n in order) + " | meaning |"
     lines = [head, "|" + "---|" * (4 + len(order))]
+    def cell(value) -> str:
+        return '`""`' if value == "" else f"`{value}`"
+
     for name, row in rows.items():
-        values = [f"`{presets[n][name]}`" if name in presets[n] else "" for n in order]
+        values = [cell(presets[n][name]) if name in presets[n] else "" for n in order]
         where = "all" if len(row["stages"]) == len(STAGES) else ", ".join(row["stages"])
-        lines.append(f"| `{name}` | {where} | `{row['default']}` | {' | '.join(values)} | "
+        lines.append(f"| `{name}` | {where} | {cell(row['default'])} | {' | '.join(values)} | "
                      f"{row['help'].replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 

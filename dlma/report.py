@@ -216,14 +216,14 @@ def confirmation_frame(study: dict) -> pd.DataFrame:
     return frame
 
 
-def pairs_frame(variants: list[str]) -> pd.DataFrame:
-    """The prompt pairs of a study: each variant's rendering and its p+ and p- (affix text, or the system
-    messages of the chat rendering)."""
+def pairs_frame(study_variants: str) -> pd.DataFrame:
+    """The prompt pairs of a study (its `study_variants`): each variant's rendering and its p+ and p- (affix
+    text, or the system messages of the chat rendering)."""
     from .prompts import PAIRS
+    from .study import StudyConfig
 
     rows = []
-    for v in variants:
-        pair, _, rendering = v.partition("@")
+    for v, pair, rendering in StudyConfig(study_variants=study_variants).variant_list():
         p = PAIRS[pair]
         pos, neg = (p.pos_system, p.neg_system) if rendering == "chat" else (p.pos, p.neg)
         rows.append({"variant": v, "rendering": rendering or "affix", "p+": pos.replace("\n", "\\n"),
@@ -244,6 +244,8 @@ def run_label(run_dir) -> str:
 
 
 def _ci(m: dict, digits: int = 3) -> str:
+    if m["value"] is None:  # undefined on this run (e.g. distinct-2 when no answer has two words)
+        return f"undefined ({m.get('undefined', 'no item')})"
     return f"{m['value']:.{digits}f} [{m['ci95'][0]:.{digits}f}, {m['ci95'][1]:.{digits}f}]"
 
 
@@ -612,7 +614,8 @@ def training_reading(result: dict) -> str:
         if m == "base":
             continue
         for key, label, digits in ANSWER_METRICS:
-            if key in e and key in base and not (e[key]["ci95"][1] >= base[key]["ci95"][0]
+            if key in e and key in base and e[key]["ci95"] and base[key]["ci95"] and not (
+                    e[key]["ci95"][1] >= base[key]["ci95"][0]
                                                  and e[key]["ci95"][0] <= base[key]["ci95"][1]):
                 apart.append(f"{m}'s {label}, {_ci(e[key], digits)} against the base model's {_ci(base[key], digits)}")
     if apart:

@@ -23,6 +23,7 @@ from dlma.baselines import (
 from dlma.data import Example
 from dlma.errors import DLMAError
 from dlma.models import ModelConfig
+from dlma.params import Run
 from dlma.train import TrainConfig
 
 
@@ -91,8 +92,8 @@ def test_human_rows_must_be_disjoint_from_the_evaluation():
 @pytest.fixture()
 def run_to_stage5(tmp_path, tiny_model_dir) -> Path:
     """Stages 1 to 5 on a tiny random model: real training (stage 4) and evaluation (stage 5)."""
-    from dlma.alignment import EvalConfig
-    from dlma.stages import run_evaluate, train_stage
+    from dlma.alignment import EvalConfig, run_evaluate
+    from dlma.commands import run_stage
 
     run = tmp_path / "run"
     pairs = [{"id": f"q{i:04d}", "turns": [f"How do I do thing {i}?"], "pair": "harmless", "o1": f"Safely, {i}.",
@@ -103,9 +104,12 @@ def run_to_stage5(tmp_path, tiny_model_dir) -> Path:
     write_jsonl(run / "03_preference_accuracy" / "predictions.jsonl",
                 [{"scorer": "dlma", "id": "hh-0001", "score": 1.0}])
     model_cfg = ModelConfig(tiny_model_dir, device="cpu")
-    train_stage(run, model_cfg, TrainConfig(qlora=False, train_batch_size=4, train_max_length=48,
-                                            max_prompt_length=24, learning_rate=1e-3, warmup_steps=0), 0.2)
-    run_evaluate(run, model_cfg, EvalConfig(eval_n_prompts=3, eval_n_pairs=3, eval_max_new_tokens=6, eval_batch_size=2))
+    # stage 4 as its notebook runs it: the split of 02's scored pairs, then training on the rest
+    run_stage("04_train_dlma", {"run_dir": str(run), "model": tiny_model_dir, "device": "cpu", "holdout_fraction": 0.2,
+                                "qlora": False, "train_batch_size": 4, "train_max_length": 48, "max_prompt_length": 24,
+                                "learning_rate": 1e-3, "warmup_steps": 0})
+    run_evaluate(model_cfg, EvalConfig(eval_n_prompts=3, eval_n_pairs=3, eval_max_new_tokens=6, eval_batch_size=2),
+                 Run(str(run)))
     # a prompt-pair study that selected the length-normalised `helpful` pair
     write_json(run / "03b_pair_study" / "study.json", {"selected": "helpful/norm"})
     write_json(run / "03b_pair_study" / "params.json", {"study_variants": "harmless,helpful"})
@@ -122,7 +126,7 @@ def test_stage6_trains_every_method_on_the_same_budget_judges_and_resumes(run_to
 
     run, out = run_to_stage5, run_to_stage5 / "06_baselines"
     methods = "rlcd,rlaif_dpo,context_distillation,rlhf,dlma_study"
-    result = run_baselines(run, ModelConfig(tiny_model_dir, device="cpu"), BaselineConfig(methods))
+    result = run_baselines(ModelConfig(tiny_model_dir, device="cpu"), BaselineConfig(methods), Run(str(run)))
     assert list(result) == ["base", "dlma", "rlcd", "rlaif_dpo", "context_distillation", "rlhf", "dlma_study"]
 
     budget = json.loads((run / "04_train_dlma" / "adapter" / "train_summary.json").read_text())["config"]
@@ -168,7 +172,7 @@ def test_stage6_trains_every_method_on_the_same_budget_judges_and_resumes(run_to
     lines = (out / "judgements.partial.jsonl").read_text().splitlines(keepends=True)
     (out / "judgements.partial.jsonl").write_text("".join(lines[:10]))
     monkeypatch.setattr(dlma.train, "train_dlma", lambda *a, **k: pytest.fail("retrained"))
-    run_baselines(run, ModelConfig(tiny_model_dir, device="cpu"), BaselineConfig(methods))
+    run_baselines(ModelConfig(tiny_model_dir, device="cpu"), BaselineConfig(methods), Run(str(run)))
     assert (out / "baselines.json").read_bytes() == first
 
 
@@ -179,7 +183,7 @@ def test_stage6_refuses_what_it_cannot_compare(run_to_stage5, tiny_model_dir):
         BaselineConfig("rlcd", judge_url="localhost:8000")
     (run_to_stage5 / "05_evaluate_alignment" / "responses.jsonl").unlink()
     with pytest.raises(DLMAError, match=r"05_evaluate_alignment/responses.jsonl: no such file \(run stages 1 to 5"):
-        run_baselines(run_to_stage5, ModelConfig(tiny_model_dir, device="cpu"), BaselineConfig("rlcd"))
+        run_baselines(ModelConfig(tiny_model_dir, device="cpu"), BaselineConfig("rlcd"), Run(str(run_to_stage5)))
     assert not (run_to_stage5 / "06_baselines").exists()  # checked before anything is written
 
 
@@ -190,7 +194,7 @@ def test_stage6_with_an_http_judge_sends_the_key_and_never_writes_it(run_to_stag
     server = Server()
     try:
         study = BaselineConfig("rlcd", judge_url=server.url, judge_model="judge-7b", judge_key_env="STAGE6_JUDGE_KEY")
-        result = run_baselines(run_to_stage5, ModelConfig(tiny_model_dir, device="cpu"), study)
+        result = run_baselines(ModelConfig(tiny_model_dir, device="cpu"), study, Run(str(run_to_stage5)))
         sent = len(server.requests)
         out = run_to_stage5 / "06_baselines"
         judged = [r for r in read_jsonl(out / "judgements.jsonl") if r["judge"] == "http"]
@@ -205,7 +209,7 @@ def test_stage6_with_an_http_judge_sends_the_key_and_never_writes_it(run_to_stag
             assert not path.is_file() or SECRET not in path.read_text(errors="ignore"), path
         (out / "judgements.jsonl").unlink()  # judged again: every answer comes from the cache
         (out / "manifest.json").unlink()
-        run_baselines(run_to_stage5, ModelConfig(tiny_model_dir, device="cpu"), study)
+        run_baselines(ModelConfig(tiny_model_dir, device="cpu"), study, Run(str(run_to_stage5)))
         assert len(server.requests) == sent
     finally:
         server.close()

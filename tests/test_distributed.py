@@ -16,7 +16,7 @@ from test_train_ddp import free_port  # the tests' folder is on sys.path (pytest
 from dlma.artifacts import read_jsonl
 from dlma.distributed import Launch, ShardedJSONL
 from dlma.errors import DLMAError
-from dlma.pipeline import STAGES, run_pipeline, stage_commands
+from dlma.pipeline import ROOT, STAGES, run_pipeline, stage_commands
 
 
 def test_parts_merge_in_the_single_process_order_and_resume_with_another_size(tmp_path):
@@ -94,21 +94,25 @@ def test_two_processes_write_what_one_writes(tmp_path, tiny_model_dir, hh_dev):
 
 
 def test_a_launched_stage_runs_the_command_of_its_notebook_parameters():
-    nb = {"run_dir": "runs/x", "gen_batch_size": 16, "static_cache": True}
+    from dlma.pipeline import stage_params
+
+    nb = stage_params("01_generate", {"gen_batch_size": 16, "static_cache": True}, ROOT / "runs" / "x")
     [(launched, args)] = stage_commands("01_generate", nb)
-    assert launched and args[:3] == ["generate", "--out", "runs/x/01_generate"]
-    options = dict(zip(args[3::2], args[4::2], strict=True))
+    options = dict(zip(args[1::2], args[2::2], strict=True))
+    assert launched and args[0] == "generate" and options["--out"] == "runs/x/01_generate"
     assert options["--gen-batch-size"] == "16" and options["--static-cache"] == "true"
-    assert options["--n-queries"] == "4"  # the notebook's default, which the notebook would use
+    assert options["--max-new-tokens"] == "200"  # the option's default, which dlma run gives the notebook too
     assert "--run-dir" not in options and "--beta" not in options  # not an option of `dlma generate`
     split, train = stage_commands("04_train_dlma", {"run_dir": "r", "holdout_fraction": 0.05})
-    assert split[0] is False and split[1][:5] == ["split", "--pairs", "r/02_self_reward/scored.jsonl", "--out",
-                                                  "r/04_train_dlma"]
-    assert "0.05" in split[1] and train[0] and train[1][:5] == ["train", "--pairs", "r/04_train_dlma/train.jsonl",
-                                                                "--out", "r/04_train_dlma/adapter"]
+    assert split[0] is False and split[1][0] == "split" and train[0] and train[1][0] == "train"
+    split_opts, train_opts = (dict(zip(a[1::2], a[2::2], strict=True)) for _, a in (split, train))
+    assert split_opts == {"--holdout-fraction": "0.05", "--pairs": "r/02_self_reward/scored.jsonl",
+                          "--out": "r/04_train_dlma"}
+    assert train_opts == {"--pairs": "r/04_train_dlma/train.jsonl", "--out": "r/04_train_dlma/adapter"}
     assert stage_commands("03b_pair_study", {"run_dir": "r"}) == []  # works in its notebook alone
     [(launched, args)] = stage_commands("06_baselines", {"run_dir": "r", "baseline_methods": "rlcd"})
-    assert launched and args[:3] == ["baselines-train", "--run-dir", "r"] and "rlcd" in args and "--seed" not in args
+    assert launched and args[:3] == ["baselines-train", "--run-dir", "r"] and "rlcd" in args
+    assert "--seed" not in args
 
 
 def test_a_launcher_not_found_is_refused_before_anything_is_written(tmp_path):

@@ -17,15 +17,8 @@ from trl import DPOConfig, DPOTrainer
 from dlma.errors import DLMAError
 from dlma.models import ModelConfig, load_model, load_tokenizer
 from dlma.prompts import policy_prompt
-from dlma.train import (
-    DLMAConfig,
-    DLMATrainer,
-    TrainConfig,
-    build_dataset,
-    dlma_loss,
-    step0_loss,
-    train_dlma,
-)
+from dlma.train import TrainConfig, build_dataset, train_dlma
+from dlma.trainer import DLMAConfig, DLMATrainer, dlma_loss, step0_loss
 
 LN2 = math.log(2)
 # Self-rewards on both sides of the default clip [-40, 40], at its bounds, and of both signs.
@@ -272,7 +265,7 @@ def test_build_dataset_prompts(tiny_model_dir):
     cut = dataset[0]["prompt"]
     assert cut.startswith(tokenizer.bos_token) and cut.endswith("\nASSISTANT:\n")
     assert len(tokenizer(cut, add_special_tokens=False).input_ids) <= 33
-    # bad rows never reach build_dataset: stages.read_pairs refuses them (tests/test_bad_inputs.py)
+    # bad rows never reach build_dataset: data.read_pairs refuses them (tests/test_bad_inputs.py)
 
 
 @pytest.mark.parametrize("kwargs, match", [
