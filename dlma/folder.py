@@ -27,10 +27,10 @@ HINT = "write to another folder, pass --force to redo it, or delete it to start 
 
 class StageFolder:
     def __init__(self, out_dir, stage: str, model_cfg=None, model=None):
+        check_out(out_dir)  # as given: Path("") would be the current folder
         self.path, self.stage, self.model_cfg = Path(out_dir), stage, model_cfg
         self.started, self.at, self.params = time.time(), Launch(), {}
         self._loaded = model  # (model, tokenizer) a caller already holds (tests, stage 6), else loaded lazily
-        check_out(self.path)
 
     def begin(self, params: dict, inputs: dict | None = None, force: bool = False, launched: bool = False,
               outputs: tuple[str, ...] = ()):

@@ -1,0 +1,94 @@
+"""A stage's output folder, as a careless or hostile user meets it: two writers at once, --force beside the
+user's own files, an --out that holds the stage's input, an empty --out; and the undefined metric that used to
+end stage 6 at its last line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dlma.artifacts import json_text, write_jsonl
+from dlma.cli import main
+
+ROWS = [{"id": f"p{i}", "turns": ["How?"], "o1": "Safely.", "o2": "Badly.", "self_reward": float(i)} for i in range(8)]
+
+
+def split(tmp_path, out, *extra) -> int:
+    return main(["split", "--pairs", str(tmp_path / "scored.jsonl"), "--out", str(out), *extra])
+
+
+def test_force_removes_only_what_the_stage_wrote(tmp_path, capsys):
+    write_jsonl(tmp_path / "scored.jsonl", ROWS)
+    out = tmp_path / "s"
+    assert split(tmp_path, out) == 0
+    (out / "mynotes.txt").write_text("mine")
+    assert split(tmp_path, out, "--holdout-fraction", "0.5", "--force") == 2
+    err = capsys.readouterr().err
+    assert "mynotes.txt were not written by it" in err and len(err.strip().splitlines()) == 1
+    assert (out / "mynotes.txt").read_text() == "mine"  # the user's file is never deleted
+    (out / "mynotes.txt").unlink()
+    assert split(tmp_path, out, "--holdout-fraction", "0.5", "--force") == 0
+    assert json.loads((out / "manifest.json").read_text())["n_heldout"] == 4
+
+
+def test_an_out_that_holds_the_input_is_refused_and_the_input_kept(tmp_path, capsys):
+    out = tmp_path / "eqin"
+    write_jsonl(out / "scored.jsonl", ROWS)
+    before = (out / "scored.jsonl").read_bytes()
+    assert main(["split", "--pairs", str(out), "--out", str(out), "--force"]) == 2
+    assert "holds the stage's input pairs" in capsys.readouterr().err
+    assert (out / "scored.jsonl").read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["scored.jsonl"]
+
+
+@pytest.mark.parametrize("out", ["", "  "])
+def test_an_empty_out_is_refused(tmp_path, out, capsys, monkeypatch):
+    write_jsonl(tmp_path / "scored.jsonl", ROWS)
+    monkeypatch.chdir(tmp_path)
+    assert main(["split", "--pairs", "scored.jsonl", "--out", out]) == 2
+    assert "an output folder must be named" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scored.jsonl"]
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from dlma.folder import StageFolder
+folder = StageFolder(sys.argv[1], "split")
+folder.begin({"x": 1})
+Path(sys.argv[2]).write_text("ready")
+time.sleep(60)
+"""
+
+
+def test_a_second_writer_is_refused_naming_the_first(tmp_path, capsys):
+    write_jsonl(tmp_path / "scored.jsonl", ROWS)
+    out, ready = tmp_path / "busy", tmp_path / "ready"
+    first = subprocess.Popen([sys.executable, "-c", HOLDER, str(out), str(ready)])
+    try:
+        deadline = time.time() + 120
+        while not ready.exists():
+            assert first.poll() is None and time.time() < deadline
+            time.sleep(0.1)
+        assert split(tmp_path, out) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"(pid {first.pid}) is writing here" in err and str(out.resolve()) in err
+        assert len(err.splitlines()) == 1
+    finally:
+        first.kill()
+        first.wait()
+    assert split(tmp_path, tmp_path / "free") == 0  # another folder was never blocked
+
+
+def test_undefined_distinct_2_is_null_with_its_reason_and_the_summary_is_written():
+    from dlma.baselines import response_metrics
+    from dlma.report import _ci
+
+    rows = [{"refusal": False, "contrastive_score": 0.1, "perplexity": 3.0, "response": "Yes.", "n_tokens": 2}] * 3
+    metrics = response_metrics(rows, n_boot=50)
+    assert metrics["distinct_2"] == {"value": None, "ci95": None, "n": 0, "undefined": "no answer has two words"}
+    json_text(metrics)  # strict JSON: no NaN reaches baselines.json
+    assert _ci(metrics["distinct_2"]) == "undefined (no answer has two words)"
