@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from . import lock
-from .artifacts import check_out, record_params, write_manifest
+from .artifacts import check_out, read_json, record_params, sha256_file, write_manifest
 from .distributed import Launch, launch
 
 HINT = "write to another folder, pass --force to redo it, or delete it to start over"
@@ -53,10 +53,30 @@ class StageFolder:
                 self.at = launch(cpu=resolve_device(self.model_cfg.device) == "cpu")
         self.params = params
         lock.acquire(self.path)
-        if self.at.main:
-            record_params(self.path, params, HINT, inputs, force, outputs)
+        try:
+            if self.at.main:
+                record_params(self.path, params, HINT, inputs, force, outputs)
+                if self.done:
+                    self.check_outputs()
+        except BaseException:  # refused (other parameters, edited results): the folder is not kept locked
+            self.release()
+            raise
         self.at.barrier()
         return self.at
+
+    def check_outputs(self) -> None:
+        """A finished folder's files are the ones its manifest hashed: an edited or missing one is refused, not
+        reported as the stage's result."""
+        from .errors import DLMAError
+
+        for name, sha in read_json(self.path / "manifest.json").get("files", {}).items():
+            if name.endswith(".png"):  # a figure its notebook saves beside the data, redrawn on every run
+                continue
+            path = self.path / name
+            if not path.is_file() or sha256_file(path) != sha:
+                what = "edited since it was written (its hash is not manifest.json's)" if path.is_file() else \
+                    "missing, though manifest.json lists it"
+                raise DLMAError(f"{path}: {what}; pass --force to redo the stage")
 
     @property
     def done(self) -> bool:

@@ -32,12 +32,10 @@ RLAIF_INSTRUCTION = "Please choose the response that is the most helpful, honest
 
 @documented
 @dataclass
-class PrefAccConfig:
-    scorers: str = "dlma,rlaif,loglik,length,random"
-    pref_pair: str = "harmless"
-    rendering: str = "affix"
-    rlaif_instruction: str = RLAIF_INSTRUCTION
-    beta: float = 0.1
+class PairScoring:
+    """How human-labelled pairs are read and their accuracy bootstrapped: shared by stage 3 and the prompt-pair
+    study (which must read them as stage 3 did to reuse its scores)."""
+
     score_batch_size: int = 8
     pref_max_length: int = 1024
     max_batch_tokens: int = 0
@@ -46,9 +44,27 @@ class PrefAccConfig:
     seed: int = 0
 
     def __post_init__(self):
+        check_fields(self, [
+            (self.score_batch_size >= 1, ("score_batch_size",), "must be >= 1"),
+            (self.pref_max_length >= 2, ("pref_max_length",), "must be >= 2 (a prompt token and a response token)"),
+            (self.max_batch_tokens >= 0, ("max_batch_tokens",), "must be >= 0 (0: by count on a CPU, auto on a GPU)"),
+            (self.n_bootstrap >= 1, ("n_bootstrap",), "must be >= 1"),
+        ])
+
+
+@documented
+@dataclass
+class PrefAccConfig(PairScoring):
+    scorers: str = "dlma,rlaif,loglik,length,random"
+    pref_pair: str = "harmless"
+    rendering: str = "affix"
+    rlaif_instruction: str = RLAIF_INSTRUCTION
+    beta: float = 0.1
+
+    def __post_init__(self):
+        super().__post_init__()
         check_score_settings(self, "pref_pair", "pref_max_length")
-        check_fields(self, [(self.beta > 0, ("beta",), "must be > 0"),
-                            (self.n_bootstrap >= 1, ("n_bootstrap",), "must be >= 1")])
+        check_fields(self, [(self.beta > 0, ("beta",), "must be > 0")])
         self.scorer_list()
 
     def scorer_list(self) -> list[str]:

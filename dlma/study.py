@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import DLMAError, check_fields
 from .params import documented
+from .preference import PairScoring
 from .prompts import RENDERINGS, get_pair
 from .score import SCORE_KEYS
 from .stats import paired_comparison
@@ -29,27 +30,16 @@ ENSEMBLE, NORM = "ensemble", "/norm"
 
 @documented
 @dataclass
-class StudyConfig:
-    """The variants and the selection slice, and the scoring settings the study shares with stage 3 (its
-    variants bring their own pair and rendering)."""
+class StudyConfig(PairScoring):
+    """The variants and the selection slice, read with stage 3's settings (the variants bring their own pair and
+    rendering)."""
 
     study_variants: str = "harmless,harmless@chat,helpful"
     study_select: int = 400
-    score_batch_size: int = 8
-    pref_max_length: int = 1024
-    max_batch_tokens: int = 0
-    share_prompts: bool = True
-    n_bootstrap: int = 1000
-    seed: int = 0
 
     def __post_init__(self):
-        check_fields(self, [
-            (self.study_select >= 1, ("study_select",), "must be >= 1"),
-            (self.score_batch_size >= 1, ("score_batch_size",), "must be >= 1"),
-            (self.pref_max_length >= 2, ("pref_max_length",), "must be >= 2 (a prompt token and a response token)"),
-            (self.max_batch_tokens >= 0, ("max_batch_tokens",), "must be >= 0 (0: by count on a CPU, auto on a GPU)"),
-            (self.n_bootstrap >= 1, ("n_bootstrap",), "must be >= 1"),
-        ])
+        super().__post_init__()
+        check_fields(self, [(self.study_select >= 1, ("study_select",), "must be >= 1")])
         self.variant_list()
 
     def variant_list(self) -> list[tuple[str, str, str]]:

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from dlma.cli import main
+from dlma.lock import LOCK_FILE, holder
 
 QUERY = {"id": "q1", "prompt": "How do I bake bread?"}
 PAIR = {"id": "p1", "turns": ["How do I bake bread?"], "o1": "Knead, rise, bake.", "o2": "Burn it."}
@@ -31,7 +32,10 @@ def jsonl(path: Path, rows: list) -> str:
 
 
 def files_under(root: Path) -> set[Path]:
-    return {p for p in root.rglob("*")}
+    """Every path under `root`, but a folder's lock file once it is free and empty: the file may stay (dlma/lock.py),
+    the OS lock on it must not (a refused stage lets its folder go)."""
+    return {p for p in root.rglob("*")
+            if not (p.name == LOCK_FILE and p.stat().st_size == 0 and holder(p.parent) is None)}
 
 
 # Each case: (id, function(tmp_path, tiny) -> argv, the substrings our one line must hold). `tiny` is the
@@ -232,17 +236,17 @@ CASES = [
      ["exists and is not a folder"]),
     # run
     ("run-set-wrong-type", lambda t, m: ["run", "--preset", "smoke", "--set", "n_queries=abc", "--run-id", "x"],
-     ["--set: field 'n_queries': expected an integer", "got 'abc'"]),
+     ["--set n_queries=...: expected an integer", "got 'abc'"]),
     ("run-set-bool-for-int", lambda t, m: ["run", "--preset", "smoke", "--set", "n_queries=true", "--run-id", "x"],
-     ["field 'n_queries': expected an integer"]),
+     ["--set n_queries=...: expected an integer", "got True"]),
     ("run-set-unknown-key", lambda t, m: ["run", "--preset", "smoke", "--set", "n_querys=4"],
-     ["unknown parameter(s) n_querys"]),
+     ["--set n_querys=...: unknown parameter 'n_querys'", "(did you mean 'n_queries'?)"]),
     ("run-set-no-value", lambda t, m: ["run", "--preset", "smoke", "--set", "n_queries"], ["expected KEY=VALUE"]),
     ("run-unknown-preset", lambda t, m: ["run", "--preset", "huge"], ["preset 'huge'", "not found"]),
     ("run-preset-bad-yaml", lambda t, m: ["run", "--preset", preset_file(t, "seed: 0\nbeta: [0.1\n")],
      ["preset.yaml:3: not valid YAML"]),
     ("run-preset-wrong-type", lambda t, m: ["run", "--preset", preset_file(t, "seed: 0\n\nbeta: high\n")],
-     ["preset.yaml:3: field 'beta': expected a number"]),
+     ["preset.yaml:3: expected a number", "got 'high'"]),
 ]
 
 

@@ -92,3 +92,18 @@ def test_undefined_distinct_2_is_null_with_its_reason_and_the_summary_is_written
     assert metrics["distinct_2"] == {"value": None, "ci95": None, "n": 0, "undefined": "no answer has two words"}
     json_text(metrics)  # strict JSON: no NaN reaches baselines.json
     assert _ci(metrics["distinct_2"]) == "undefined (no answer has two words)"
+
+
+def test_a_finished_folder_edited_by_hand_is_refused_and_force_redoes_it(tmp_path, capsys):
+    write_jsonl(tmp_path / "scored.jsonl", ROWS)
+    out = tmp_path / "s"
+    assert split(tmp_path, out) == 0
+    capsys.readouterr()
+    assert split(tmp_path, out) == 0  # a rerun over untouched results reports them
+    with open(out / "train.jsonl", "a") as f:
+        f.write(json.dumps(ROWS[0]) + "\n")
+    assert split(tmp_path, out) == 2
+    err = capsys.readouterr().err
+    assert "train.jsonl: edited since it was written" in err and "--force" in err
+    assert split(tmp_path, out, "--force") == 0
+    assert split(tmp_path, out) == 0

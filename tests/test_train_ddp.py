@@ -29,7 +29,7 @@ def free_port() -> int:
 def test_ddp_on_two_processes_trains_the_single_process_adapter(tmp_path, tiny_model_dir):
     write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
     common = ["train", "--model", tiny_model_dir, "--device", "cpu", "--pairs", str(tmp_path / "pairs.jsonl"),
-              "--load-in-4bit", "false", "--gradient-checkpointing", "false", "--lora-dropout", "0",
+              "--qlora", "false", "--gradient-checkpointing", "false", "--lora-dropout", "0",
               "--warmup-steps", "0", "--learning-rate", "1e-3", "--epochs", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     single = subprocess.run([sys.executable, "-m", "dlma", *common, "--train-batch-size", "4",
