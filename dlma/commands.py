@@ -35,7 +35,12 @@ class Command:
         return argument_parser(self.types(), prog=f"dlma {name}", description=self.help)
 
     def run(self, configs: list, **kwargs):
-        return load(self.stage)(*[c for c in configs if not isinstance(c, PairsFile)], **kwargs)
+        from . import lock
+
+        try:
+            return load(self.stage)(*[c for c in configs if not isinstance(c, PairsFile)], **kwargs)
+        finally:  # a stage that failed midway lets its folder go (a finished one already has)
+            lock.release_all()
 
 
 MODEL, PAIRS_FILE = "models:ModelConfig", "params:PairsFile"

@@ -151,6 +151,16 @@ def release(folder: Path | str) -> None:
                 os.close(held.fd)  # releases the flock; the file stays (unlinking it would race with openers)
 
 
+def release_all() -> None:
+    """Free every folder this process holds: a stage that failed midway (the CLI exits, but a notebook's kernel
+    lives on) must not keep its folder from the rerun that fixes it."""
+    with _guard:
+        held = list(_held)
+    for key in held:
+        while key in _held:
+            release(key)
+
+
 @contextmanager
 def hold(folder: Path | str, wait: float = WAIT) -> Iterator[Path]:
     """`with hold(run_dir):` this process (or launch) is the only writer of `run_dir` inside the block."""

@@ -120,7 +120,8 @@ def resolve_params(preset: str, overrides: list[str]) -> dict:
     lines = preset_lines(preset)
 
     def where(key: str) -> str:
-        return f"--set {key}=..." if key in override_values else f"{preset_path(preset)}:{lines.get(key, '?')}"
+        return f"--set {key}=..." if key in override_values else \
+            f"{preset_path(preset)}:{lines.get(key, '?')}: field '{key}'"
 
     set_by_run = sorted(set(params) & set(PATHS))
     if set_by_run:

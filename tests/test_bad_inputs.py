@@ -246,7 +246,7 @@ CASES = [
     ("run-preset-bad-yaml", lambda t, m: ["run", "--preset", preset_file(t, "seed: 0\nbeta: [0.1\n")],
      ["preset.yaml:3: not valid YAML"]),
     ("run-preset-wrong-type", lambda t, m: ["run", "--preset", preset_file(t, "seed: 0\n\nbeta: high\n")],
-     ["preset.yaml:3: expected a number", "got 'high'"]),
+     ["preset.yaml:3: field 'beta': expected a number", "got 'high'"]),
 ]
 
 

@@ -119,7 +119,7 @@ def test_set_values_are_read_as_the_cli_reads_them():
 def test_a_preset_error_names_its_line(tmp_path):
     preset = tmp_path / "p.yaml"
     preset.write_text("description: x\nn_queries: 4\nmax_new_tokens: many\n")
-    with pytest.raises(DLMAError, match=r"p\.yaml:3: expected an integer, got 'many'"):
+    with pytest.raises(DLMAError, match=r"p\.yaml:3: field 'max_new_tokens': expected an integer, got 'many'"):
         resolve_params(str(preset), [])
 
 
