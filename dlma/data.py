@@ -196,6 +196,18 @@ class _Invalid(Exception):
 
 
 def parse_row(row: object, name: str, n: int, label_field: str = "safer_response_id") -> Example:
+    ex = _parse_row(row, name, n, label_field)
+    for key, texts in (("prompt", ex.turns), ("chosen", [ex.chosen or ""]), ("rejected", [ex.rejected or ""])):
+        for value in texts:
+            bad = next((c for c in value if c == "\0" or "\ud800" <= c <= "\udfff"), None)
+            if bad is not None:  # a tokenizer would fail on it with a traceback of its own
+                what = "a NUL character" if bad == "\0" else "a lone surrogate"
+                raise _Invalid(f"{where(name, n, key)}: holds {what} at character {value.index(bad) + 1} (not text "
+                               "a model can read)", True)
+    return ex
+
+
+def _parse_row(row: object, name: str, n: int, label_field: str) -> Example:
     if not isinstance(row, dict):
         raise _Invalid(f"{where(name, n)}: a row must be a JSON object, got {type(row).__name__}", True)
     rid = str(row.get("id", row.get("test_index", n)))

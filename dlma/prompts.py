@@ -95,10 +95,16 @@ def load_pairs_file(path: str | Path | None) -> list[PromptPair]:
     if not isinstance(root, yaml.MappingNode) or not root.value:
         raise DLMAError(f"{path}:1: expected a mapping of pair name -> {{pos, neg}} "
                         "or {pos_attributes, neg_attributes}")
-    pairs = []
+    pairs, first = [], {}
     for key, node in root.value:
-        name, line = key.value, key.start_mark.line + 1
+        line = key.start_mark.line + 1
+        if not isinstance(key, yaml.ScalarNode):
+            raise DLMAError(f"{path}:{line}: a pair's name must be a string, got a {key.id}")
+        name = key.value
         where = f"{path}:{line}: field '{name}'"
+        if name in first:  # YAML would let the second silently win
+            raise DLMAError(f"{where}: pair '{name}' is defined twice (first at line {first[name]})")
+        first[name] = line
         if name in BUILT_IN:
             raise DLMAError(f"{where}: '{name}' is a built-in pair; give yours another name")
         if not isinstance(node, yaml.MappingNode):

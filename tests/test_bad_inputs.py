@@ -153,7 +153,16 @@ CASES = [
                                                                            else "not writable"]),
     ("gen-out-holds-foreign-files", lambda t, m: foreign_out(t) and gen(t, m),
      ["holds files that no dlma stage recorded here (pairs.jsonl)"]),
+    ("gen-lone-surrogate", lambda t, m: gen(t, m, queries=q(t, [{"prompt": "Hi \ud800 there"}])),
+     ["q.jsonl:1: field 'prompt': holds a lone surrogate at character 4"]),
+    ("gen-nul", lambda t, m: gen(t, m, queries=q(t, [{"prompt": "Hi\u0000"}])),
+     ["q.jsonl:1: field 'prompt': holds a NUL character"]),
     # the prompt pairs file
+    ("pairs-file-twice", lambda t, m: gen(t, m, "--pairs-file", pairs_file(
+        t, "k:\n  pos: a {}\n  neg: b {}\nk:\n  pos: b {}\n  neg: a {}\n")),
+     ["pairs.yaml:4: field 'k': pair 'k' is defined twice (first at line 1)"]),
+    ("pairs-file-mapping-name", lambda t, m: gen(t, m, "--pairs-file", pairs_file(t, "? {a: 1}\n: {pos: 'a {}', neg: 'b {}'}\n")),
+     ["pairs.yaml:1: a pair's name must be a string"]),
     ("pairs-file-missing", lambda t, m: gen(t, m, "--pairs-file", str(t / "nope.yaml")), ["nope.yaml: no such file"]),
     ("pairs-file-no-query-slot", lambda t, m: gen(t, m, "--pairs-file", pairs_file(t, "k:\n  pos: a\n  neg: b {}\n")),
      ["pairs.yaml:2: field 'k.pos': needs exactly one '{}'"]),

@@ -107,3 +107,15 @@ def test_a_finished_folder_edited_by_hand_is_refused_and_force_redoes_it(tmp_pat
     assert "train.jsonl: edited since it was written" in err and "--force" in err
     assert split(tmp_path, out, "--force") == 0
     assert split(tmp_path, out) == 0
+
+
+def test_written_files_take_the_umask_like_any_other_file(tmp_path):
+    import os
+
+    from dlma.artifacts import UMASK
+
+    write_jsonl(tmp_path / "scored.jsonl", ROWS)
+    assert split(tmp_path, tmp_path / "s") == 0
+    want = 0o666 & ~UMASK
+    for name in ("params.json", "manifest.json", "train.jsonl"):
+        assert os.stat(tmp_path / "s" / name).st_mode & 0o777 == want, name  # not mkstemp's 0600
