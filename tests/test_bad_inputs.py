@@ -161,7 +161,8 @@ CASES = [
     ("pairs-file-twice", lambda t, m: gen(t, m, "--pairs-file", pairs_file(
         t, "k:\n  pos: a {}\n  neg: b {}\nk:\n  pos: b {}\n  neg: a {}\n")),
      ["pairs.yaml:4: field 'k': pair 'k' is defined twice (first at line 1)"]),
-    ("pairs-file-mapping-name", lambda t, m: gen(t, m, "--pairs-file", pairs_file(t, "? {a: 1}\n: {pos: 'a {}', neg: 'b {}'}\n")),
+    ("pairs-file-mapping-name",
+     lambda t, m: gen(t, m, "--pairs-file", pairs_file(t, "? {a: 1}\n: {pos: 'a {}', neg: 'b {}'}\n")),
      ["pairs.yaml:1: a pair's name must be a string"]),
     ("pairs-file-missing", lambda t, m: gen(t, m, "--pairs-file", str(t / "nope.yaml")), ["nope.yaml: no such file"]),
     ("pairs-file-no-query-slot", lambda t, m: gen(t, m, "--pairs-file", pairs_file(t, "k:\n  pos: a\n  neg: b {}\n")),
