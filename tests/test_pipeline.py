@@ -182,3 +182,18 @@ def test_makefile_pins_torch_like_pyproject():
 def test_notebooks_exist():
     for stage in STAGES:
         assert Path(notebook_path(stage)).exists(), stage
+
+
+def test_a_runs_book_shows_its_notebooks_and_leaves_the_published_book_alone(tmp_path):
+    from dlma.pipeline import book_sources
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "01_generate.ipynb").write_text('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')
+    published = {p.name: p.read_bytes() for p in (ROOT / "book" / "results").glob("*.ipynb")}
+    dest = book_sources(run, tmp_path / "book")
+    assert (dest / "_toc.yml").read_bytes() == (ROOT / "_toc.yml").read_bytes()
+    assert (dest / "book" / "results" / "01_generate.ipynb").read_bytes() == (run / "01_generate.ipynb").read_bytes()
+    assert {p.name: p.read_bytes() for p in (ROOT / "book" / "results").glob("*.ipynb")} == published
+    with pytest.raises(DLMAError, match="give a folder of its own"):
+        book_sources(run, ROOT)
