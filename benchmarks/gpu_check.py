@@ -213,8 +213,9 @@ def main() -> None:
     if "train" not in skip:
         del model
         gc.collect()
-        cfg = TrainConfig(train_batch_size=8, grad_accum=8, train_max_length=512, max_prompt_length=256, epochs=1,
-                          learning_rate=2e-5, warmup_steps=0, qlora=True, seed=0, logging_steps=1)
+        cfg = TrainConfig(per_device_train_batch_size=8, gradient_accumulation_steps=8, max_length=512,
+                          max_prompt_length=256, num_train_epochs=1, learning_rate=2e-5,
+                          warmup_steps=0, qlora=True, seed=0, logging_steps=1)
         t0 = check.start()
         summary = run_train(ModelConfig(str(work / "model"), device=device), Pairs(str(work / "score")), cfg,
                             Out(str(work / "train")))

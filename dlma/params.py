@@ -70,10 +70,11 @@ HELP = {
     "optim": "a transformers optimizer name (AdamW: LoRA recipes are tuned for it; the paper used RMSprop)",
     "lr_scheduler_type": "a transformers scheduler (the released DPO code: linear warm-up, then constant)",
     "warmup_steps": "below 1: a fraction of the steps, from 1: a count (the paper: 150)",
-    "epochs": "passes over the training pairs (paper: 1)",
-    "train_batch_size": "pairs per step (paper: 64)",
-    "grad_accum": "steps whose gradients are summed before an update (the global batch is train_batch_size times this)",
-    "train_max_length": "prompt + response tokens (paper: 512)",
+    "num_train_epochs": "passes over the training pairs (paper: 1)",
+    "per_device_train_batch_size": "pairs per step on each process (paper: a global batch of 64)",
+    "gradient_accumulation_steps": "steps whose gradients are summed before an update (the global batch: processes x "
+                                   "per_device_train_batch_size x this)",
+    "max_length": "prompt + response tokens in training (paper: 512)",
     "max_prompt_length": "prompt tokens in training; longer prompts keep their end (the question and the cue)",
     "qlora": "train LoRA adapters on a 4-bit NF4 base (QLoRA, through bitsandbytes); false: on the base in its "
              "own dtype",

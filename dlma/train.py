@@ -29,6 +29,11 @@ from .prompts import policy_prompt
 from .quiet import progress
 from .trainer import DLMAConfig, DLMATrainer, margin_problem
 
+# The fields TrainConfig shares with TRL's DPOConfig and SFTConfig, under TRL's names: passed as they are.
+TRL_FIELDS = ("learning_rate", "optim", "lr_scheduler_type", "warmup_steps", "num_train_epochs",
+              "per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "gradient_checkpointing",
+              "seed", "logging_steps", "report_to")
+
 
 @documented
 @dataclass
@@ -47,10 +52,10 @@ class TrainConfig:
     optim: str = "adamw_torch"
     lr_scheduler_type: str = "constant_with_warmup"
     warmup_steps: float = 0.1
-    epochs: int = 1
-    train_batch_size: int = 8
-    grad_accum: int = 1
-    train_max_length: int = 512
+    num_train_epochs: int = 1
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_length: int = 512
     max_prompt_length: int = 256
     lora_r: int = 8
     lora_alpha: int = 16
@@ -79,12 +84,12 @@ class TrainConfig:
             (self.lr_scheduler_type in {s.value for s in SchedulerType}, ("lr_scheduler_type",),
              "must be a transformers scheduler name"),
             (self.warmup_steps >= 0, ("warmup_steps",), "must be >= 0"),
-            (self.epochs >= 1, ("epochs",), "must be >= 1"),
-            (self.train_batch_size >= 1, ("train_batch_size",), "must be >= 1"),
-            (self.grad_accum >= 1, ("grad_accum",), "must be >= 1"),
+            (self.num_train_epochs >= 1, ("num_train_epochs",), "must be >= 1"),
+            (self.per_device_train_batch_size >= 1, ("per_device_train_batch_size",), "must be >= 1"),
+            (self.gradient_accumulation_steps >= 1, ("gradient_accumulation_steps",), "must be >= 1"),
             (self.max_prompt_length >= 1, ("max_prompt_length",), "must be >= 1"),
-            (self.train_max_length > self.max_prompt_length, ("train_max_length", "max_prompt_length"),
-             "train_max_length must exceed max_prompt_length, to leave room for the response"),
+            (self.max_length > self.max_prompt_length, ("max_length", "max_prompt_length"),
+             "max_length must exceed max_prompt_length, to leave room for the response"),
             (self.lora_r >= 1, ("lora_r",), "must be >= 1"),
             (self.lora_alpha > 0, ("lora_alpha",), "must be > 0"),
             (0 <= self.lora_dropout < 1, ("lora_dropout",), "must be in [0, 1)"),
@@ -172,11 +177,8 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
                      {"beta": cfg.beta, "gamma": cfg.gamma, "margin_clip": cfg.margin_clip, "weighting": cfg.weighting,
                       "disable_dropout": False})
         args = (SFTConfig if sft else DLMAConfig)(
-            output_dir=trl_dir, **loss_args, learning_rate=cfg.learning_rate, optim=cfg.optim,
-            lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_steps, num_train_epochs=cfg.epochs,
-            per_device_train_batch_size=cfg.train_batch_size, gradient_accumulation_steps=cfg.grad_accum,
-            max_length=cfg.train_max_length, gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed,
-            logging_steps=cfg.logging_steps, save_strategy="no", report_to=cfg.report_to, disable_tqdm=not progress(),
+            output_dir=trl_dir, **loss_args, **{f: getattr(cfg, f) for f in TRL_FIELDS},
+            save_strategy="no", disable_tqdm=not progress(),
             bf16=compute_dtype == torch.bfloat16, fp16=False,
             # under DDP: only LoRA weights train, and every one of them gets a gradient at every step
             ddp_find_unused_parameters=False, gradient_checkpointing_kwargs={"use_reentrant": False},

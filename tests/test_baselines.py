@@ -28,10 +28,11 @@ from dlma.train import TrainConfig
 
 
 def test_every_method_shares_the_budget_and_sets_only_its_loss():
-    shared = TrainConfig(learning_rate=1e-4, train_batch_size=4, lora_r=16, seed=3, epochs=2)
+    shared = TrainConfig(learning_rate=1e-4, per_device_train_batch_size=4, lora_r=16, seed=3, num_train_epochs=2)
     for method in TRAINED:
         cfg = method_config(shared, method)
-        assert (cfg.learning_rate, cfg.train_batch_size, cfg.lora_r, cfg.seed, cfg.epochs) == (1e-4, 4, 16, 3, 2)
+        assert (cfg.learning_rate, cfg.per_device_train_batch_size, cfg.lora_r, cfg.seed,
+                cfg.num_train_epochs) == (1e-4, 4, 16, 3, 2)
     assert method_config(shared, "rlcd").gamma == 0 and not method_config(shared, "rlcd").weighting
     assert method_config(shared, "dlma_gamma0.5").gamma == 0.5
     assert method_config(shared, "dlma_clamp20").margin_clip == (-20, 20)
@@ -106,7 +107,8 @@ def run_to_stage5(tmp_path, tiny_model_dir) -> Path:
     model_cfg = ModelConfig(tiny_model_dir, device="cpu")
     # stage 4 as its notebook runs it: the split of 02's scored pairs, then training on the rest
     run_stage("04_train_dlma", {"run_dir": str(run), "model": tiny_model_dir, "device": "cpu", "holdout_fraction": 0.2,
-                                "qlora": False, "train_batch_size": 4, "train_max_length": 48, "max_prompt_length": 24,
+                                "qlora": False, "per_device_train_batch_size": 4, "max_length": 48,
+                                "max_prompt_length": 24,
                                 "learning_rate": 1e-3, "warmup_steps": 0})
     run_evaluate(model_cfg, EvalConfig(eval_n_prompts=3, eval_n_pairs=3, eval_max_new_tokens=6, eval_batch_size=2),
                  Run(str(run)))

@@ -209,7 +209,7 @@ def test_trainer_needs_self_reward(tiny_model_dir, tmp_path):
 @pytest.mark.slow
 def test_train_dlma_qlora_tiny(tiny_model_dir, tmp_path):
     rows = make_rows(REWARDS * 2)  # 16 pairs
-    cfg = TrainConfig(learning_rate=1e-3, warmup_steps=0, train_batch_size=8, qlora=True)
+    cfg = TrainConfig(learning_rate=1e-3, warmup_steps=0, per_device_train_batch_size=8, qlora=True)
     out = tmp_path / "adapter"
     summary = train_dlma(rows, ModelConfig(model=tiny_model_dir), cfg, out)
 
@@ -293,8 +293,8 @@ def test_dlma_config_defaults(tmp_path):
     ({"beta": -1.0}, "TrainConfig: beta must be > 0, got -1.0"),
     ({"margin_low": 40.0, "margin_high": -40.0}, r"margin_low < margin_high\), got \(40.0, -40.0\)"),
     ({"weighting": True}, r"set gamma = 0 \(got 0.2\)"),
-    ({"train_batch_size": 0}, "train_batch_size=0"),
-    ({"max_prompt_length": 512}, "train_max_length must exceed max_prompt_length"),
+    ({"per_device_train_batch_size": 0}, "per_device_train_batch_size=0"),
+    ({"max_prompt_length": 512}, "max_length must exceed max_prompt_length"),
     ({"lora_dropout": 1.0}, "lora_dropout"),
     ({"optim": "sgd-ish"}, "optim='sgd-ish'"),
     ({"lr_scheduler_type": "zigzag"}, "lr_scheduler_type"),

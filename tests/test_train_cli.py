@@ -29,8 +29,9 @@ def test_train_cli_writes_a_reloadable_adapter(tiny_model_dir, tmp_path):
     pairs = tmp_path / "scored.jsonl"
     pairs.write_text("".join(json.dumps(r) + "\n" for r in scored_rows(8)))
     out = tmp_path / "adapter"
-    args = ["train", "--model", tiny_model_dir, "--pairs", str(pairs), "--out", str(out), "--train-batch-size", "4",
-            "--train-max-length", "64", "--max-prompt-length", "32", "--learning-rate", "1e-3", "--device", "cpu"]
+    args = ["train", "--model", tiny_model_dir, "--pairs", str(pairs), "--out", str(out),
+            "--per-device-train-batch-size", "4", "--max-length", "64", "--max-prompt-length", "32",
+            "--learning-rate", "1e-3", "--device", "cpu"]
     res = cli(*args)
     assert res.returncode == 0, res.stderr[-2000:]
     again = cli(*args)  # the same job: the finished run, not retrained

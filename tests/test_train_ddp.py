@@ -30,14 +30,14 @@ def test_ddp_on_two_processes_trains_the_single_process_adapter(tmp_path, tiny_m
     write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
     common = ["train", "--model", tiny_model_dir, "--device", "cpu", "--pairs", str(tmp_path / "pairs.jsonl"),
               "--qlora", "false", "--gradient-checkpointing", "false", "--lora-dropout", "0",
-              "--warmup-steps", "0", "--learning-rate", "1e-3", "--epochs", "1"]
+              "--warmup-steps", "0", "--learning-rate", "1e-3", "--num_train_epochs", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    single = subprocess.run([sys.executable, "-m", "dlma", *common, "--train-batch-size", "4",
+    single = subprocess.run([sys.executable, "-m", "dlma", *common, "--per-device-train-batch-size", "4",
                              "--out", str(tmp_path / "one")], capture_output=True, text=True, env=env, timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
               "-m", "dlma"]
-    ddp = subprocess.run([*launch, *common, "--train-batch-size", "2", "--out", str(tmp_path / "two")],
+    ddp = subprocess.run([*launch, *common, "--per-device-train-batch-size", "2", "--out", str(tmp_path / "two")],
                          capture_output=True, text=True, env=env, timeout=600)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     one, two = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("one", "two"))
