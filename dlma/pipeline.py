@@ -31,6 +31,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -448,3 +449,33 @@ def update_notebooks() -> list[str]:
             atomic_write(path, nbformat.writes(nb) + "\n")
             changed.append(stage)
     return changed
+
+
+def update_expected(stages: tuple[str, ...] = STAGES) -> list[str]:
+    """`make expected`: run the smoke notebooks as nbval runs them (kernel in `notebooks/`, the run in
+    `runs/nbval`) and store the outputs of their checked cells (`dlma.checked`), which nbval then compares;
+    every other output stays empty, so a notebook's diff is its results. The names of those that changed."""
+    import nbformat
+    import papermill as pm
+
+    from .checked import MARK
+
+    shutil.rmtree(ROOT / "runs" / "nbval", ignore_errors=True)
+    changed = []
+    with tempfile.TemporaryDirectory(prefix="dlma-expected-") as tmp:
+        for stage in stages:  # in order: each reads the run folder its predecessors wrote
+            path = notebook_path(stage)
+            executed = Path(tmp) / path.name
+            pm.execute_notebook(str(path), str(executed), cwd=str(path.parent), progress_bar=False)
+            nb, ran = nbformat.read(path, as_version=4), nbformat.read(executed, as_version=4)
+            for cell, ran_cell in zip(nb.cells, ran.cells, strict=True):
+                if cell.cell_type == "code":  # nbval compares only a cell that ran: it keeps its count
+                    checked = MARK in cell.source
+                    cell.outputs = ran_cell.outputs if checked else []
+                    cell.execution_count = ran_cell.execution_count if checked else None
+            text = nbformat.writes(nb) + "\n"
+            if text != path.read_text():
+                atomic_write(path, text)
+                changed.append(stage)
+    return changed
+
