@@ -24,6 +24,7 @@ from dlma.lock import LOCK_FILE, holder
 QUERY = {"id": "q1", "prompt": "How do I bake bread?"}
 PAIR = {"id": "p1", "turns": ["How do I bake bread?"], "o1": "Knead, rise, bake.", "o2": "Burn it."}
 LABELLED = {"id": "h1", "prompt": "How do I bake bread?", "chosen": "Knead, rise, bake.", "rejected": "No."}
+WORDS_100 = " ".join(["word"] * 100)  # 100 tokens of the embedded model's tokenizer
 
 
 def jsonl(path: Path, rows: list) -> str:
@@ -207,6 +208,9 @@ CASES = [
     ("score-max-length-0", lambda t, m: score(t, m, [PAIR], "--score-max-length", "0"),
      ["score_max_length=0: must be >= 2"]),
     ("score-unknown-rendering", lambda t, m: score(t, m, [PAIR], "--rendering", "fancy"), ["rendering='fancy'"]),
+    ("score-every-response-too-long", lambda t, m: score(t, m, [{**PAIR, "o2": WORDS_100}], "--score-max-length", "64"),
+     ["no usable pairs (all 1 were left out, the first: ", "pairs.jsonl: id 'p1': field 'o2': 100 tokens leave 0 of "
+      "max_length=64, too few to keep what tells harmless's p+ from p-"]),
     # pref-acc
     ("pref-limit-0", lambda t, m: pref(t, m, "--pref-limit", "0"), ["pref_limit must be an integer >= 1"]),
     ("pref-limit-negative", lambda t, m: pref(t, m, "--pref-limit", "-1"), ["pref_limit must be an integer >= 1"]),
@@ -220,6 +224,10 @@ CASES = [
      ["h.jsonl:1: field 'chosen': missing (this stage needs labelled pairs)"]),
     ("pref-every-row-invalid", lambda t, m: pref(t, m, rows=[{**LABELLED, "chosen": " "}]),
      ["no usable rows (all 1 were left out, the first: ", "h.jsonl:1: field 'chosen': empty response"]),
+    ("pref-every-response-too-long", lambda t, m: pref(t, m, "--pref-max-length", "64", "--scorers", "loglik,length",
+                                                       rows=[{**LABELLED, "rejected": WORDS_100}]),
+     ["no usable rows (all 1 were left out, the first: ", "h.jsonl:1: field 'rejected': 100 tokens leave 0 of "
+      "max_length=64, too few for its prompt"]),
     ("pref-bad-label-field", lambda t, m: pref(t, m, "--label-field", "best"), ["label_field must be one of"]),
     ("pref-pku-label-not-0-1", lambda t, m: pref(t, m, rows=[{"prompt": "q", "response_0": "a", "response_1": "b",
                                                               "safer_response_id": 2}]),
@@ -336,3 +344,39 @@ def test_pairs_with_an_empty_response_are_counted_not_scored_as_zero(tmp_path, t
     assert all(r["self_reward"] != 0 for r in scored)
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["dropped"]["empty_response"] == [f"{tmp_path / 'pairs.jsonl'}:2: field 'o2': empty response"]
+
+
+def test_a_response_longer_than_the_limit_is_counted_not_allocated(tmp_path, tiny_model_dir, capsys):
+    """The probe: a response of 200,000 words under --score-max-length 64 once tried to allocate 40 GB (the limit
+    cut prompts only). It is left out and counted; the others are scored."""
+    rows = [PAIR, {**PAIR, "id": "p2", "o1": " ".join(["word"] * 200_000)}, {**PAIR, "id": "p3"}]
+    rc = run_cli(score(tmp_path, tiny_model_dir, rows, "--score-max-length", "64"))
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert [line for line in err.splitlines() if line.startswith("dlma score: left out")] == [
+        f"dlma score: left out 1 item(s) (over score_max_length=64, with no room for the instruction): "
+        f"{tmp_path / 'pairs.jsonl'}: id 'p2': field 'o1': 200000 tokens leave 0 of max_length=64, too few to keep "
+        "what tells harmless's p+ from p-; listed in manifest.json"]
+    scored = [json.loads(x) for x in (tmp_path / "out" / "scored.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in scored] == ["p1", "p3"]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["n_pairs"] == 2 and len(manifest["dropped"]["over_score_max_length"]) == 1
+
+
+def test_a_pair_no_scorer_can_read_is_left_out_of_every_scorer(tmp_path, tiny_model_dir, capsys):
+    """A response that leaves its prompts no room for the instruction: not scored as right or wrong by dlma (its
+    four S terms would read one prompt), and left out of the other scorers too, so all compare the same pairs."""
+    rows = [{**LABELLED, "id": f"h{i}"} for i in range(3)] + [{**LABELLED, "id": "long", "chosen": WORDS_100}]
+    rc = run_cli(pref(tmp_path, tiny_model_dir, "--pref-max-length", "64", "--scorers", "dlma,loglik,length",
+                      rows=rows))
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert sum(line.startswith("dlma pref-acc: left out 1 item(s) (over pref_max_length=64") for line in
+               err.splitlines()) == 1
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert {s: m["n"] for s, m in metrics["accuracy"].items()} == {"dlma": 3, "loglik": 3, "length": 3}
+    predicted = {json.loads(x)["id"] for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()}
+    assert predicted == {"h0", "h1", "h2"}
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["over_pref_max_length"] == [f"{tmp_path / 'h.jsonl'}:4: field 'chosen': 100 tokens leave 0 of "
+                                                "max_length=64, too few to keep what tells harmless's p+ from p-"]
