@@ -167,8 +167,10 @@ def run_score(model_cfg, pairs, cfg: ScoreConfig, out, chunk: int = 32, model=No
                                           max_length=cfg.score_max_length, desc=f"score {k + 1}/{len(chunks)}",
                                           share_prompts=cfg.share_prompts, max_tokens=cfg.max_batch_tokens)
                 rows += [{**p, "pair": name, **t} for p, t in zip(group, terms, strict=True)]
-            store.append(rows)  # grouped by setting within a chunk: the order the published run's split used
-    store.finish(order=order if at.world > 1 else None)
+            # a chunk whose rows a corrupt line cost is scored whole (the same batches, the same numbers) and only
+            # its missing rows appended; grouped by setting within a chunk: the order the published run's split used
+            store.append([r for r in rows if r["id"] not in store.done])
+    store.finish(order=order)
     folder.finish(n_pairs=len(store.rows), dropped={"empty_response": empty, "over_score_max_length": too_long},
                   processes=at.world)
     return store.rows

@@ -88,6 +88,31 @@ def model_folder(tmp, config: dict | None):
     return str(folder)
 
 
+def foreign_adapter(tmp) -> str:
+    """A LoRA adapter saved on a base of other shapes (hidden size 32, not the tiny model's 64)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    base = AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64,
+                                                        num_hidden_layers=2, num_attention_heads=4,
+                                                        num_key_value_heads=2))
+    base.name_or_path = "/elsewhere/other-base"
+    get_peft_model(base, LoraConfig(r=2, target_modules="all-linear")).save_pretrained(tmp / "adapter")
+    return str(tmp / "adapter")
+
+
+def model_copy(tmp, tiny, keep: tuple[str, ...], weights: bytes | None = None) -> str:
+    """The tiny model's folder with only the files named in `keep` (and, given `weights`, a model.safetensors
+    holding those bytes)."""
+    folder = tmp / "model"
+    folder.mkdir()
+    for name in keep:
+        (folder / name).write_bytes((Path(tiny) / name).read_bytes())
+    if weights is not None:
+        (folder / "model.safetensors").write_bytes(weights)
+    return str(folder)
+
+
 def preset_file(tmp, text):
     path = tmp / "preset.yaml"
     path.write_text(text)
@@ -177,6 +202,14 @@ CASES = [
      ["--trust-remote-code"]),
     ("model-is-a-file", lambda t, m: gen(t, a_file(t)), ["is a file; give a model folder"]),
     ("model-no-such-folder", lambda t, m: gen(t, str(t / "models" / "x")), ["no such folder"]),
+    ("model-no-tokenizer-files", lambda t, m: gen(t, model_copy(t, m, ("config.json", "model.safetensors"))),
+     ["model': the folder has no tokenizer files (tokenizer.json, "]),
+    ("model-no-weights", lambda t, m: gen(t, model_copy(t, m, ("config.json", "tokenizer.json"))),
+     ["the folder has no weights (*.safetensors, "]),
+    # found when the model is loaded, after params.json was written: which goes again with the folder
+    ("model-corrupt-weights", lambda t, m: gen(t, model_copy(t, m, ("config.json", "tokenizer.json",
+                                                                  "tokenizer_config.json"), b"not safetensors")),
+     ["model '", "cannot be loaded ("]),
     ("model-device-cuda", lambda t, m: gen(t, m, "--device", "cuda"), ["device 'cuda'", "sees no CUDA GPU"]),
     ("model-device-bogus", lambda t, m: gen(t, m, "--device", "gpu0"), ["device 'gpu0'"]),
     ("model-dtype-bogus", lambda t, m: gen(t, m, "--dtype", "float8"), ["unknown dtype 'float8'"]),
@@ -220,6 +253,8 @@ CASES = [
     ("pref-implicit-without-adapter", lambda t, m: pref(t, m, "--scorers", "implicit"), ["needs a trained adapter"]),
     ("pref-adapter-not-an-adapter", lambda t, m: pref(t, m, "--scorers", "implicit", "--adapter", str(t)),
      ["not a LoRA adapter folder"]),
+    ("pref-adapter-of-another-base", lambda t, m: pref(t, m, "--scorers", "implicit", "--adapter", foreign_adapter(t)),
+     ["adapter: a LoRA adapter of base '/elsewhere/other-base', not of model '", "in the model, ", "in the adapter"]),
     ("pref-unlabelled-rows", lambda t, m: pref(t, m, rows=[QUERY]),
      ["h.jsonl:1: field 'chosen': missing (this stage needs labelled pairs)"]),
     ("pref-every-row-invalid", lambda t, m: pref(t, m, rows=[{**LABELLED, "chosen": " "}]),
@@ -380,3 +415,22 @@ def test_a_pair_no_scorer_can_read_is_left_out_of_every_scorer(tmp_path, tiny_mo
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["over_pref_max_length"] == [f"{tmp_path / 'h.jsonl'}:4: field 'chosen': 100 tokens leave 0 of "
                                                 "max_length=64, too few to keep what tells harmless's p+ from p-"]
+
+
+def test_a_corrupt_line_in_a_partial_file_is_named_and_its_pair_scored_again(tmp_path, tiny_model_dir, capsys):
+    """A resumed stage meets a line that is not JSON in the middle of its part file (a disk fault, an edit): the
+    line is named and dropped like a torn one, its pair scored again, and the result is a clean run's."""
+    rows = [PAIR, {**PAIR, "id": "p2"}, {**PAIR, "id": "p3"}]
+    assert run_cli(score(tmp_path, tiny_model_dir, rows)) == 0
+    out = tmp_path / "out"
+    clean = (out / "scored.jsonl").read_bytes()
+    lines = clean.decode().splitlines(keepends=True)
+    (out / "manifest.json").unlink()
+    (out / "scored.jsonl").unlink()
+    (out / "scored.partial.jsonl").write_text(lines[0] + '{"id": "p2", "s_o1_pos": -1.\x01\n' + lines[2])
+    capsys.readouterr()
+    assert run_cli(score(tmp_path, tiny_model_dir, rows)) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("dlma")]
+    assert said == [f"dlma: {out / 'scored.partial.jsonl'}:2: a corrupt line (not a JSON row), dropped; its item will "
+                    "be done again"]
+    assert (out / "scored.jsonl").read_bytes() == clean
