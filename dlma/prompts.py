@@ -91,7 +91,7 @@ def load_pairs_file(path: str | Path | None) -> list[PromptPair]:
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         mark = getattr(e, "problem_mark", None)
         raise DLMAError(f"{path}{f':{mark.line + 1}' if mark else ''}: not valid YAML or JSON "
-                        f"({getattr(e, 'problem', None) or e})") from None
+                        f"({getattr(e, 'problem', None) or str(e).splitlines()[0]})") from None
     if not isinstance(root, yaml.MappingNode) or not root.value:
         raise DLMAError(f"{path}:1: expected a mapping of pair name -> {{pos, neg}} "
                         "or {pos_attributes, neg_attributes}")
