@@ -158,12 +158,12 @@ def run_evaluate(model_cfg, cfg: EvalConfig, run) -> dict:
     queries stage 1 did not generate from, human pairs stage 3 did not score, and the pairs stage 4 held
     out. Writes `05_evaluate_alignment/` (responses.jsonl, human_pairs.jsonl, heldout_generated.jsonl,
     alignment.json) and resumes: sampled responses are kept batch by batch, each other file once done."""
-    from .artifacts import PartialJSONL, read_json, read_jsonl, write_json, write_jsonl
+    from .artifacts import PartialJSONL, read_json, read_jsonl, write_json_if_changed, write_jsonl
     from .data import read_pairs
     from .errors import DLMAError
     from .folder import StageFolder
     from .models import ModelConfig
-    from .preference import implicit_and_loglik
+    from .preference import implicit_and_loglik, readable_examples
 
     run_dir = Path(run.run_dir)
     out, adapter = run_dir / "05_evaluate_alignment", run_dir / "04_train_dlma" / "adapter"
@@ -177,15 +177,19 @@ def run_evaluate(model_cfg, cfg: EvalConfig, run) -> dict:
     used_pairs = {r["id"] for r in read_jsonl(run_dir / "03_preference_accuracy" / "predictions.jsonl")}
     prompts = unused_queries(queries, [r["id"] for r in read_jsonl(generated)], cfg.eval_n_prompts)
     pairs = unused_pairs(cfg.pref_data, used_pairs, cfg.eval_n_pairs, cfg.label_field)
-    reused = [e.id for e in pairs if e.id in used_pairs]
-    heldout = [Example(str(r["id"]), r["turns"], r["o1"], r["o2"]) for r in read_pairs(heldout_path)] \
-        if heldout_path.read_text(encoding="utf-8").strip() else []
+    heldout = [Example(str(r["id"]), r["turns"], r["o1"], r["o2"], source=f"{heldout_path}: id {r['id']!r}")
+               for r in read_pairs(heldout_path)] if heldout_path.read_text(encoding="utf-8").strip() else []
     if not prompts:
         raise DLMAError(f"{queries}: no query left that stage 1 did not use")
     # the adapter on the base it was trained on (4-bit for QLoRA): read from stage 4, not given twice
     qlora = read_json(adapter / "train_summary.json")["config"]["qlora"]
     model_cfg = ModelConfig(**{**model_cfg.to_dict(), "adapter": str(adapter), "load_in_4bit": qlora})
     folder = StageFolder(out, "evaluate", model_cfg)
+    gen_cfg, pref_cfg = cfg.generate_config(), cfg.pref_config()
+    too_long: list[str] = []  # pairs whose log-probabilities cannot be read within pref_max_length: left out
+    pairs, heldout = (readable_examples(e, ["implicit"], pref_cfg, folder.tokenizer(), source, too_long) if e else e
+                      for e, source in ((pairs, str(cfg.pref_data)), (heldout, str(heldout_path))))
+    reused = [e.id for e in pairs if e.id in used_pairs]
     folder.begin(asdict(cfg), {"adapter": adapter / "adapter_model.safetensors", "heldout": heldout_path,
                                "pref_data": cfg.pref_data}, run.force,
                  outputs=("responses.jsonl", "human_pairs.jsonl", "heldout_generated.jsonl", "alignment.json"))
@@ -194,7 +198,7 @@ def run_evaluate(model_cfg, cfg: EvalConfig, run) -> dict:
     if reused:
         print(f"{len(reused)} of the human pairs were also scored in stage 3, which used all but "
               f"{len(pairs) - len(reused)} of the file (stage 3 trains nothing, so the adapter has seen none)")
-    gen_cfg, pref_cfg = cfg.generate_config(), cfg.pref_config()
+    folder.note_dropped(too_long, f"over pref_max_length={cfg.pref_max_length}, with no room for the prompt")
     loaded = folder.model
 
     if not (out / "responses.jsonl").exists():
@@ -221,9 +225,9 @@ def run_evaluate(model_cfg, cfg: EvalConfig, run) -> dict:
     read = [read_jsonl(out / f"{n}.jsonl") if (out / f"{n}.jsonl").exists() else []
             for n in ("responses", "human_pairs", "heldout_generated")]
     summary = summarize_alignment(*read, pref_cfg.n_bootstrap, pref_cfg.seed)
-    write_json(out / "alignment.json", summary)
-    folder.finish(changed=True, n_prompts=len(prompts), n_pairs=len(pairs), n_pairs_also_in_stage3=len(reused),
-                  n_heldout_generated=len(heldout))
+    changed = write_json_if_changed(out / "alignment.json", summary)
+    folder.finish(changed, n_prompts=len(prompts), n_pairs=len(pairs), n_pairs_also_in_stage3=len(reused),
+                  n_heldout_generated=len(heldout), over_pref_max_length=too_long)
     return summary
 
 

@@ -86,14 +86,35 @@ def read_jsonl(path: str | Path, text: str | None = None) -> list[dict]:
     return rows
 
 
-def complete_rows(path: Path, repair: bool = False) -> list[dict]:
-    """The rows of a JSONL file being appended to, without a last line cut short by a kill (`repair`: the
-    torn line is also cut from the file, so the next append starts on a line of its own)."""
-    raw = path.read_text(encoding="utf-8")
-    complete = raw[: raw.rfind("\n") + 1]
-    if repair and complete != raw:
-        atomic_write(path, complete)
-    return read_jsonl(path, complete)
+def complete_rows(path: Path, repair: bool = False, key: tuple[str, ...] = ()) -> list[dict]:
+    """The rows of a JSONL file being appended to. A last line cut short by a kill is dropped, and so is a
+    corrupt line before it (not UTF-8, not a JSON object, or without the `key` fields): said on stderr with the
+    file and the line, its item is done again. `repair`: the dropped lines are also cut from the file, so the
+    next append starts on a line of its own."""
+    raw = path.read_bytes()
+    *lines, torn = raw.split(b"\n")  # `torn`: after the last newline, empty unless a kill cut a line short
+    rows, kept = [], []
+    for n, line in enumerate(lines, start=1):
+        row = parsed_row(line, key) if line.strip() else {}
+        if row is None:
+            print(f"dlma: {path}:{n}: a corrupt line (not a JSON row), dropped; its item will be done again",
+                  file=sys.stderr)
+            continue
+        rows += [row] if row else []
+        kept.append(line + b"\n")
+    if repair and (torn or len(kept) < len(lines)):
+        atomic_write(path, b"".join(kept))
+    return rows
+
+
+def parsed_row(line: bytes, key: tuple[str, ...]) -> dict | None:
+    """A line's JSON object, or None when it is not a row holding the `key` fields."""
+    try:
+        row = json.loads(line.decode("utf-8"))
+        hash(tuple(row[k] for k in key))  # a key a resumed store can look up
+    except (ValueError, KeyError, TypeError):  # (UnicodeDecodeError is a ValueError)
+        return None
+    return row if isinstance(row, dict) and row else None
 
 
 class PartialJSONL:
@@ -107,11 +128,12 @@ class PartialJSONL:
         self.final = Path(final_path)
         self.partial = self.final.with_name(self.final.stem + ".partial.jsonl")
         self.key = key
+        self.keys = key if isinstance(key, tuple) else (key,)
         self.rows: list[dict] = []
         if self.final.exists():  # a finished artifact: nothing to do
             self.rows = read_jsonl(self.final)
         elif self.partial.exists():
-            self.rows = complete_rows(self.partial, repair=True)
+            self.rows = complete_rows(self.partial, repair=True, key=self.keys)
         self.done = {self._key(r) for r in self.rows}
 
     def _key(self, row: dict):

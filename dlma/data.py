@@ -105,22 +105,24 @@ def _read_file(path: Path) -> list[tuple[int, object]]:
             raise DLMAError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
     text = read_text(path)
     if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DLMAError(f"{where(path, e.lineno)}: malformed JSON ({e.msg})") from None
+        data = json_value(text, path)
         if not isinstance(data, list):
             raise DLMAError(f"{path}: a .json file must hold a list of rows")
         return list(enumerate(data, start=1))
-    rows = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append((n, json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise DLMAError(f"{where(path, n)}: malformed JSON ({e.msg} at column {e.colno})") from None
-    return rows
+    return [(n, json_value(line, path, n)) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
+def json_value(text: str, path: Path, line: int | None = None) -> object:
+    """`text` as JSON (a whole file, or its line `line`), or one error naming the file and the line: malformed,
+    or what Python's reader refuses in valid JSON (a number of over 4300 digits, arrays nested too deeply)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        column = f" at column {e.colno}" if line else ""
+        raise DLMAError(f"{where(path, line or e.lineno)}: malformed JSON ({e.msg}{column})") from None
+    except (ValueError, RecursionError) as e:
+        why = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
+        raise DLMAError(f"{where(path, line)}: JSON this reader cannot take ({why})") from None
 
 
 def load_examples(
@@ -199,12 +201,18 @@ def parse_row(row: object, name: str, n: int, label_field: str = "safer_response
     ex = _parse_row(row, name, n, label_field)
     for key, texts in (("prompt", ex.turns), ("chosen", [ex.chosen or ""]), ("rejected", [ex.rejected or ""])):
         for value in texts:
-            bad = next((c for c in value if c == "\0" or "\ud800" <= c <= "\udfff"), None)
-            if bad is not None:  # a tokenizer would fail on it with a traceback of its own
-                what = "a NUL character" if bad == "\0" else "a lone surrogate"
-                raise _Invalid(f"{where(name, n, key)}: holds {what} at character {value.index(bad) + 1} (not text "
-                               "a model can read)", True)
+            if unreadable_text(value):
+                raise _Invalid(f"{where(name, n, key)}: {unreadable_text(value)}", True)
     return ex
+
+
+def unreadable_text(value: str) -> str | None:
+    """What makes a string text no model can read (a tokenizer would fail on it with a traceback of its own)."""
+    bad = next((c for c in value if c == "\0" or "\ud800" <= c <= "\udfff"), None)
+    if bad is None:
+        return None
+    what = "a NUL character" if bad == "\0" else "a lone surrogate"
+    return f"holds {what} at character {value.index(bad) + 1} (not text a model can read)"
 
 
 def _parse_row(row: object, name: str, n: int, label_field: str) -> Example:
@@ -212,6 +220,8 @@ def _parse_row(row: object, name: str, n: int, label_field: str) -> Example:
         raise _Invalid(f"{where(name, n)}: a row must be a JSON object, got {type(row).__name__}", True)
     rid = str(row.get("id", row.get("test_index", n)))
     pair = row.get("pair")
+    if pair is not None and not isinstance(pair, str):
+        raise _Invalid(f"{where(name, n, 'pair')}: expected the name of a prompt pair, got {type(pair).__name__}", True)
     if pair is not None and pair not in PAIRS:
         try:
             get_pair(str(pair), where(name, n, "pair"))
@@ -263,6 +273,8 @@ def split_dialogue(dialogue: str, name: str, n: int, key: str) -> tuple[list[str
     speakers, texts = parts[1::2], [p.strip() for p in parts[2::2]]
     if not speakers or speakers[0] != "Human" or speakers[-1] != "Assistant":
         raise _Invalid(f"{where(name, n, key)}: not an HH-RLHF dialogue (Human first, Assistant last)", True)
+    if not all(texts[:-1]):  # a query a model would be asked as nothing (the pairs' reader refuses it later)
+        raise _Invalid(f"{where(name, n, key)}: turn {texts.index('') + 1} of the context is empty")
     return texts[:-1], texts[-1]
 
 
@@ -271,11 +283,15 @@ def _turns(value, name: str, n: int, key: str) -> list[str]:
         if not value.strip():
             raise _Invalid(f"{where(name, n, key)}: empty prompt", True)
         return [value.strip()]
-    if isinstance(value, list) and value and all(isinstance(m, dict) and "content" in m for m in value):
-        turns = [str(m["content"]).strip() for m in value if m.get("role") != "system"]
-        if turns:
+    if isinstance(value, list) and value and all(isinstance(m, dict) and isinstance(m.get("content"), str)
+                                                 for m in value):
+        turns = [m["content"].strip() for m in value if m.get("role") != "system"]
+        if turns and all(turns):
             return turns
-    raise _Invalid(f"{where(name, n, key)}: expected a string or a list of {{role, content}} messages", True)
+        if turns:
+            raise _Invalid(f"{where(name, n, key)}: message {turns.index('') + 1} is empty", True)
+    raise _Invalid(f"{where(name, n, key)}: expected a string or a list of {{role, content}} messages (content "
+                   "text)", True)
 
 
 def _last(row: dict, key: str, name: str, n: int) -> str:
@@ -372,10 +388,14 @@ def _pair_row_problem(row: dict, need_self_reward: bool) -> tuple[str, str] | No
     for key in ("o1", "o2"):
         if not isinstance(row[key], str):
             return key, f"expected a string, got {type(row[key]).__name__}"
-    if "pair" in row and row["pair"] not in PAIRS:
-        return "pair", f"unknown prompt pair {row['pair']!r} (known: {', '.join(sorted(PAIRS))})"
-    if "rendering" in row and row["rendering"] not in RENDERINGS:
-        return "rendering", f"unknown rendering {row['rendering']!r} (valid: {', '.join(RENDERINGS)})"
+    for key, texts in (("turns", turns), ("o1", [row["o1"]]), ("o2", [row["o2"]])):
+        problem = next(filter(None, map(unreadable_text, texts)), None)
+        if problem:
+            return key, problem
+    for key, known in (("pair", PAIRS), ("rendering", RENDERINGS)):
+        if key in row and (not isinstance(row[key], str) or row[key] not in known):
+            what = "prompt pair" if key == "pair" else key
+            return key, f"unknown {what} {row[key]!r} (known: {', '.join(sorted(known))})"
     value = row.get("self_reward")
     if (need_self_reward or "self_reward" in row) and (
             isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):

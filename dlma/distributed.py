@@ -73,7 +73,7 @@ class ShardedJSONL(PartialJSONL):
                 for part in self.parts():
                     if part.name != self.final.stem + ".partial.jsonl":  # (read by PartialJSONL already)
                         # this process's own part is repaired: its next append must start on a new line
-                        rows = [r for r in complete_rows(part, repair=part == self.partial)
+                        rows = [r for r in complete_rows(part, repair=part == self.partial, key=self.keys)
                                 if self._key(r) not in self.done]
                         self.rows.extend(rows)
                         self.done.update(self._key(r) for r in rows)
@@ -90,7 +90,7 @@ class ShardedJSONL(PartialJSONL):
         if self.at.main and not self.finished:
             rows, seen = [], set()
             for part in self.parts():
-                for r in complete_rows(part):
+                for r in complete_rows(part, key=self.keys):
                     if self._key(r) not in seen:
                         seen.add(self._key(r))
                         rows.append(r)

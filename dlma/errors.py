@@ -2,7 +2,11 @@
 
 
 class DLMAError(Exception):
-    """Bad input or environment: the message says what is wrong and where (file, line, field)."""
+    """Bad input or environment: the message says what is wrong and where (file, line, field), on one line (a
+    line break that came with a user's value or a library's text is written as \\n)."""
+
+    def __str__(self) -> str:
+        return super().__str__().replace("\r", "\\r").replace("\n", "\\n")
 
 
 def where(file: object, line: int | None = None, field: str | None = None) -> str:

@@ -6,14 +6,17 @@
     if not folder.done: ...work, with folder.model() loaded when first needed...
     folder.finish(n_pairs=...)                      # manifest.json last: it marks the folder finished
 
-Nothing is written before `begin`, so a bad parameter leaves no trace. `begin` takes the folder's lock (one
-writer per folder; the processes of one launch share it) and records the parameters and the content hash of
-each input, or refuses a rerun with other ones (`artifacts.record_params`). A folder with a manifest ran
-through: a rerun over it (a notebook over a launch's results) reads its outputs and keeps its manifest.
+Nothing is written before `begin`, so a bad parameter leaves no trace; a model that then fails to load takes
+back what `begin` wrote. `begin` takes the folder's lock (one writer per folder; the processes of one launch
+share it) and records the parameters and the content hash of each input, or refuses a rerun with other ones
+(`artifacts.record_params`). A folder with a manifest ran through: a rerun over it (a notebook over a launch's
+results) reads its outputs and keeps its manifest, and needs no write access (a finished run on a read-only
+disk is read where it lies, with no lock: nobody can write there to race with).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,12 +28,23 @@ from .distributed import Launch, launch
 HINT = "write to another folder, pass --force to redo it, or delete it to start over"
 
 
+def finished_read_only(folder) -> bool:
+    """A finished stage's folder (it has its manifest) that this process cannot write: a rerun only reads it."""
+    path = Path(folder)
+    return bool(str(folder).strip()) and (path / "manifest.json").is_file() and not os.access(path, os.W_OK)
+
+
 class StageFolder:
     def __init__(self, out_dir, stage: str, model_cfg=None, model=None):
-        check_out(out_dir)  # as given: Path("") would be the current folder
+        self.read_only = finished_read_only(out_dir)
+        if not self.read_only:
+            check_out(out_dir)  # as given: Path("") would be the current folder
         self.path, self.stage, self.model_cfg = Path(out_dir), stage, model_cfg
         self.started, self.at, self.params = time.time(), Launch(), {}
         self._loaded = model  # (model, tokenizer) a caller already holds (tests, stage 6), else loaded lazily
+        self._tokenizer = None
+        self._locked = False
+        self._made: list[Path] = []  # what begin created (params.json, the folder): taken back if the model fails
 
     def begin(self, params: dict, inputs: dict | None = None, force: bool = False, launched: bool = False,
               outputs: tuple[str, ...] = ()):
@@ -52,10 +66,19 @@ class StageFolder:
             if launched:
                 self.at = launch(cpu=resolve_device(self.model_cfg.device) == "cpu")
         self.params = params
+        if self.read_only:
+            if force:
+                raise DLMAError(f"{self.path}: not writable, so --force cannot redo the stage there")
+            record_params(self.path, params, HINT, inputs)  # a finished folder's: checked, never written
+            self.check_outputs()
+            return self.at
+        made = [p for p in (self.path, self.path / "params.json") if not p.exists()]
         lock.acquire(self.path)
+        self._locked = True
         try:
             if self.at.main:
                 record_params(self.path, params, HINT, inputs, force, outputs)
+                self._made = [p for p in made if p.exists()]
                 if self.done:
                     self.check_outputs()
         except BaseException:  # refused (other parameters, edited results): the folder is not kept locked
@@ -83,12 +106,45 @@ class StageFolder:
         return (self.path / "manifest.json").exists()
 
     def model(self):
-        """(model, tokenizer), loaded once, when first needed: a rerun over finished results loads nothing."""
+        """(model, tokenizer), loaded once, when first needed: a rerun over finished results loads nothing. A
+        model that fails to load takes back what `begin` wrote (`abandon`)."""
         if self._loaded is None:
             from .models import load_model
 
-            self._loaded = load_model(self.model_cfg)
+            try:
+                self._loaded = load_model(self.model_cfg)
+            except BaseException:
+                self.abandon()
+                raise
         return self._loaded
+
+    def tokenizer(self):
+        """The model's tokenizer alone (checked and loaded in a second, before `begin`): to count tokens."""
+        if self._loaded is not None:
+            return self._loaded[1]
+        if self._tokenizer is None:
+            from .models import check_model, load_tokenizer
+
+            check_model(self.model_cfg)
+            self._tokenizer = load_tokenizer(self.model_cfg.model, self.model_cfg.trust_remote_code)
+        return self._tokenizer
+
+    def abandon(self) -> None:
+        """The stage failed before its first result: remove the params.json `begin` wrote and the folder it made,
+        so the failure leaves no trace (a folder that holds anything else is left as it is)."""
+        if not self._made or not self.at.main:
+            return
+        params, made = self.path / "params.json", self._made
+        self._made = []
+        if params not in made or [p.name for p in self.path.iterdir() if not p.name.startswith(".")] != [params.name]:
+            return
+        params.unlink()
+        if self.path in made:  # made by begin: its lock file goes with it (held: nobody else holds it now)
+            (self.path / lock.LOCK_FILE).unlink(missing_ok=True)
+            try:
+                self.path.rmdir()
+            except OSError:  # another process made something here meanwhile: it keeps the folder
+                pass
 
     def note_dropped(self, dropped: list[str], why: str) -> None:
         """Say once, on stderr, that items were left out for a documented reason (the manifest lists them)."""
@@ -110,4 +166,6 @@ class StageFolder:
         self.release()
 
     def release(self) -> None:
-        lock.release(self.path)
+        if self._locked:
+            self._locked = False
+            lock.release(self.path)

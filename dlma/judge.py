@@ -136,7 +136,7 @@ class HttpJudge:
             try:  # a torn last line, a corrupt one, or an empty answer an older version cached: asked again
                 row = json.loads(line)
                 key, answer = row["key"], row["answer"]
-            except (ValueError, LookupError, TypeError):
+            except (ValueError, LookupError, TypeError, RecursionError):
                 key = answer = None
             if isinstance(key, str) and self.valid(answer):
                 self.answers[key] = answer
@@ -188,7 +188,7 @@ class HttpJudge:
         text naming an option (a null, empty or non-text content, no choices, a body that is not JSON)."""
         try:
             content = json.loads(raw)["choices"][0]["message"]["content"]
-        except (ValueError, LookupError, TypeError):
+        except (ValueError, LookupError, TypeError, RecursionError):
             raise BadAnswer(f"not a chat-completions answer: {shown(raw)}") from None
         if not cls.valid(content):
             raise BadAnswer(f"an answer naming neither (A) nor (B): content {shown(content)}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -160,13 +161,73 @@ def resolve_spec(spec: str, trust_remote_code: bool = False) -> str:
     return spec
 
 
+# What a model folder's weights and tokenizer are read from: one of each beside config.json
+# (tokenizer_config.json alone names a class, not a vocabulary)
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.gguf")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "*.tiktoken")
+
+
 def check_model(cfg: ModelConfig) -> None:
-    """Everything about a model spec that can be checked without loading it: device, dtype, folder, adapter."""
+    """Everything about a model spec that can be checked without loading it: device, dtype, folder, tokenizer
+    files, adapter (and that the adapter's shapes fit the model's weights)."""
     device = resolve_device(cfg.device)
     resolve_dtype(cfg.dtype, device)
-    resolve_spec(cfg.model, cfg.trust_remote_code)
-    if cfg.adapter and not (Path(cfg.adapter) / "adapter_config.json").exists():
-        raise DLMAError(f"{cfg.adapter}: not a LoRA adapter folder (no adapter_config.json)")
+    path = Path(resolve_spec(cfg.model, cfg.trust_remote_code))
+    for what, names in (("weights", WEIGHT_FILES), ("tokenizer files", TOKENIZER_FILES)):
+        if path.is_dir() and not any(next(path.glob(name), None) for name in names):
+            raise DLMAError(f"model '{cfg.model}': the folder has no {what} ({', '.join(names)})")
+    if cfg.adapter:
+        if not (Path(cfg.adapter) / "adapter_config.json").exists():
+            raise DLMAError(f"{cfg.adapter}: not a LoRA adapter folder (no adapter_config.json)")
+        problem = adapter_misfit(Path(cfg.adapter), path)
+        if problem:
+            base = read_adapter_base(Path(cfg.adapter))
+            raise DLMAError(f"{cfg.adapter}: a LoRA adapter of base '{base}', not of model '{cfg.model}' ({problem})")
+
+
+def read_adapter_base(adapter: Path) -> str:
+    """The base model an adapter records having been trained on (adapter_config.json's base_model_name_or_path)."""
+    try:
+        return str(json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"])
+    except (ValueError, KeyError, TypeError):
+        raise DLMAError(f"{adapter / 'adapter_config.json'}: not an adapter config (a JSON object with "
+                        "base_model_name_or_path)") from None
+
+
+def safetensors_shapes(path: Path) -> dict[str, tuple[list[int], str]]:
+    """{tensor: (shape, dtype)} from a safetensors file's header, its data left unread."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size)) if 0 < size < 1 << 28 else None
+        return {k: (v["shape"], v["dtype"]) for k, v in header.items() if k != "__metadata__"}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise DLMAError(f"{path}: not a readable safetensors file") from None
+
+
+def adapter_misfit(adapter: Path, model_path: Path) -> str | None:
+    """Why the adapter's LoRA weights do not fit the model's (a module it adapts that the model lacks, or of
+    another shape), from the files' headers; None when they fit, or when the model's weights are not local
+    safetensors (a hub id, .bin files), where loading tells."""
+    weights = sorted(model_path.glob("*.safetensors")) if model_path.is_dir() else []
+    lora = adapter / "adapter_model.safetensors"
+    if not weights or not lora.is_file():
+        return None
+    base = {k: v for f in weights for k, v in safetensors_shapes(f).items()}
+    for name, (shape, _) in safetensors_shapes(lora).items():
+        m = re.fullmatch(r"base_model\.model\.(.+)\.lora_([AB])\.weight", name)
+        if not m:
+            continue
+        module, side = m.groups()
+        if module + ".weight" not in base:
+            return f"the model has no module {module}"
+        (out_features, in_features), dtype = base[module + ".weight"][0][-2:], base[module + ".weight"][1]
+        if not dtype.startswith(("F", "BF")):  # quantised storage packs its shape: not comparable
+            continue
+        got, want = (shape[1], in_features) if side == "A" else (shape[0], out_features)
+        if got != want:
+            return f"{module} has {want} {'inputs' if side == 'A' else 'outputs'} in the model, {got} in the adapter"
+    return None
 
 
 def weights_sha256(path: str) -> str | None:
@@ -200,10 +261,16 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
+        if Path(path).is_dir():  # a local folder: nothing to do with being offline
+            raise DLMAError(f"model '{spec}': cannot load the folder's tokenizer ({first_line(e)})") from None
         raise _unresolvable(spec) from e
     if tok.pad_token is None:  # the pad id only fills; attention masks decide what is real
         tok.pad_token = tok.eos_token
     return tok
+
+
+def first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [""])[0][:300]
 
 
 def _unresolvable(spec: str) -> DLMAError:
@@ -238,15 +305,21 @@ def load_model(cfg: ModelConfig):
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
-        raise _unresolvable(cfg.model) from e
-    except ValueError as e:  # e.g. a config of an architecture this transformers does not know
-        raise DLMAError(f"model '{cfg.model}': cannot be loaded ({str(e).splitlines()[0]})") from None
+        if not Path(path).is_dir():
+            raise _unresolvable(cfg.model) from e
+        raise DLMAError(f"model '{cfg.model}': cannot be loaded ({first_line(e)})") from None
+    except Exception as e:  # an architecture this transformers does not know, corrupt weights, ...
+        raise DLMAError(f"model '{cfg.model}': cannot be loaded ({type(e).__name__}: {first_line(e)})") from None
     if not cfg.load_in_4bit:
         model.to(device)
     if cfg.adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, cfg.adapter)
+        try:
+            model = PeftModel.from_pretrained(model, cfg.adapter)
+        except RuntimeError as e:  # what check_model could not see (weights not in local safetensors)
+            raise DLMAError(f"{cfg.adapter}: a LoRA adapter of base '{read_adapter_base(Path(cfg.adapter))}', which "
+                            f"does not fit model '{cfg.model}' ({first_line(e)})") from None
     model.eval()
     return model, tokenizer
 

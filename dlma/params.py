@@ -44,11 +44,14 @@ HELP = {
     # 2 self-reward
     "score_batch_size": "sequences per forward pass (results do not depend on it)",
     "share_prompts": "read each prompt once with all its responses behind it (the same scores, less work)",
-    "score_max_length": "prompt + response tokens when scoring pairs, longer prompts cut from the left",
+    "score_max_length": "prompt + response tokens when scoring pairs: a longer prompt is cut from the left, or in its "
+                        "middle where that would cut what tells p+ from p- (a chat system message); a pair whose "
+                        "response leaves no room for that is left out and counted",
     # 3 preference accuracy
     "pref_data": "human-labelled pairs: HH-RLHF, PKU-SafeRLHF or TRL format",
     "pref_limit": "the first N valid pairs (all if not given)",
-    "pref_max_length": "tokens, longer contexts are cut from the left",
+    "pref_max_length": "prompt + response tokens, cut as score_max_length is (a pair left out is left out of every "
+                       "scorer, and counted)",
     "pref_pair": "prompt pair of the dlma scorer",
     "scorers": "comma-separated: dlma, rlaif, loglik, length, random (implicit needs an adapter)",
     "rlaif_instruction": "RLAIF's principle, asked after the two options",

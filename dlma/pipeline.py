@@ -72,9 +72,13 @@ def load_preset(name: str) -> dict:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
-        raise DLMAError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+        why = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise DLMAError(f"{path}{line}: not valid YAML ({why})") from None
     if not isinstance(data, dict):
         raise DLMAError(f"{path}: a preset is a mapping of parameter: value")
+    name = next((k for k in data if not isinstance(k, str)), None)
+    if name is not None:
+        raise DLMAError(f"{path}: parameter name {name!r} is not text (a preset is a mapping of parameter: value)")
     return data
 
 
@@ -90,7 +94,10 @@ def parse_overrides(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise DLMAError(f"--set {item!r}: expected KEY=VALUE")
-        parsed = yaml.safe_load(value) if value.strip() else ""  # numbers, booleans, null as YAML reads them
+        try:  # numbers, booleans, null as YAML reads them; anything else as the text typed
+            parsed = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            parsed = value
         out[key.strip()] = value if isinstance(parsed, (list, dict)) else parsed
     return out
 

@@ -22,7 +22,7 @@ from .errors import DLMAError, check_fields
 from .logprobs import next_token_logits, response_ids, sequence_logprobs, shared_prompt_logprobs
 from .params import documented
 from .prompts import PAIRS, policy_prompt, prompt_ids
-from .score import check_score_settings, self_reward_terms
+from .score import check_score_settings, self_reward_terms, unreadable
 from .stats import accuracy_by_group, bootstrap_ci, paired_comparison
 
 SCORERS = ("dlma", "rlaif", "loglik", "length", "random", "implicit")
@@ -133,6 +133,25 @@ def judge_metrics(predictions: list[dict], examples: list[Example], scorers: lis
 def rlaif_prompt(turns: list[str], a: str, b: str, instruction: str = RLAIF_INSTRUCTION) -> str:
     convo = "\n\n".join(("Human: " if i % 2 == 0 else "Assistant: ") + t for i, t in enumerate(turns))
     return f"{RLAIF_HEADER}\n\n{convo}\n\n{instruction}\nOptions:\n(A) {a}\n(B) {b}\nThe answer is: ("
+
+
+def readable_examples(examples: list[Example], scorers: list[str], cfg: PrefAccConfig, tokenizer, source: str,
+                      sink: list[str]) -> list[Example]:
+    """The pairs the scorers can read within `pref_max_length` (`score.unreadable`): the dlma scorer under its
+    prompt pair, loglik and implicit under the plain prompt (rlaif's prompt is cut to fit, length and random
+    read no tokens). Why the others are left out, of every scorer so that all compare the same pairs, is
+    appended to `sink`. None left is one error."""
+    from .data import usable
+
+    items, names = [(ex.turns, ex.chosen, ex.rejected) for ex in examples], ("chosen", "rejected")
+    found: list[str | None] = [None] * len(examples)
+    if "dlma" in scorers:  # also what the plain prompt needs: a token of room
+        found = unreadable(items, tokenizer, cfg.pref_max_length, PAIRS[cfg.pref_pair], cfg.rendering, names)
+    elif {"loglik", "implicit"} & set(scorers):
+        found = unreadable(items, tokenizer, cfg.pref_max_length, names=names)
+    kept = [ex for ex, why in zip(examples, found, strict=True) if not why]
+    return usable(source, kept, [f"{ex.source}: {why}" for ex, why in zip(examples, found, strict=True) if why], sink,
+                  "rows")
 
 
 def _truncate(ids: list[int], max_length: int) -> list[int]:
@@ -247,15 +266,18 @@ def run_pref_acc(model_cfg, data, cfg: PrefAccConfig, out, exclude_ids=(), model
     scorers = cfg.scorer_list()
     if "implicit" in scorers and not model_cfg.adapter and not hasattr(model, "disable_adapter"):
         raise DLMAError("scorer 'implicit' needs a trained adapter: pass --adapter DIR")
-    skipped: list[str] = []
+    skipped, too_long = [], []
     excluded = set(map(str, exclude_ids))
     examples = load_examples(data.pref_data, limit=data.pref_limit, require="labelled", label_field=data.label_field,
                              on_invalid=data.on_invalid, skipped=skipped, exclude=excluded)
+    if {"dlma", "loglik", "implicit"} & set(scorers):
+        examples = readable_examples(examples, scorers, cfg, folder.tokenizer(), str(data.pref_data), too_long)
     params = {"pref_data": str(data.pref_data), "pref_limit": data.pref_limit, "on_invalid": data.on_invalid,
               "label_field": data.label_field, **asdict(cfg), **with_custom_pairs([cfg.pref_pair])}
     at = folder.begin({**params, "excluded_ids": sorted(excluded)}, {"pref_data": data.pref_data}, out.force,
                       launched=True)
     folder.note_dropped(skipped, "invalid rows, --on-invalid skip")
+    folder.note_dropped(too_long, f"over pref_max_length={cfg.pref_max_length}, with no room for the instruction")
     store = ShardedJSONL(folder.path / "predictions.jsonl", key=("scorer", "id"), at=at)
     if not store.finished:
         for scorer in scorers:
@@ -272,8 +294,8 @@ def run_pref_acc(model_cfg, data, cfg: PrefAccConfig, out, exclude_ids=(), model
         changed = any([write_json_if_changed(folder.path / "metrics.json", metrics),
                        write_json_if_changed(folder.path / "calibration.json",
                                              {s: accuracy_by_confidence(v) for s, v in by_scorer.items()})])
-    folder.finish(changed, skipped_rows=skipped, n_examples=len(examples), excluded_ids=len(excluded),
-                  processes=at.world)
+    folder.finish(changed, skipped_rows=skipped, over_pref_max_length=too_long, n_examples=len(examples),
+                  excluded_ids=len(excluded), processes=at.world)
     # in the scorers' order on the main process (the file's keys are sorted)
     return metrics or read_json(folder.path / "metrics.json")
 

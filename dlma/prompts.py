@@ -91,7 +91,7 @@ def load_pairs_file(path: str | Path | None) -> list[PromptPair]:
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         mark = getattr(e, "problem_mark", None)
         raise DLMAError(f"{path}{f':{mark.line + 1}' if mark else ''}: not valid YAML or JSON "
-                        f"({getattr(e, 'problem', None) or e})") from None
+                        f"({getattr(e, 'problem', None) or str(e).splitlines()[0]})") from None
     if not isinstance(root, yaml.MappingNode) or not root.value:
         raise DLMAError(f"{path}:1: expected a mapping of pair name -> {{pos, neg}} "
                         "or {pos_attributes, neg_attributes}")
@@ -188,11 +188,16 @@ def _with_system(messages: list[dict], system: str, tokenizer) -> list[dict]:
 
 def prompt_ids(text: str, tokenizer, rendering: str = "affix") -> list[int]:
     """Token ids of a rendered prompt: BOS first for `affix` (as the paper's LLaMA tokenizer did)."""
-    ids = tokenizer(text, add_special_tokens=False).input_ids
+    return prompts_ids([text], tokenizer, rendering)[0]
+
+
+def prompts_ids(texts: list[str], tokenizer, rendering: str = "affix") -> list[list[int]]:
+    """`prompt_ids` of many prompts in one call of the tokenizer (the same ids, in a fraction of the time)."""
     bos = tokenizer.bos_token_id
-    if rendering == "affix" and bos is not None and (not ids or ids[0] != bos):
-        ids = [bos, *ids]
-    return ids
+    out = tokenizer(texts, add_special_tokens=False).input_ids if texts else []
+    if rendering == "affix" and bos is not None:
+        out = [ids if ids and ids[0] == bos else [bos, *ids] for ids in out]
+    return out
 
 
 def stop_strings(rendering: str) -> list[str]:

@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .errors import check_fields
-from .logprobs import response_ids, sequence_logprobs, shared_prompt_logprobs
+from .logprobs import contrast_spans, fit_prompt, responses_ids, sequence_logprobs, shared_prompt_logprobs
 from .params import documented
-from .prompts import RENDERINGS, PromptPair, get_pair, prompt_ids, render
+from .prompts import RENDERINGS, PromptPair, get_pair, prompts_ids, render
 
 SCORE_KEYS = ("s_o1_pos", "s_o1_neg", "s_o2_pos", "s_o2_neg")
 
@@ -60,22 +60,22 @@ def self_reward_terms(
 ) -> list[dict]:
     """For (turns, o1, o2) items: the four S terms and R, as plain dicts. By default one sequence per S;
     with `share_prompts`, each of p+ and p- is read once with both responses behind it (the same S, less
-    work: see logprobs.shared_prompt_logprobs)."""
-    contrast, both = [], []  # per item: (p+, p-) and (o1, o2) as token ids
-    for turns, o1, o2 in items:
-        contrast.append(contrast_prompts(turns, pair, rendering, tokenizer))
-        both.append((response_ids(o1, tokenizer), response_ids(o2, tokenizer)))
+    work: see logprobs.shared_prompt_logprobs). A prompt cut to `max_length` keeps what tells p+ from p-
+    (`logprobs.fit_prompt`); an item where it cannot is refused: `unreadable` finds those first."""
+    contrast = contrast_prompts_of([turns for turns, _, _ in items], pair, rendering, tokenizer)  # (p+, p-) per item
+    both = pairwise(responses_ids([o for _, o1, o2 in items for o in (o1, o2)], tokenizer))  # (o1, o2) per item
+    spans = [contrast_spans(*ps) for ps in contrast]
     if share_prompts:  # p+ once with o1 and o2 behind it, then p- likewise
         groups = shared_prompt_logprobs(model, [p for ps in contrast for p in ps], [list(rs) for rs in both
                                                                                   for _ in range(2)],
-                                        tokenizer.pad_token_id, batch_size, max_length, desc, max_tokens)
+                                        tokenizer.pad_token_id, batch_size, max_length, desc, max_tokens,
+                                        keep=[k for ks in spans for k in ks])
         s = [v for pos, neg in zip(groups[::2], groups[1::2], strict=True) for v in (pos[0], neg[0], pos[1], neg[1])]
     else:  # one sequence per term, in the order of SCORE_KEYS
         prompts = [p for (p_pos, p_neg) in contrast for p in (p_pos, p_neg, p_pos, p_neg)]
         responses = [r for (r1, r2) in both for r in (r1, r1, r2, r2)]
-        s = sequence_logprobs(
-            model, prompts, responses, tokenizer.pad_token_id, batch_size, padding_side, max_length, desc, max_tokens
-        )
+        s = sequence_logprobs(model, prompts, responses, tokenizer.pad_token_id, batch_size, padding_side,
+                              max_length, desc, max_tokens, keep=[k for ks in spans for k in (*ks, *ks)])
     rows = []
     for k in range(len(items)):
         terms = dict(zip(SCORE_KEYS, s[4 * k : 4 * k + 4], strict=True))
@@ -84,11 +84,44 @@ def self_reward_terms(
     return rows
 
 
+def unreadable(items: list[tuple[list[str], str, str]], tokenizer, max_length: int, pair: PromptPair | None = None,
+               rendering: str = "affix", names: tuple[str, str] = ("o1", "o2")) -> list[str | None]:
+    """For (turns, o1, o2) items, None where both responses can be read behind their prompts in `max_length`
+    tokens, else why not. Under a prompt pair: a response so long that its prompts, cut to what it leaves, would
+    lose what tells p+ from p- (the S terms would read one prompt twice and R would be 0 or noise). `pair` None:
+    under the plain prompt, which needs one token of room. Such a pair is left out and counted, never scored."""
+    lengths = pairwise([len(r) for r in responses_ids([o for _, o1, o2 in items for o in (o1, o2)], tokenizer)])
+    contrast = contrast_prompts_of([turns for turns, _, _ in items], pair, rendering, tokenizer) if pair else None
+    out = []
+    for k, ns in enumerate(lengths):
+        prompts = contrast[k] if pair else ()
+        spans = contrast_spans(*prompts) if pair else ()
+        why = None
+        for name, n in zip(names, ns, strict=True):
+            room = max_length - n
+            if room < 1 or any(fit_prompt(p, room, s) is None for p, s in zip(prompts, spans, strict=True)):
+                need = f"to keep what tells {pair.name}'s p+ from p-" if pair else "for its prompt"
+                why = f"field '{name}': {n} tokens leave {max(room, 0)} of max_length={max_length}, too few {need}"
+                break
+        out.append(why)
+    return out
+
+
+def pairwise(values: list) -> list[tuple]:
+    """[a, b, c, d] -> [(a, b), (c, d)]."""
+    return list(zip(values[::2], values[1::2], strict=True))
+
+
+def contrast_prompts_of(contexts: list[list[str]], pair: PromptPair, rendering: str, tokenizer) -> list[tuple]:
+    """`contrast_prompts` of many contexts, each side in one call of the tokenizer."""
+    sides = [prompts_ids([render(turns, pair, side, rendering, tokenizer) for turns in contexts], tokenizer, rendering)
+             for side in ("pos", "neg")]
+    return list(zip(*sides, strict=True))
+
+
 def contrast_prompts(turns: list[str], pair: PromptPair, rendering: str, tokenizer) -> tuple[list[int], list[int]]:
     """Token ids of p+(q) and p-(q): the two prompts a contrastive score reads a response under."""
-    p_pos = prompt_ids(render(turns, pair, "pos", rendering, tokenizer), tokenizer, rendering)
-    p_neg = prompt_ids(render(turns, pair, "neg", rendering, tokenizer), tokenizer, rendering)
-    return p_pos, p_neg
+    return contrast_prompts_of([turns], pair, rendering, tokenizer)[0]
 
 
 def contrast(s_pos: float, s_neg: float) -> float:
@@ -110,12 +143,14 @@ def run_score(model_cfg, pairs, cfg: ScoreConfig, out, chunk: int = 32, model=No
     from .prompts import with_custom_pairs
 
     folder = StageFolder(out.out, "score", model_cfg, model)
-    empty: list[str] = []
+    empty, too_long = [], []
     rows_in = read_pairs(pairs.pairs, dropped=empty)
+    rows_in = readable(rows_in, folder.tokenizer(), cfg, str(pairs_file(pairs.pairs)), too_long)
     params = {"pairs": str(pairs.pairs), **asdict(cfg),
               **with_custom_pairs(p.get("pair") or cfg.pair for p in rows_in)}
     at = folder.begin(params, {"pairs": pairs_file(pairs.pairs)}, out.force, launched=True)
     folder.note_dropped(empty, "an empty response has no token to score")
+    folder.note_dropped(too_long, f"over score_max_length={cfg.score_max_length}, with no room for the instruction")
     store = ShardedJSONL(folder.path / "scored.jsonl", at=at)
     chunks = [rows_in[k : k + chunk] for k in range(0, len(rows_in), chunk)]  # each process: every world-th chunk
     settings = [[(p.get("pair") or cfg.pair, p.get("rendering") or cfg.rendering) for p in part] for part in chunks]
@@ -132,10 +167,29 @@ def run_score(model_cfg, pairs, cfg: ScoreConfig, out, chunk: int = 32, model=No
                                           max_length=cfg.score_max_length, desc=f"score {k + 1}/{len(chunks)}",
                                           share_prompts=cfg.share_prompts, max_tokens=cfg.max_batch_tokens)
                 rows += [{**p, "pair": name, **t} for p, t in zip(group, terms, strict=True)]
-            store.append(rows)  # grouped by setting within a chunk: the order the published run's split used
-    store.finish(order=order if at.world > 1 else None)
-    folder.finish(n_pairs=len(store.rows), dropped={"empty_response": empty}, processes=at.world)
+            # a chunk whose rows a corrupt line cost is scored whole (the same batches, the same numbers) and only
+            # its missing rows appended; grouped by setting within a chunk: the order the published run's split used
+            store.append([r for r in rows if r["id"] not in store.done])
+    store.finish(order=order)
+    folder.finish(n_pairs=len(store.rows), dropped={"empty_response": empty, "over_score_max_length": too_long},
+                  processes=at.world)
     return store.rows
+
+
+def readable(rows: list[dict], tokenizer, cfg: ScoreConfig, source: str, sink: list[str]) -> list[dict]:
+    """The pairs whose R can be read within `score_max_length` (`unreadable`), each under its own prompt pair and
+    rendering; why the others are left out is appended to `sink`. None left is one error."""
+    from .data import usable
+
+    settings = [(p.get("pair") or cfg.pair, p.get("rendering") or cfg.rendering) for p in rows]
+    why = {}
+    for name, rendering in dict.fromkeys(settings):
+        group = [p for p, s in zip(rows, settings, strict=True) if s == (name, rendering)]
+        found = unreadable([(p["turns"], p["o1"], p["o2"]) for p in group], tokenizer, cfg.score_max_length,
+                           get_pair(name), rendering)
+        why.update({p["id"]: f"{source}: id {p['id']!r}: {w}" for p, w in zip(group, found, strict=True) if w})
+    kept = [p for p in rows if p["id"] not in why]
+    return usable(source, kept, [why[p["id"]] for p in rows if p["id"] in why], sink, "pairs")
 
 
 def summary(rows: list[dict], out) -> str:

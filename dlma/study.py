@@ -130,13 +130,13 @@ def run_pair_study(model_cfg, data, study: StudyConfig, run, model=None) -> dict
     of `data` (params.PrefData). Writes
     `03b_pair_study/` (scores.jsonl, study.json, manifest.json) and resumes variant by variant, reusing stage
     3's scores of the reference."""
-    from .artifacts import PartialJSONL, write_json
+    from .artifacts import PartialJSONL, write_json_if_changed
     from .data import check_limit, load_examples
     from .folder import StageFolder
     from .logprobs import response_ids
     from .preference import summarize
     from .prompts import with_custom_pairs
-    from .score import self_reward_terms
+    from .score import self_reward_terms, unreadable
 
     run_dir = Path(run.run_dir)
     folder = StageFolder(run_dir / "03b_pair_study", "pair-study", model_cfg, model)
@@ -161,19 +161,34 @@ def run_pair_study(model_cfg, data, study: StudyConfig, run, model=None) -> dict
         reuse = stage3_rows(run_dir, data.pref_data, study, variant, data.label_field)
         fresh = [i for i in todo if i not in reuse]
         items = [(by_id[i].turns, by_id[i].chosen, by_id[i].rejected) for i in fresh]
-        terms = dict(zip(fresh, self_reward_terms(m, tok, items, get_pair(pair), rendering, study.score_batch_size,
-                                                  max_length=study.pref_max_length, desc=v,
-                                                  share_prompts=study.share_prompts, max_tokens=study.max_batch_tokens),
-                         strict=True)) if fresh else {}
-        store.append([{"variant": v, "id": i, **terms_row(terms.get(i) or reuse[i],
+        # a pair this variant cannot read within pref_max_length is stored as left out, and leaves every candidate
+        why = dict(zip(fresh, unreadable(items, tok, study.pref_max_length, get_pair(pair), rendering,
+                                         ("chosen", "rejected")), strict=True))
+        ok = [k for k, i in enumerate(fresh) if not why[i]]
+        terms = dict(zip([fresh[k] for k in ok], self_reward_terms(
+            m, tok, [items[k] for k in ok], get_pair(pair), rendering, study.score_batch_size,
+            max_length=study.pref_max_length, desc=v, share_prompts=study.share_prompts,
+            max_tokens=study.max_batch_tokens), strict=True)) if ok else {}
+        store.append([{"variant": v, "id": i, "left_out": f"{by_id[i].source}: {why[i]}"} if why.get(i) else
+                      {"variant": v, "id": i, **terms_row(terms.get(i) or reuse[i],
                                                          len(response_ids(by_id[i].chosen, tok)),
                                                          len(response_ids(by_id[i].rejected, tok)))} for i in todo])
+
+    def kept(ids: list[str], left_out: dict[str, str]) -> list[str]:
+        """The ids no variant left out; none is one error."""
+        out = [i for i in ids if i not in left_out]
+        if not out:
+            raise DLMAError(f"{data.pref_data}: no pair left to compare on: {len(ids)} left out, the first: "
+                            f"{left_out[ids[0]]}")
+        return out
 
     if not store.finished:
         for variant in variants:  # step 2: every variant on the selection slice
             score(variant, select_ids)
+    left_out = {r["id"]: r["left_out"] for r in store.rows if "left_out" in r}
     rows = {(r["variant"], r["id"]): r for r in store.rows}
     names = [v for v, _, _ in variants]
+    select_ids = kept(select_ids, left_out)
     on_slice = candidate_scores(rows, names, select_ids)
     selection = {c: summarize(s, study.n_bootstrap, study.seed) for c, s in on_slice.items()}
     chosen = select(selection)
@@ -182,7 +197,11 @@ def run_pair_study(model_cfg, data, study: StudyConfig, run, model=None) -> dict
             if variant[0] in needs(chosen, names) or variant[0] == names[0]:
                 score(variant, rest_ids)
         store.finish()
+    left_out = {r["id"]: r["left_out"] for r in store.rows if "left_out" in r}
+    folder.note_dropped(list(left_out.values()), f"over pref_max_length={study.pref_max_length}, with no room for "
+                        "a variant's instruction")
     rows = {(r["variant"], r["id"]): r for r in store.rows}
+    rest_ids = kept(rest_ids, left_out)
     scored_rest = [v for v in names if all((v, i) in rows for i in rest_ids)]
     on_rest = candidate_scores(rows, scored_rest, rest_ids)  # the selected candidate and the reference among them
     reference = names[0]
@@ -197,6 +216,6 @@ def run_pair_study(model_cfg, data, study: StudyConfig, run, model=None) -> dict
             "paired": confirm(on_rest[chosen], on_rest[reference], study.n_bootstrap, study.seed),
         },
     }
-    write_json(folder.path / "study.json", result)
-    folder.finish(changed=True, skipped_rows=skipped, n_examples=len(examples))
+    changed = write_json_if_changed(folder.path / "study.json", result)
+    folder.finish(changed, skipped_rows=skipped, over_pref_max_length=list(left_out.values()), n_examples=len(examples))
     return result

@@ -11,8 +11,9 @@ import json
 import os
 import random
 import shutil
-import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from transformers import PrinterCallback
 
 from .artifacts import json_text, read_json, read_jsonl, write_json, write_jsonl
 from .data import pairs_file, read_pairs
+from .distributed import rank
 from .errors import DLMAError, check_fields
 from .folder import StageFolder
 from .models import ModelConfig, load_model, resolve_device, resolve_dtype
@@ -172,12 +174,12 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
     dataset, n_cut = build_dataset(rows, tokenizer, cfg.max_prompt_length)
     peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                              target_modules="all-linear", task_type="CAUSAL_LM")
-    with tempfile.TemporaryDirectory(prefix="dlma-trl-") as trl_dir:  # TRL's output_dir: nothing kept
+    with scratch(out_dir / f".trl-rank{rank()}") as trl_dir:  # TRL's output_dir: nothing kept
         loss_args = ({"completion_only_loss": True} if sft else
                      {"beta": cfg.beta, "gamma": cfg.gamma, "margin_clip": cfg.margin_clip, "weighting": cfg.weighting,
                       "disable_dropout": False})
         args = (SFTConfig if sft else DLMAConfig)(
-            output_dir=trl_dir, **loss_args, **{f: getattr(cfg, f) for f in TRL_FIELDS},
+            output_dir=str(trl_dir), **loss_args, **{f: getattr(cfg, f) for f in TRL_FIELDS},
             save_strategy="no", disable_tqdm=not progress(),
             bf16=compute_dtype == torch.bfloat16, fp16=False,
             # under DDP: only LoRA weights train, and every one of them gets a gradient at every step
@@ -229,15 +231,14 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
         print(f"train: {n_steps} steps, {summary['s_per_step']} s/step, final loss {summary['final_loss']}, "
               f"{changed}/{len(trainable)} adapter tensors changed")
 
-    # Everything is written in a sibling temp folder first and moved in when whole; the stage's manifest,
-    # written after, is what marks the folder finished. Under `accelerate launch` the main process writes.
+    # Everything is written in a scratch folder first and moved in when whole; the stage's manifest, written
+    # after, is what marks the folder finished. Under `accelerate launch` the main process writes.
     if not trainer.accelerator.is_main_process:
         trainer.accelerator.wait_for_everyone()
         return summary
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with scratch(out_dir / ".saving") as tmp:
         trainer.accelerator.unwrap_model(trainer.model).save_pretrained(tmp, safe_serialization=True)
+        sort_target_modules(tmp / "adapter_config.json")
         tokenizer.save_pretrained(tmp)
         write_jsonl(tmp / "train_log.jsonl", log_rows)
         if not sft:
@@ -252,11 +253,29 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
                 target.mkdir(exist_ok=True)
             else:
                 os.replace(path, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     trainer.accelerator.wait_for_everyone()
     return summary
+
+
+@contextmanager
+def scratch(folder: Path) -> Iterator[Path]:
+    """A work folder inside the stage's folder, removed when done; one a killed run left (its name is fixed,
+    hidden from the stage's files) is removed by the next run."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def sort_target_modules(config: Path) -> None:
+    """peft lists an adapter's target_modules from a set, in an order that changes from run to run: sorted, two
+    identical trainings save the same bytes (in peft's own layout)."""
+    data = json.loads(config.read_text(encoding="utf-8"))
+    if isinstance(data.get("target_modules"), list):
+        data["target_modules"] = sorted(data["target_modules"])
+        config.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
 
 
 def _read_events(folder: Path) -> dict[str, bytes]:

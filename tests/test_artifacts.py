@@ -69,6 +69,19 @@ def test_partial_jsonl_appends_resumes_and_drops_a_torn_line(tmp_path):
     assert again.finish() == final  # finishing twice is harmless
 
 
+def test_a_corrupt_line_inside_a_partial_file_is_named_and_dropped_as_a_torn_one(tmp_path, capsys):
+    final, partial = tmp_path / "out.jsonl", tmp_path / "out.partial.jsonl"
+    partial.write_bytes(b'{"id": "a"}\n{"id": "b", \x00 garbage\n[1, 2]\n{"v": 1}\n\xff\xfe\n\n{"id": "c"}\n{"id": "d"')
+    store = PartialJSONL(final)
+    assert [r["id"] for r in store.rows] == ["a", "c"] and store.done == {"a", "c"}
+    assert capsys.readouterr().err.splitlines() == [
+        f"dlma: {partial}:{n}: a corrupt line (not a JSON row), dropped; its item will be done again"
+        for n in (2, 3, 4, 5)]
+    assert partial.read_bytes() == b'{"id": "a"}\n\n{"id": "c"}\n'  # repaired: the next append starts on its own line
+    store.append([{"id": "b"}])
+    assert [r["id"] for r in read_jsonl(store.finish())] == ["a", "c", "b"]
+
+
 def test_partial_jsonl_tuple_key_and_empty_finish(tmp_path):
     store = PartialJSONL(tmp_path / "p.jsonl", key=("scorer", "id"))
     store.append([{"scorer": "dlma", "id": "1"}, {"scorer": "rlaif", "id": "1"}])

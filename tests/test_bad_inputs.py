@@ -24,6 +24,7 @@ from dlma.lock import LOCK_FILE, holder
 QUERY = {"id": "q1", "prompt": "How do I bake bread?"}
 PAIR = {"id": "p1", "turns": ["How do I bake bread?"], "o1": "Knead, rise, bake.", "o2": "Burn it."}
 LABELLED = {"id": "h1", "prompt": "How do I bake bread?", "chosen": "Knead, rise, bake.", "rejected": "No."}
+WORDS_100 = " ".join(["word"] * 100)  # 100 tokens of the embedded model's tokenizer
 
 
 def jsonl(path: Path, rows: list) -> str:
@@ -87,6 +88,31 @@ def model_folder(tmp, config: dict | None):
     return str(folder)
 
 
+def foreign_adapter(tmp) -> str:
+    """A LoRA adapter saved on a base of other shapes (hidden size 32, not the tiny model's 64)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    base = AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64,
+                                                        num_hidden_layers=2, num_attention_heads=4,
+                                                        num_key_value_heads=2))
+    base.name_or_path = "/elsewhere/other-base"
+    get_peft_model(base, LoraConfig(r=2, target_modules="all-linear")).save_pretrained(tmp / "adapter")
+    return str(tmp / "adapter")
+
+
+def model_copy(tmp, tiny, keep: tuple[str, ...], weights: bytes | None = None) -> str:
+    """The tiny model's folder with only the files named in `keep` (and, given `weights`, a model.safetensors
+    holding those bytes)."""
+    folder = tmp / "model"
+    folder.mkdir()
+    for name in keep:
+        (folder / name).write_bytes((Path(tiny) / name).read_bytes())
+    if weights is not None:
+        (folder / "model.safetensors").write_bytes(weights)
+    return str(folder)
+
+
 def preset_file(tmp, text):
     path = tmp / "preset.yaml"
     path.write_text(text)
@@ -133,6 +159,30 @@ CASES = [
     ("gen-empty-file", lambda t, m: gen(t, m, queries=q(t, [])), ["no usable rows (the file holds no rows)"]),
     ("gen-unknown-pair-in-row", lambda t, m: gen(t, m, queries=q(t, [{**QUERY, "pair": "kind"}])),
      ["q.jsonl:1: field 'pair'", "unknown prompt pair 'kind'"]),
+    # found by tests/test_properties.py
+    ("gen-pair-a-list", lambda t, m: gen(t, m, queries=q(t, [{**QUERY, "pair": ["harmless"]}])),
+     ["q.jsonl:1: field 'pair': expected the name of a prompt pair, got list"]),
+    ("gen-number-too-long", lambda t, m: gen(t, m, queries=q(t, ['{"prompt": "q", "id": ' + "1" * 5000 + "}"])),
+     ["q.jsonl:1: JSON this reader cannot take (Exceeds the limit (4300 digits)"]),
+    ("gen-nested-too-deeply", lambda t, m: gen(t, m, queries=q(t, ["[" * 100_000 + "]" * 100_000])),
+     ["q.jsonl:1: JSON this reader cannot take (nested too deeply)"]),
+    ("gen-empty-message", lambda t, m: gen(t, m, queries=q(t, [{"prompt": [{"role": "user", "content": " "}]}])),
+     ["q.jsonl:1: field 'prompt': message 1 is empty"]),
+    ("gen-message-not-text", lambda t, m: gen(t, m, queries=q(t, [{"prompt": [{"role": "user", "content": None}]}])),
+     ["q.jsonl:1: field 'prompt': expected a string or a list of {role, content} messages"]),
+    ("pref-hh-empty-turn", lambda t, m: pref(t, m, "--on-invalid", "error", rows=[
+        {"chosen": "\n\nHuman: \n\nAssistant: Sure.", "rejected": "\n\nHuman: \n\nAssistant: No."}]),
+     ["h.jsonl:1: field 'chosen': turn 1 of the context is empty"]),
+    ("score-pair-a-list", lambda t, m: score(t, m, [{**PAIR, "pair": ["harmless"]}]),
+     ["pairs.jsonl:1: field 'pair': unknown prompt pair ['harmless']"]),
+    ("score-o1-nul", lambda t, m: score(t, m, [{**PAIR, "o1": "Knead\u0000"}]),
+     ["pairs.jsonl:1: field 'o1': holds a NUL character at character 6"]),
+    ("pairs-file-control-character", lambda t, m: gen(t, m, "--pairs-file", pairs_file(t, "\x1f")),
+     ["pairs.yaml: not valid YAML or JSON (unacceptable character #x001f: special characters are not allowed)"]),
+    ("run-set-unparsable-yaml", lambda t, m: ["run", "--preset", "smoke", "--set", "beta=[0.1", "--run-id", "x"],
+     ["--set beta=...: expected a number, got '[0.1'"]),
+    ("run-preset-number-as-name", lambda t, m: ["run", "--preset", preset_file(t, "seed: 0\n1: 2\n")],
+     ["preset.yaml: parameter name 1 is not text"]),
     # generate: options
     ("gen-limit-0", lambda t, m: gen(t, m, "--n-queries", "0"), ["n_queries must be an integer >= 1", "got 0"]),
     ("gen-limit-negative", lambda t, m: gen(t, m, "--n-queries", "-3"),
@@ -176,6 +226,14 @@ CASES = [
      ["--trust-remote-code"]),
     ("model-is-a-file", lambda t, m: gen(t, a_file(t)), ["is a file; give a model folder"]),
     ("model-no-such-folder", lambda t, m: gen(t, str(t / "models" / "x")), ["no such folder"]),
+    ("model-no-tokenizer-files", lambda t, m: gen(t, model_copy(t, m, ("config.json", "model.safetensors"))),
+     ["model': the folder has no tokenizer files (tokenizer.json, "]),
+    ("model-no-weights", lambda t, m: gen(t, model_copy(t, m, ("config.json", "tokenizer.json"))),
+     ["the folder has no weights (*.safetensors, "]),
+    # found when the model is loaded, after params.json was written: which goes again with the folder
+    ("model-corrupt-weights", lambda t, m: gen(t, model_copy(t, m, ("config.json", "tokenizer.json",
+                                                                  "tokenizer_config.json"), b"not safetensors")),
+     ["model '", "cannot be loaded ("]),
     ("model-device-cuda", lambda t, m: gen(t, m, "--device", "cuda"), ["device 'cuda'", "sees no CUDA GPU"]),
     ("model-device-bogus", lambda t, m: gen(t, m, "--device", "gpu0"), ["device 'gpu0'"]),
     ("model-dtype-bogus", lambda t, m: gen(t, m, "--dtype", "float8"), ["unknown dtype 'float8'"]),
@@ -207,6 +265,9 @@ CASES = [
     ("score-max-length-0", lambda t, m: score(t, m, [PAIR], "--score-max-length", "0"),
      ["score_max_length=0: must be >= 2"]),
     ("score-unknown-rendering", lambda t, m: score(t, m, [PAIR], "--rendering", "fancy"), ["rendering='fancy'"]),
+    ("score-every-response-too-long", lambda t, m: score(t, m, [{**PAIR, "o2": WORDS_100}], "--score-max-length", "64"),
+     ["no usable pairs (all 1 were left out, the first: ", "pairs.jsonl: id 'p1': field 'o2': 100 tokens leave 0 of "
+      "max_length=64, too few to keep what tells harmless's p+ from p-"]),
     # pref-acc
     ("pref-limit-0", lambda t, m: pref(t, m, "--pref-limit", "0"), ["pref_limit must be an integer >= 1"]),
     ("pref-limit-negative", lambda t, m: pref(t, m, "--pref-limit", "-1"), ["pref_limit must be an integer >= 1"]),
@@ -216,10 +277,16 @@ CASES = [
     ("pref-implicit-without-adapter", lambda t, m: pref(t, m, "--scorers", "implicit"), ["needs a trained adapter"]),
     ("pref-adapter-not-an-adapter", lambda t, m: pref(t, m, "--scorers", "implicit", "--adapter", str(t)),
      ["not a LoRA adapter folder"]),
+    ("pref-adapter-of-another-base", lambda t, m: pref(t, m, "--scorers", "implicit", "--adapter", foreign_adapter(t)),
+     ["adapter: a LoRA adapter of base '/elsewhere/other-base', not of model '", "in the model, ", "in the adapter"]),
     ("pref-unlabelled-rows", lambda t, m: pref(t, m, rows=[QUERY]),
      ["h.jsonl:1: field 'chosen': missing (this stage needs labelled pairs)"]),
     ("pref-every-row-invalid", lambda t, m: pref(t, m, rows=[{**LABELLED, "chosen": " "}]),
      ["no usable rows (all 1 were left out, the first: ", "h.jsonl:1: field 'chosen': empty response"]),
+    ("pref-every-response-too-long", lambda t, m: pref(t, m, "--pref-max-length", "64", "--scorers", "loglik,length",
+                                                       rows=[{**LABELLED, "rejected": WORDS_100}]),
+     ["no usable rows (all 1 were left out, the first: ", "h.jsonl:1: field 'rejected': 100 tokens leave 0 of "
+      "max_length=64, too few for its prompt"]),
     ("pref-bad-label-field", lambda t, m: pref(t, m, "--label-field", "best"), ["label_field must be one of"]),
     ("pref-pku-label-not-0-1", lambda t, m: pref(t, m, rows=[{"prompt": "q", "response_0": "a", "response_1": "b",
                                                               "safer_response_id": 2}]),
@@ -336,3 +403,58 @@ def test_pairs_with_an_empty_response_are_counted_not_scored_as_zero(tmp_path, t
     assert all(r["self_reward"] != 0 for r in scored)
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["dropped"]["empty_response"] == [f"{tmp_path / 'pairs.jsonl'}:2: field 'o2': empty response"]
+
+
+def test_a_response_longer_than_the_limit_is_counted_not_allocated(tmp_path, tiny_model_dir, capsys):
+    """The probe: a response of 200,000 words under --score-max-length 64 once tried to allocate 40 GB (the limit
+    cut prompts only). It is left out and counted; the others are scored."""
+    rows = [PAIR, {**PAIR, "id": "p2", "o1": " ".join(["word"] * 200_000)}, {**PAIR, "id": "p3"}]
+    rc = run_cli(score(tmp_path, tiny_model_dir, rows, "--score-max-length", "64"))
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert [line for line in err.splitlines() if line.startswith("dlma score: left out")] == [
+        f"dlma score: left out 1 item(s) (over score_max_length=64, with no room for the instruction): "
+        f"{tmp_path / 'pairs.jsonl'}: id 'p2': field 'o1': 200000 tokens leave 0 of max_length=64, too few to keep "
+        "what tells harmless's p+ from p-; listed in manifest.json"]
+    scored = [json.loads(x) for x in (tmp_path / "out" / "scored.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in scored] == ["p1", "p3"]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["n_pairs"] == 2 and len(manifest["dropped"]["over_score_max_length"]) == 1
+
+
+def test_a_pair_no_scorer_can_read_is_left_out_of_every_scorer(tmp_path, tiny_model_dir, capsys):
+    """A response that leaves its prompts no room for the instruction: not scored as right or wrong by dlma (its
+    four S terms would read one prompt), and left out of the other scorers too, so all compare the same pairs."""
+    rows = [{**LABELLED, "id": f"h{i}"} for i in range(3)] + [{**LABELLED, "id": "long", "chosen": WORDS_100}]
+    rc = run_cli(pref(tmp_path, tiny_model_dir, "--pref-max-length", "64", "--scorers", "dlma,loglik,length",
+                      rows=rows))
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert sum(line.startswith("dlma pref-acc: left out 1 item(s) (over pref_max_length=64") for line in
+               err.splitlines()) == 1
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert {s: m["n"] for s, m in metrics["accuracy"].items()} == {"dlma": 3, "loglik": 3, "length": 3}
+    predicted = {json.loads(x)["id"] for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()}
+    assert predicted == {"h0", "h1", "h2"}
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["over_pref_max_length"] == [f"{tmp_path / 'h.jsonl'}:4: field 'chosen': 100 tokens leave 0 of "
+                                                "max_length=64, too few to keep what tells harmless's p+ from p-"]
+
+
+def test_a_corrupt_line_in_a_partial_file_is_named_and_its_pair_scored_again(tmp_path, tiny_model_dir, capsys):
+    """A resumed stage meets a line that is not JSON in the middle of its part file (a disk fault, an edit): the
+    line is named and dropped like a torn one, its pair scored again, and the result is a clean run's."""
+    rows = [PAIR, {**PAIR, "id": "p2"}, {**PAIR, "id": "p3"}]
+    assert run_cli(score(tmp_path, tiny_model_dir, rows)) == 0
+    out = tmp_path / "out"
+    clean = (out / "scored.jsonl").read_bytes()
+    lines = clean.decode().splitlines(keepends=True)
+    (out / "manifest.json").unlink()
+    (out / "scored.jsonl").unlink()
+    (out / "scored.partial.jsonl").write_text(lines[0] + '{"id": "p2", "s_o1_pos": -1.\x01\n' + lines[2])
+    capsys.readouterr()
+    assert run_cli(score(tmp_path, tiny_model_dir, rows)) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("dlma")]
+    assert said == [f"dlma: {out / 'scored.partial.jsonl'}:2: a corrupt line (not a JSON row), dropped; its item will "
+                    "be done again"]
+    assert (out / "scored.jsonl").read_bytes() == clean

@@ -74,7 +74,7 @@ def test_two_processes_write_what_one_writes(tmp_path, tiny_model_dir, hh_dev):
               "--out", str(out / "gen")], env, n)
         # 40 pairs in chunks of 32: one chunk for each process
         dlma(["score", *model, "--pairs", str(tmp_path / "one" / "gen"), "--out", str(out / "score")], env, n)
-        # 150 human pairs in chunks of 64, each scorer
+        # 150 human pairs (those that fit) in chunks of 64, each scorer
         dlma(["pref-acc", *model, "--pref-data", str(hh_dev), "--pref-limit", "150", "--pref-max-length", "96",
               "--scorers", "dlma,rlaif,loglik,length,random", "--out", str(out / "pref")], env, n)
     one, two = tmp_path / "one", tmp_path / "two"
@@ -85,7 +85,11 @@ def test_two_processes_write_what_one_writes(tmp_path, tiny_model_dir, hh_dev):
         assert json.loads((two / stage / "manifest.json").read_text())["processes"] == 2
         assert not list((two / stage).glob("*.partial.jsonl"))
     a, b = read_jsonl(one / "pref" / "predictions.jsonl"), read_jsonl(two / "pref" / "predictions.jsonl")
-    assert [(r["scorer"], r["id"]) for r in a] == [(r["scorer"], r["id"]) for r in b] and len(a) == 5 * 150
+    # the pairs with no room for the instruction within 96 tokens are left out by every process alike
+    kept, left_out = ([json.loads((d / "pref" / "manifest.json").read_text())[k] for d in (one, two)]
+                      for k in ("n_examples", "over_pref_max_length"))
+    assert kept[0] == kept[1] > 64 and left_out[0] == left_out[1] and kept[0] + len(left_out[0]) == 150
+    assert [(r["scorer"], r["id"]) for r in a] == [(r["scorer"], r["id"]) for r in b] and len(a) == 5 * kept[0]
     for x, y in zip(a, b, strict=True):
         assert x["score"] == pytest.approx(y["score"], abs=1e-4), (x["scorer"], x["id"])
     metrics = [json.loads((d / "pref" / "metrics.json").read_text()) for d in (one, two)]

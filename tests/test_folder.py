@@ -119,3 +119,42 @@ def test_written_files_take_the_umask_like_any_other_file(tmp_path):
     want = 0o666 & ~UMASK
     for name in ("params.json", "manifest.json", "train.jsonl"):
         assert os.stat(tmp_path / "s" / name).st_mode & 0o777 == want, name  # not mkstemp's 0600
+
+
+def snapshot(folder) -> dict:
+    """Every file under `folder` (hidden ones included) with its bytes and modification time."""
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def read_only(monkeypatch, folder) -> None:
+    """`folder` as on a read-only disk, as far as dlma asks (os.access); that nothing is written is checked by
+    the caller, file by file. (Root may write anywhere, so a chmod would not do.)"""
+    import os
+
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if os.path.abspath(p) == str(folder) and
+                        mode & os.W_OK else real(p, mode, **kw))
+
+
+def test_a_finished_stage_on_a_read_only_disk_is_reported_not_refused(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """A rerun over a finished stage only reads it: no lock, no params.json, no manifest written; --force, which
+    would write, is one line; so is an unfinished stage there."""
+    write_jsonl(tmp_path / "scored.jsonl", ROWS)
+    pairs = [{k: v for k, v in r.items() if k != "self_reward"} for r in ROWS[:2]]
+    write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    score = ["score", "--model", tiny_model_dir, "--pairs", str(tmp_path / "pairs.jsonl"), "--out"]
+    assert split(tmp_path, tmp_path / "s") == 0 and main([*score, str(tmp_path / "r")]) == 0
+    (tmp_path / "u").mkdir()
+    for name in ("s", "r", "u"):
+        read_only(monkeypatch, tmp_path / name)
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    assert split(tmp_path, tmp_path / "s") == 0 and main([*score, str(tmp_path / "r")]) == 0
+    assert "2 pairs scored" in capsys.readouterr().out
+    assert snapshot(tmp_path) == before
+    assert split(tmp_path, tmp_path / "s", "--force") == 2
+    assert capsys.readouterr().err.strip() == f"dlma split: error: {tmp_path / 's'}: not writable, so --force cannot " \
+                                              "redo the stage there"
+    assert split(tmp_path, tmp_path / "u") == 2
+    assert "not writable" in capsys.readouterr().err
+    assert snapshot(tmp_path) == before

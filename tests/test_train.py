@@ -211,6 +211,7 @@ def test_train_dlma_qlora_tiny(tiny_model_dir, tmp_path):
     rows = make_rows(REWARDS * 2)  # 16 pairs
     cfg = TrainConfig(learning_rate=1e-3, warmup_steps=0, per_device_train_batch_size=8, qlora=True)
     out = tmp_path / "adapter"
+    (out / ".trl-rank0" / "runs").mkdir(parents=True)  # TRL's scratch folder, as a killed run left it
     summary = train_dlma(rows, ModelConfig(model=tiny_model_dir), cfg, out)
 
     assert summary["n_steps"] == 2 and summary["n_pairs"] == 16
@@ -224,6 +225,7 @@ def test_train_dlma_qlora_tiny(tiny_model_dir, tmp_path):
             "step0_guard.json", "train_summary.json"} <= names
     assert not any(n.startswith("checkpoint") for n in names)
     assert [p.name for p in tmp_path.iterdir()] == ["adapter"]  # the temp folder's files were moved in
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no scratch folder stays, nor the killed one
 
     weights = load_file(out / "adapter_model.safetensors")
     assert len(weights) == summary["trainable_tensors"]
@@ -231,6 +233,7 @@ def test_train_dlma_qlora_tiny(tiny_model_dir, tmp_path):
     targets = json.loads((out / "adapter_config.json").read_text())["target_modules"]
     linear = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     assert {t.rsplit(".", 1)[-1] for t in targets} == linear  # every linear projection, not lm_head
+    assert targets == sorted(targets)  # not a set's order: two identical trainings save the same bytes
 
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in log] == [1, 2]
@@ -248,6 +251,16 @@ def test_train_dlma_qlora_tiny(tiny_model_dir, tmp_path):
         diff = (base(ids).logits - tuned(ids).logits).abs().max().item()
     assert diff > 1e-4
     # (a rerun of the same job, and one with other parameters: tests/test_train_cli.py)
+
+
+def test_adapter_config_lists_its_target_modules_sorted_in_peft_layout(tmp_path):
+    from dlma.train import sort_target_modules
+
+    config = tmp_path / "adapter_config.json"
+    config.write_text(json.dumps({"r": 8, "target_modules": ["v_proj", "q_proj", "k_proj"]}, indent=2, sort_keys=True))
+    sort_target_modules(config)
+    assert config.read_text() == json.dumps({"r": 8, "target_modules": ["k_proj", "q_proj", "v_proj"]}, indent=2,
+                                            sort_keys=True)
 
 
 # ----------------------------------------------------------------------------------------------------------
