@@ -145,6 +145,7 @@ class StageFolder:
                 self.path.rmdir()
             except OSError:  # another process made something here meanwhile: it keeps the folder
                 pass
+        self.release()  # the stage is failing: its lock goes now, not at the end of the process
 
     def note_dropped(self, dropped: list[str], why: str) -> None:
         """Say once, on stderr, that items were left out for a documented reason (the manifest lists them)."""

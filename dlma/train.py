@@ -335,7 +335,11 @@ def run_train(model_cfg: ModelConfig, pairs, cfg: TrainConfig, out, sft: bool = 
         folder.release()
         return read_json(folder.path / "train_summary.json")
     folder.note_dropped(empty, "an empty response")
-    summary = train_dlma(rows, model_cfg, cfg, folder.path, sft=sft)
+    try:
+        summary = train_dlma(rows, model_cfg, cfg, folder.path, sft=sft)
+    except BaseException:  # nothing is written before the adapter, whole: a model that fails to load leaves nothing
+        folder.abandon()
+        raise
     folder.finish(summary=summary, dropped={"empty_response": empty}, processes=at.world)
     return summary
 

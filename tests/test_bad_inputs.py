@@ -310,6 +310,9 @@ CASES = [
     ("train-margin-clip-reversed", lambda t, m: train(t, m, [{**PAIR, "self_reward": 1.0}], "--margin-low", "5",
                                                       "--margin-high", "-5"),
      ["TrainConfig: the clamp of R needs L < U (margin_low < margin_high), got (5.0, -5.0)"]),
+    ("train-corrupt-weights", lambda t, m: train(t, model_copy(t, m, ("config.json", "tokenizer.json",
+                                                                    "tokenizer_config.json"), b"not safetensors"),
+                                                 [{**PAIR, "self_reward": 1.0}]), ["cannot be loaded ("]),
     ("train-out-is-a-file", lambda t, m: [*train(t, m, [{**PAIR, "self_reward": 1.0}])[:-1], a_file(t)],
      ["exists and is not a folder"]),
     # run
