@@ -90,6 +90,14 @@ class StageFolder:
             self._loaded = load_model(self.model_cfg)
         return self._loaded
 
+    def tokenizer(self):
+        """The model's tokenizer: the loaded model's, else read alone (counting tokens loads no model)."""
+        if self._loaded is not None:
+            return self._loaded[1]
+        from .models import load_tokenizer
+
+        return load_tokenizer(self.model_cfg.model, self.model_cfg.trust_remote_code)
+
     def note_dropped(self, dropped: list[str], why: str) -> None:
         """Say once, on stderr, that items were left out for a documented reason (the manifest lists them)."""
         if dropped and self.at.main:
