@@ -221,8 +221,20 @@ def test_predictions_rows(pref_run):
 
 @pytest.mark.slow
 def test_rerun_resumes_without_recomputing(pref_run, monkeypatch):
+    """A rerun over a finished folder scores nothing and recomputes the metrics from the stored predictions: a
+    folder whose metrics.json an older version wrote (no length-balanced figures) gets them."""
+    from dlma.artifacts import sha256_file
+
     pred = pref_run / "predictions.jsonl"
     before, mtime = pred.read_bytes(), pred.stat().st_mtime_ns
+    older = json.loads((pref_run / "metrics.json").read_text())
+    for m in older["accuracy"].values():
+        for key in BALANCED_KEYS:
+            del m[key]
+    (pref_run / "metrics.json").write_text(json.dumps(older))
+    manifest = json.loads((pref_run / "manifest.json").read_text())
+    manifest["files"]["metrics.json"] = sha256_file(pref_run / "metrics.json")
+    (pref_run / "manifest.json").write_text(json.dumps(manifest))
 
     def boom(*args, **kwargs):
         raise AssertionError("recomputed a finished prediction")
@@ -233,6 +245,7 @@ def test_rerun_resumes_without_recomputing(pref_run, monkeypatch):
     metrics = run_pref_acc(ModelConfig(DEFAULT_MODEL), PrefData("sample:pairs", LIMIT), cfg, Out(str(pref_run)))
     assert pred.read_bytes() == before and pred.stat().st_mtime_ns == mtime
     assert metrics == json.loads((pref_run / "metrics.json").read_text())
+    assert all(BALANCED_KEYS <= set(m) for m in metrics["accuracy"].values())
 
 
 @pytest.mark.slow
