@@ -1,20 +1,21 @@
 """Preference accuracy against human labels (SPEC section 5, the paper's first claim).
 
 Each scorer gives every labelled pair a score; score > 0 predicts the human-chosen response. A score within
-`stats.TIE_TOLERANCE` of 0 (float rounding), or any score of a pair whose two responses are the same text, is a
-tie: counted apart, and not correct (the accuracy is the share of pairs a judge gets right).
+`stats.TIE_TOLERANCE` of 0 (float rounding; beta times it for the implicit reward, `tie_tolerance`), or any score
+of a pair whose two responses are the same text, is a tie: counted apart, and not correct (the accuracy is the
+share of pairs a judge gets right).
 - `dlma`: R under a contrastive prompt pair (o1 = chosen, o2 = rejected), the self-rewarding score.
 - `rlaif`: the RLCD / Constitutional-AI prompt, next-token logit of `A` minus `B`, both orders averaged.
 - `loglik`: S(chosen) - S(rejected) under the neutral prompt.
 - `length`: prefers the shorter response (in characters): the floor a likelihood-based judge must beat,
   since a summed log-probability favours short responses.
+- `random`: a seeded coin, the floor.
+- `implicit`: the DPO implicit reward of a trained adapter, beta * [log pi/pi_ref (chosen) - (rejected)].
 
 Beside each accuracy, its length-balanced form: the mean of the accuracies on the pairs whose chosen response
 is the shorter in tokens and on those where it is the longer (pairs of equal length counted apart), so that a
 judge that follows length alone scores 0.5 whatever the share of each; and each pair of judges is compared
 within those strata too (`stats.balanced_comparison`).
-- `random`: a seeded coin, the floor.
-- `implicit`: the DPO implicit reward of a trained adapter, beta * [log pi/pi_ref (chosen) - (rejected)].
 """
 
 from __future__ import annotations
@@ -29,7 +30,15 @@ from .logprobs import next_token_logits, response_ids, sequence_logprobs, shared
 from .params import documented
 from .prompts import PAIRS, policy_prompt, prompt_ids
 from .score import check_score_settings, self_reward_terms
-from .stats import accuracy_by_group, balanced_comparison, balanced_mean, bootstrap_ci, outcomes, paired_comparison
+from .stats import (
+    TIE_TOLERANCE,
+    accuracy_by_group,
+    balanced_comparison,
+    balanced_mean,
+    bootstrap_ci,
+    outcomes,
+    paired_comparison,
+)
 
 SCORERS = ("dlma", "rlaif", "loglik", "length", "random", "implicit")
 RLAIF_HEADER = "Consider the following conversation between a human and an assistant:"
@@ -84,12 +93,19 @@ class PrefAccConfig(PairScoring):
         return names
 
 
-def summarize(scores: list[float], n_boot: int = 1000, seed: int = 0, strata=None, same=None) -> dict:
+def tie_tolerance(scorer: str, beta: float) -> float:
+    """Within what of 0 a scorer's score is a tie: TIE_TOLERANCE, in the scorer's own units (the implicit reward
+    is beta times a difference of log-probabilities)."""
+    return beta * TIE_TOLERANCE if scorer == "implicit" else TIE_TOLERANCE
+
+
+def summarize(scores: list[float], n_boot: int = 1000, seed: int = 0, strata=None, same=None,
+              tolerance: float = TIE_TOLERANCE) -> dict:
     """{"accuracy", "ci95", "n", "ties"} for one scorer's scores (a tie is not correct; `same`: whether each
     pair's responses are the same text). With each pair's length stratum (`length_stratum`), also
     "balanced_accuracy" and "balanced_ci95" (None when a stratum has no pair) and "same_length", the pairs of
     equal length that the balanced figure leaves out."""
-    correct, tie = outcomes(scores, same)
+    correct, tie = outcomes(scores, same, tolerance)
     out = {"accuracy": float(correct.mean()), "ci95": list(bootstrap_ci(correct, n_boot, seed)), "n": int(len(correct)),
            "ties": int(tie.sum())}
     if strata is not None:
@@ -99,18 +115,19 @@ def summarize(scores: list[float], n_boot: int = 1000, seed: int = 0, strata=Non
     return out
 
 
-def compare(a_scores, b_scores, n_boot: int = 1000, seed: int = 0, strata=None, same=None) -> dict:
-    """Two scorers on the same pairs: `stats.paired_comparison` of their outcomes and, with the pairs' length
-    strata, `stats.balanced_comparison`."""
-    a, b = outcomes(a_scores, same)[0], outcomes(b_scores, same)[0]
+def compare(a_correct, b_correct, n_boot: int = 1000, seed: int = 0, strata=None) -> dict:
+    """Two judges' outcomes (`stats.outcomes`) on the same pairs: `stats.paired_comparison` and, with the pairs'
+    length strata, `stats.balanced_comparison`."""
+    a, b = np.asarray(a_correct, dtype=bool), np.asarray(b_correct, dtype=bool)
     out = paired_comparison(a, b, n_boot, seed)
     return out if strata is None else {**out, **balanced_comparison(a, b, strata, BALANCED, n_boot, seed)}
 
 
-def accuracy_by_confidence(scores: list[float], n_bins: int = 10, same=None) -> list[dict]:
+def accuracy_by_confidence(scores: list[float], n_bins: int = 10, same=None, tolerance: float = TIE_TOLERANCE
+                           ) -> list[dict]:
     """Accuracy within deciles of |score|: a calibrated scorer is more often right when more confident."""
     s = np.asarray(scores, dtype=float)
-    correct = outcomes(s, same)[0]
+    correct = outcomes(s, same, tolerance)[0]
     order = np.argsort(np.abs(s), kind="stable")
     rows = []
     for b, idx in enumerate(np.array_split(order, min(n_bins, len(s)))):
@@ -147,23 +164,23 @@ def turn_group(ex: Example) -> str:
 
 
 def judge_metrics(predictions: list[dict], examples: list[Example], scorers: list[str], strata: list[str],
-                  n_boot: int = 1000, seed: int = 0) -> dict:
+                  n_boot: int = 1000, seed: int = 0, beta: float = PrefAccConfig.beta) -> dict:
     """metrics.json: each scorer's accuracy and length-balanced accuracy with their intervals; every pair of
     scorers compared on the same pairs (`compare`: paired bootstrap interval of the difference, exact McNemar
     p, and the same length-balanced, with McNemar within each length stratum); each scorer's accuracy split
     by `strata` (each pair's `length_stratum`) and by the number of turns, with counts and intervals. A tie
-    is not correct."""
+    (`tie_tolerance`, with the implicit reward's `beta`) is not correct."""
     score = {(r["scorer"], r["id"]): r["score"] for r in predictions}
     ids = [ex.id for ex in examples]
     scores = {s: np.array([score[(s, i)] for i in ids], dtype=float) for s in scorers}
     same = same_responses(examples)
-    paired = [{"a": a, "b": b, **compare(scores[a], scores[b], n_boot, seed, strata, same)}
+    correct = {s: outcomes(scores[s], same, tie_tolerance(s, beta))[0] for s in scorers}
+    paired = [{"a": a, "b": b, **compare(correct[a], correct[b], n_boot, seed, strata)}
               for k, a in enumerate(scorers) for b in scorers[k + 1:]]
     groups = {"length": strata, "turns": [turn_group(ex) for ex in examples]}
-    splits = {by: {s: accuracy_by_group(outcomes(scores[s], same)[0], g, n_boot, seed) for s in scorers}
-              for by, g in groups.items()}
-    return {"accuracy": {s: summarize(scores[s], n_boot, seed, strata, same) for s in scorers}, "paired": paired,
-            "splits": splits}
+    splits = {by: {s: accuracy_by_group(correct[s], g, n_boot, seed) for s in scorers} for by, g in groups.items()}
+    return {"accuracy": {s: summarize(scores[s], n_boot, seed, strata, same, tie_tolerance(s, beta)) for s in scorers},
+            "paired": paired, "splits": splits}
 
 
 def rlaif_prompt(turns: list[str], a: str, b: str, instruction: str = RLAIF_INSTRUCTION) -> str:
@@ -248,7 +265,7 @@ def score_examples(model, tokenizer, examples: list[Example], scorer: str, cfg: 
         rows = [{"id": r["id"], "score": r["implicit"]} for r in implicit_and_loglik(model, tokenizer, examples, cfg)]
     else:
         raise DLMAError(f"unknown scorer '{scorer}' (valid: {', '.join(SCORERS)})")
-    correct = outcomes([r["score"] for r in rows], same_responses(examples))[0]
+    correct = outcomes([r["score"] for r in rows], same_responses(examples), tie_tolerance(scorer, cfg.beta))[0]
     return [{"scorer": scorer, **r, "correct": bool(c)} for r, c in zip(rows, correct, strict=True)]
 
 
@@ -314,9 +331,9 @@ def run_pref_acc(model_cfg, data, cfg: PrefAccConfig, out, exclude_ids=(), model
         same = dict(zip([e.id for e in examples], same_responses(examples), strict=True))
         by_scorer = {s: [r for r in store.rows if r["scorer"] == s] for s in scorers}
         metrics = judge_metrics(store.rows, examples, scorers, length_strata(examples, folder.tokenizer()),
-                                cfg.n_bootstrap, cfg.seed)
-        calibration = {s: accuracy_by_confidence([r["score"] for r in rows], same=[same[r["id"]] for r in rows])
-                       for s, rows in by_scorer.items()}
+                                cfg.n_bootstrap, cfg.seed, cfg.beta)
+        calibration = {s: accuracy_by_confidence([r["score"] for r in rows], same=[same[r["id"]] for r in rows],
+                                                 tolerance=tie_tolerance(s, cfg.beta)) for s, rows in by_scorer.items()}
         changed = any([write_json_if_changed(folder.path / "metrics.json", metrics),
                        write_json_if_changed(folder.path / "calibration.json", calibration)])
     folder.finish(changed, skipped_rows=skipped, n_examples=len(examples), excluded_ids=len(excluded),

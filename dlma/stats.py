@@ -20,15 +20,16 @@ import numpy as np
 # model, 32 identical chosen and rejected responses of up to 259 tokens gave |R| up to 1.0e-4 nats (median 1.3e-5)
 # and log-likelihood differences up to 8e-5 (read one sequence each: exactly 0). The error grows with length
 # (up to 1,024 tokens here); 1e-3 nats is ten times the largest seen, and a likelihood ratio of 1.001 is no
-# preference a judge means.
+# preference a judge means. A score that is beta times such a difference (an implicit reward) ties within beta
+# times it.
 TIE_TOLERANCE = 1e-3
 
 
-def outcomes(scores, same=None) -> tuple[np.ndarray, np.ndarray]:
+def outcomes(scores, same=None, tolerance: float = TIE_TOLERANCE) -> tuple[np.ndarray, np.ndarray]:
     """(correct, tie) of each score (score > 0 picks the human-chosen response): a tie is a score within
-    TIE_TOLERANCE of 0 or, where `same` is given, a pair whose two responses are the same text."""
+    `tolerance` of 0 or, where `same` is given, a pair whose two responses are the same text."""
     s = np.asarray(scores, dtype=float)
-    tie = np.abs(s) <= TIE_TOLERANCE
+    tie = np.abs(s) <= tolerance
     if same is not None:
         tie |= np.asarray(same, dtype=bool)
     return (s > 0) & ~tie, tie

@@ -27,6 +27,7 @@ from .params import documented
 from .preference import PairScoring, compare, length_stratum, same_responses
 from .prompts import RENDERINGS, get_pair
 from .score import SCORE_KEYS
+from .stats import outcomes
 
 ENSEMBLE, NORM = "ensemble", "/norm"
 
@@ -202,7 +203,8 @@ def run_pair_study(model_cfg, data, study: StudyConfig, run, model=None) -> dict
         "confirmation": {
             "selected": summarize(on_rest[chosen], study.n_bootstrap, study.seed, **rest),
             "reference": summarize(on_rest[reference], study.n_bootstrap, study.seed, **rest),
-            "paired": compare(on_rest[chosen], on_rest[reference], study.n_bootstrap, study.seed, **rest),
+            "paired": compare(outcomes(on_rest[chosen], rest["same"])[0], outcomes(on_rest[reference], rest["same"])[0],
+                              study.n_bootstrap, study.seed, rest["strata"]),
         },
     }
     write_json(folder.path / "study.json", result)

@@ -37,6 +37,7 @@ from dlma.preference import (
     run_pref_acc,
     score_examples,
     summarize,
+    tie_tolerance,
 )
 from dlma.score import SCORE_KEYS, self_reward
 from dlma.stats import outcomes
@@ -85,6 +86,16 @@ def test_summarize_adds_the_length_balanced_accuracy():
     assert (m["balanced_accuracy"], m["balanced_ci95"], m["same_length"]) == (0.5, [0.5, 0.5], 2)
     assert summarize([1.0, 1.0], strata=[LONGER, LONGER])["balanced_accuracy"] is None  # no chosen-shorter pair
     assert [length_stratum(3, 5), length_stratum(5, 3), length_stratum(4, 4)] == [SHORTER, LONGER, SAME_LENGTH]
+
+
+def test_the_implicit_reward_ties_within_beta_times_the_tolerance():
+    # beta times a log-probability difference: 5e-4 is 5e-3 nats at beta = 0.1, a preference; as R, a tie
+    assert tie_tolerance("implicit", 0.1) == pytest.approx(1e-4) and tie_tolerance("dlma", 0.1) == 1e-3
+    examples = load_examples("sample:pairs", limit=4)
+    predictions = [{"scorer": s, "id": ex.id, "score": 5e-4} for s in ("dlma", "implicit") for ex in examples]
+    m = judge_metrics(predictions, examples, ["dlma", "implicit"], [LONGER] * 4, n_boot=50, beta=0.1)
+    assert (m["accuracy"]["dlma"]["ties"], m["accuracy"]["implicit"]["ties"]) == (4, 0)
+    assert m["accuracy"]["implicit"]["accuracy"] == 1.0 and m["paired"][0]["b_only"] == 4
 
 
 def test_judge_metrics_of_synthetic_judges():
