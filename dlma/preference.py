@@ -100,11 +100,11 @@ def tie_tolerance(scorer: str, beta: float) -> float:
 
 
 def summarize(scores: list[float], n_boot: int = 1000, seed: int = 0, strata=None, same=None,
-              tolerance: float = TIE_TOLERANCE) -> dict:
+              tolerance=TIE_TOLERANCE) -> dict:
     """{"accuracy", "ci95", "n", "ties"} for one scorer's scores (a tie is not correct; `same`: whether each
     pair's responses are the same text). With each pair's length stratum (`length_stratum`), also
     "balanced_accuracy" and "balanced_ci95" (None when a stratum has no pair) and "same_length", the pairs of
-    equal length that the balanced figure leaves out."""
+    equal length that the balanced figure leaves out. `tolerance`: the tie tolerance, one or per pair."""
     correct, tie = outcomes(scores, same, tolerance)
     out = {"accuracy": float(correct.mean()), "ci95": list(bootstrap_ci(correct, n_boot, seed)), "n": int(len(correct)),
            "ties": int(tie.sum())}

@@ -25,9 +25,10 @@ import numpy as np
 TIE_TOLERANCE = 1e-3
 
 
-def outcomes(scores, same=None, tolerance: float = TIE_TOLERANCE) -> tuple[np.ndarray, np.ndarray]:
+def outcomes(scores, same=None, tolerance=TIE_TOLERANCE) -> tuple[np.ndarray, np.ndarray]:
     """(correct, tie) of each score (score > 0 picks the human-chosen response): a tie is a score within
-    `tolerance` of 0 or, where `same` is given, a pair whose two responses are the same text."""
+    `tolerance` (one, or one per score) of 0 or, where `same` is given, a pair whose two responses are the
+    same text."""
     s = np.asarray(scores, dtype=float)
     tie = np.abs(s) <= tolerance
     if same is not None:

@@ -27,7 +27,7 @@ from .params import documented
 from .preference import PairScoring, compare, length_stratum, same_responses
 from .prompts import RENDERINGS, get_pair
 from .score import SCORE_KEYS
-from .stats import outcomes
+from .stats import TIE_TOLERANCE, outcomes
 
 ENSEMBLE, NORM = "ensemble", "/norm"
 
@@ -108,6 +108,17 @@ def stored_strata(rows: dict[tuple[str, str], dict], variant: str, ids: list[str
     return [length_stratum(rows[(variant, i)]["n_o1"], rows[(variant, i)]["n_o2"]) for i in ids]
 
 
+def candidate_tolerance(candidate: str, rows: dict[tuple[str, str], dict], ids: list[str]) -> float | np.ndarray:
+    """Within what of 0 a candidate's score is a tie: TIE_TOLERANCE for R and the ensemble; for a length-normalised
+    R, each pair's TIE_TOLERANCE * (1/|o1| + 1/|o2|) / 2, the rounding of R shared between the two contrasts and
+    divided by their lengths (for one text twice, R's tolerance over its length)."""
+    if not candidate.endswith(NORM):
+        return TIE_TOLERANCE
+    v = candidate.removesuffix(NORM)
+    return np.array([TIE_TOLERANCE * (1 / max(rows[(v, i)]["n_o1"], 1) + 1 / max(rows[(v, i)]["n_o2"], 1)) / 2
+                     for i in ids])
+
+
 def terms_row(terms: dict, n_o1: int, n_o2: int) -> dict:
     """A stored row: the four S terms, R and the two responses' token counts."""
     return {**{k: terms[k] for k in SCORE_KEYS}, "self_reward": terms["self_reward"], "n_o1": n_o1, "n_o2": n_o2}
@@ -181,10 +192,12 @@ def run_pair_study(model_cfg, data, study: StudyConfig, run, model=None) -> dict
     on_slice = candidate_scores(rows, names, select_ids)
     reference = names[0]  # scored on every pair: its rows give each pair's token counts
 
-    def facts(rows, ids):  # each pair's length stratum, and whether its two responses are one text
-        return {"strata": stored_strata(rows, reference, ids), "same": same_responses([by_id[i] for i in ids])}
+    def facts(rows, candidate, ids):  # how a candidate's scores are read: length strata, one-text pairs, ties
+        return {"strata": stored_strata(rows, reference, ids), "same": same_responses([by_id[i] for i in ids]),
+                "tolerance": candidate_tolerance(candidate, rows, ids)}
 
-    selection = {c: summarize(s, study.n_bootstrap, study.seed, **facts(rows, select_ids)) for c, s in on_slice.items()}
+    selection = {c: summarize(s, study.n_bootstrap, study.seed, **facts(rows, c, select_ids))
+                 for c, s in on_slice.items()}
     chosen = select(selection)
     if not store.finished:  # step 3: the selected candidate and the reference on the rest
         for variant in variants:
@@ -194,17 +207,18 @@ def run_pair_study(model_cfg, data, study: StudyConfig, run, model=None) -> dict
     rows = {(r["variant"], r["id"]): r for r in store.rows}
     scored_rest = [v for v in names if all((v, i) in rows for i in rest_ids)]
     on_rest = candidate_scores(rows, scored_rest, rest_ids)  # the selected candidate and the reference among them
-    rest = facts(rows, rest_ids)
+    sel, ref = facts(rows, chosen, rest_ids), facts(rows, reference, rest_ids)
     result = {
         "split": {"seed": study.seed, "n_select": len(select_ids), "n_rest": len(rest_ids)},
         "reference": reference,
         "selection": selection,
         "selected": chosen,
         "confirmation": {
-            "selected": summarize(on_rest[chosen], study.n_bootstrap, study.seed, **rest),
-            "reference": summarize(on_rest[reference], study.n_bootstrap, study.seed, **rest),
-            "paired": compare(outcomes(on_rest[chosen], rest["same"])[0], outcomes(on_rest[reference], rest["same"])[0],
-                              study.n_bootstrap, study.seed, rest["strata"]),
+            "selected": summarize(on_rest[chosen], study.n_bootstrap, study.seed, **sel),
+            "reference": summarize(on_rest[reference], study.n_bootstrap, study.seed, **ref),
+            "paired": compare(outcomes(on_rest[chosen], sel["same"], sel["tolerance"])[0],
+                              outcomes(on_rest[reference], ref["same"], ref["tolerance"])[0], study.n_bootstrap,
+                              study.seed, sel["strata"]),
         },
     }
     write_json(folder.path / "study.json", result)
