@@ -14,10 +14,9 @@
 
 A score within `stats.TIE_TOLERANCE` of 0 (float rounding) expresses no preference: a tie for the contrast
 judge, an order without an answer for the RLAIF judge. A two-order judge says "win" or "lose" only when both
-orders agree, else "tie"; `position_consistency` is
-the share of items where they agree. `length_controlled` fits the judge's preference on the length
-difference (a logistic regression, as AlpacaEval 2's length-controlled win rate does) and reads the win
-rate at no length difference.
+orders agree, else "tie"; `position_consistency` is the share of items where they agree. `length_controlled`
+fits the judge's preference on the length difference (a logistic regression, as AlpacaEval 2's
+length-controlled win rate does) and reads the win rate at no length difference.
 """
 
 from __future__ import annotations
