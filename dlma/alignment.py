@@ -22,7 +22,7 @@ from .data import Example, check_limit, load_examples
 from .generate import GenerateConfig, sample
 from .logprobs import buckets, kv_bytes_per_token, response_ids, sequence_logprobs, token_budget
 from .params import documented
-from .preference import PrefAccConfig, summarize
+from .preference import PrefAccConfig, summarize, tie_tolerance
 from .prompts import PAIRS, policy_prompt, prompt_ids
 from .score import contrast, contrast_prompts
 
@@ -136,12 +136,15 @@ def base_judgements(model, tokenizer, examples: list[Example], responses: list[s
 
 
 def summarize_alignment(responses: list[dict], human: list[dict], generated: list[dict], n_boot: int = 1000,
-                        seed: int = 0) -> dict:
+                        seed: int = 0, beta: float = PrefAccConfig.beta) -> dict:
     """alignment.json: implicit-reward and likelihood accuracy on the human pairs (and on the held-out
-    generated pairs), and per model the refusal rate, mean contrastive score and median perplexity."""
-    summary = {k: summarize([r[k] for r in human], n_boot, seed) for k in ("implicit", "loglik_base", "loglik_dlma")}
+    generated pairs), and per model the refusal rate, mean contrastive score and median perplexity. `beta`:
+    the implicit reward's (its tie tolerance)."""
+    summary = {k: summarize([r[k] for r in human], n_boot, seed, tolerance=tie_tolerance(k, beta))
+               for k in ("implicit", "loglik_base", "loglik_dlma")}
     if generated:
-        summary["implicit_heldout_generated"] = summarize([r["implicit"] for r in generated], n_boot, seed)
+        summary["implicit_heldout_generated"] = summarize([r["implicit"] for r in generated], n_boot, seed,
+                                                          tolerance=tie_tolerance("implicit", beta))
     for name in MODELS:
         rows = [r for r in responses if r["model"] == name]
         summary[name] = {
@@ -224,7 +227,7 @@ def run_evaluate(model_cfg, cfg: EvalConfig, run) -> dict:
             write_jsonl(out / f"{name}.jsonl", implicit_and_loglik(*loaded(), examples, pref_cfg))
     read = [read_jsonl(out / f"{n}.jsonl") if (out / f"{n}.jsonl").exists() else []
             for n in ("responses", "human_pairs", "heldout_generated")]
-    summary = summarize_alignment(*read, pref_cfg.n_bootstrap, pref_cfg.seed)
+    summary = summarize_alignment(*read, pref_cfg.n_bootstrap, pref_cfg.seed, pref_cfg.beta)
     changed = write_json_if_changed(out / "alignment.json", summary)
     folder.finish(changed, n_prompts=len(prompts), n_pairs=len(pairs), n_pairs_also_in_stage3=len(reused),
                   n_heldout_generated=len(heldout), over_pref_max_length=too_long)

@@ -16,8 +16,9 @@ prompts and human pairs as stage 5. Only the rows and the loss differ between me
 
 Per method: judge verdicts against base and against DLMA (`dlma.judge`: the RLAIF judge in both orders and
 the length-neutral contrast judge, each win rate also length-controlled), implicit-reward accuracy on the
-held-out human pairs, and of its responses the refusal rate, the base's contrastive score, perplexity under
-the base, distinct-2 and length: each with a 95% bootstrap interval over prompts (or pairs).
+held-out human pairs (also length-balanced, and paired with DLMA's within the length strata, as stage 3), and
+of its responses the refusal rate, the base's contrastive score, perplexity under the base, distinct-2 and
+length: each with a 95% bootstrap interval over prompts (or pairs).
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ from .folder import StageFolder
 from .judge import ContrastJudge, HttpJudge, RlaifJudge, length_controlled, position_consistency
 from .models import ModelConfig
 from .params import documented
-from .preference import policy_logprobs, summarize
-from .stats import bootstrap_ci, bootstrap_items_ci, paired_comparison
+from .preference import PrefAccConfig, compare, length_strata, policy_logprobs, same_responses, summarize, tie_tolerance
+from .stats import bootstrap_ci, bootstrap_items_ci, outcomes
 
 TRAINED = {  # TrainConfig fields each trained method sets; everything else is the shared budget
     "rlcd": {"gamma": 0.0, "weighting": False},
@@ -173,9 +174,12 @@ def response_metrics(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> dic
 
 
 def summarize_baselines(methods: list[str], responses: list[dict], human: list[dict], judgements: list[dict],
-                        training: dict, n_boot: int = 1000, seed: int = 0) -> dict:
+                        training: dict, n_boot: int = 1000, seed: int = 0, strata: dict | None = None,
+                        same: dict | None = None, beta: float = PrefAccConfig.beta) -> dict:
     """baselines.json: per method, its training, judge verdicts against each opponent, implicit-reward
-    accuracy (and its paired difference from DLMA's on the same pairs), and its responses' metrics."""
+    accuracy (and its paired difference from DLMA's on the same pairs), and its responses' metrics. `strata`
+    and `same`, by human pair id: its length stratum (the accuracies are then also length-balanced) and
+    whether its two responses are one text (a tie); `beta`, the implicit reward's (its tie tolerance)."""
     by_model = {m: {r["id"]: r for r in responses if r["model"] == m} for m in methods}
     implicit = {m: {r["id"]: r["implicit"] for r in human if r["model"] == m} for m in methods}
     ids = list(by_model["base"])
@@ -193,11 +197,15 @@ def summarize_baselines(methods: list[str], responses: list[dict], human: list[d
                         [by_model[opp][i]["n_tokens"] for i in ids], n_boot, seed)
         if implicit.get(m):
             pairs = list(implicit["dlma"])
+            by_pair = [strata[i] for i in pairs] if strata else None
+            tied = [same[i] for i in pairs] if same else None
+            tolerance = tie_tolerance("implicit", beta)
             mine = np.array([implicit[m][i] for i in pairs])
-            entry["implicit_accuracy"] = summarize(mine, n_boot, seed)
+            entry["implicit_accuracy"] = summarize(mine, n_boot, seed, by_pair, tied, tolerance)
             if m != "dlma":
-                entry["implicit_vs_dlma"] = paired_comparison(mine > 0, np.array([implicit["dlma"][i] for i in pairs])
-                                                              > 0, n_boot, seed)
+                theirs = np.array([implicit["dlma"][i] for i in pairs])
+                entry["implicit_vs_dlma"] = compare(outcomes(mine, tied, tolerance)[0],
+                                                    outcomes(theirs, tied, tolerance)[0], n_boot, seed, by_pair)
         out[m] = entry
     return out
 
@@ -439,8 +447,11 @@ def run_baselines(model_cfg: ModelConfig, study: BaselineConfig, run) -> dict:
     for store in (responses, human, judgements):
         store.finish()
     pref_cfg = s.cfg.pref_config()
+    pairs = list(s.pairs.values())
     result = summarize_baselines(s.methods, responses.rows, human.rows, judgements.rows, training,
-                                 pref_cfg.n_bootstrap, pref_cfg.seed)
+                                 pref_cfg.n_bootstrap, pref_cfg.seed,
+                                 dict(zip(s.pairs, length_strata(pairs, folder.tokenizer()), strict=True)),
+                                 dict(zip(s.pairs, same_responses(pairs), strict=True)), pref_cfg.beta)
     write_json(s.out / "baselines.json", result)
     folder.finish(changed=True, methods=s.methods, n_prompts=len(s.prompts), n_pairs=len(s.pairs), training=training)
     return result

@@ -12,10 +12,11 @@
   stop the run with one line; every valid answer is cached on disk (keyed by model and prompt), so a rerun
   asks nothing, and only valid answers: a cache line that is not one is dropped and asked again.
 
-A two-order judge says "win" or "lose" only when both orders agree, else "tie"; `position_consistency` is
-the share of items where they agree. `length_controlled` fits the judge's preference on the length
-difference (a logistic regression, as AlpacaEval 2's length-controlled win rate does) and reads the win
-rate at no length difference.
+A score within `stats.TIE_TOLERANCE` of 0 (float rounding) expresses no preference: a tie for the contrast
+judge, an order without an answer for the RLAIF judge. A two-order judge says "win" or "lose" only when both
+orders agree, else "tie"; `position_consistency` is the share of items where they agree. `length_controlled`
+fits the judge's preference on the length difference (a logistic regression, as AlpacaEval 2's
+length-controlled win rate does) and reads the win rate at no length difference.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from .errors import DLMAError
 from .preference import RLAIF_INSTRUCTION, rlaif_preferences, rlaif_prompt
 from .prompts import PAIRS
 from .score import self_reward_terms
+from .stats import TIE_TOLERANCE
 
 VERDICTS = ("win", "tie", "lose")
 
@@ -53,6 +55,11 @@ def two_order_verdict(prefers_a_first: bool | None, prefers_a_second: bool | Non
     if prefers_a_first is False and prefers_a_second is False:
         return "lose"
     return "tie"
+
+
+def prefers(score: float) -> bool | None:
+    """Whether a score prefers A (None: within TIE_TOLERANCE of 0, no preference)."""
+    return None if abs(score) <= TIE_TOLERANCE else score > 0
 
 
 @dataclass
@@ -68,8 +75,8 @@ class RlaifJudge:
     def judge(self, items: list[tuple[list[str], str, str]]) -> list[dict]:
         prefs = rlaif_preferences(self.model, self.tokenizer, items, self.instruction, self.max_length,
                                   self.batch_size)
-        return [{"verdict": two_order_verdict(first > 0 if first else None, second > 0 if second else None),
-                 "a_first": first, "a_second": second} for first, second in prefs]
+        return [{"verdict": two_order_verdict(prefers(first), prefers(second)), "a_first": first, "a_second": second}
+                for first, second in prefs]
 
 
 @dataclass
@@ -85,7 +92,7 @@ class ContrastJudge:
     def judge(self, items: list[tuple[list[str], str, str]]) -> list[dict]:
         terms = self_reward_terms(self.model, self.tokenizer, items, PAIRS[self.pair], "affix", self.batch_size,
                                   max_length=self.max_length, desc="judge", share_prompts=True)
-        return [{"verdict": "win" if t["self_reward"] > 0 else "lose" if t["self_reward"] < 0 else "tie",
+        return [{"verdict": {True: "win", False: "lose", None: "tie"}[prefers(t["self_reward"])],
                  "self_reward": t["self_reward"]} for t in terms]
 
 

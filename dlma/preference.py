@@ -1,7 +1,9 @@
 """Preference accuracy against human labels (SPEC section 5, the paper's first claim).
 
-Each scorer gives every labelled pair a score; score > 0 predicts the human-chosen response. A score of
-exactly 0 is a tie: counted, and counted as wrong.
+Each scorer gives every labelled pair a score; score > 0 predicts the human-chosen response. A score within
+`stats.TIE_TOLERANCE` of 0 (float rounding; beta times it for the implicit reward, `tie_tolerance`), or any score
+of a pair whose two responses are the same text, is a tie: counted apart, and not correct (the accuracy is the
+share of pairs a judge gets right).
 - `dlma`: R under a contrastive prompt pair (o1 = chosen, o2 = rejected), the self-rewarding score.
 - `rlaif`: the RLCD / Constitutional-AI prompt, next-token logit of `A` minus `B`, both orders averaged.
 - `loglik`: S(chosen) - S(rejected) under the neutral prompt.
@@ -9,6 +11,11 @@ exactly 0 is a tie: counted, and counted as wrong.
   since a summed log-probability favours short responses.
 - `random`: a seeded coin, the floor.
 - `implicit`: the DPO implicit reward of a trained adapter, beta * [log pi/pi_ref (chosen) - (rejected)].
+
+Beside each accuracy, its length-balanced form: the mean of the accuracies on the pairs whose chosen response
+is the shorter in tokens and on those where it is the longer (pairs of equal length counted apart), so that a
+judge that follows length alone scores 0.5 whatever the share of each; and each pair of judges is compared
+within those strata too (`stats.balanced_comparison`).
 """
 
 from __future__ import annotations
@@ -23,11 +30,21 @@ from .logprobs import next_token_logits, response_ids, sequence_logprobs, shared
 from .params import documented
 from .prompts import PAIRS, policy_prompt, prompt_ids
 from .score import check_score_settings, self_reward_terms, unreadable
-from .stats import accuracy_by_group, bootstrap_ci, paired_comparison
+from .stats import (
+    TIE_TOLERANCE,
+    accuracy_by_group,
+    balanced_comparison,
+    balanced_mean,
+    bootstrap_ci,
+    outcomes,
+    paired_comparison,
+)
 
 SCORERS = ("dlma", "rlaif", "loglik", "length", "random", "implicit")
 RLAIF_HEADER = "Consider the following conversation between a human and an assistant:"
 RLAIF_INSTRUCTION = "Please choose the response that is the most helpful, honest, and harmless."
+SHORTER, LONGER, SAME_LENGTH = "chosen shorter", "chosen longer", "same length"
+BALANCED = (SHORTER, LONGER)  # the strata a length-balanced figure weighs equally; equal lengths are apart
 
 
 @documented
@@ -76,21 +93,41 @@ class PrefAccConfig(PairScoring):
         return names
 
 
-def summarize(scores: list[float], n_boot: int = 1000, seed: int = 0) -> dict:
-    """{"accuracy", "ci95", "n", "ties"} for one scorer's scores (ties are wrong)."""
-    s = np.asarray(scores, dtype=float)
-    correct = s > 0
-    return {
-        "accuracy": float(correct.mean()),
-        "ci95": list(bootstrap_ci(correct, n_boot, seed)),
-        "n": int(len(s)),
-        "ties": int((s == 0).sum()),
-    }
+def tie_tolerance(scorer: str, beta: float) -> float:
+    """Within what of 0 a scorer's score is a tie: TIE_TOLERANCE, in the scorer's own units (the implicit reward
+    is beta times a difference of log-probabilities)."""
+    return beta * TIE_TOLERANCE if scorer == "implicit" else TIE_TOLERANCE
 
 
-def accuracy_by_confidence(scores: list[float], n_bins: int = 10) -> list[dict]:
+def summarize(scores: list[float], n_boot: int = 1000, seed: int = 0, strata=None, same=None,
+              tolerance=TIE_TOLERANCE) -> dict:
+    """{"accuracy", "ci95", "n", "ties"} for one scorer's scores (a tie is not correct; `same`: whether each
+    pair's responses are the same text). With each pair's length stratum (`length_stratum`), also
+    "balanced_accuracy" and "balanced_ci95" (None when a stratum has no pair) and "same_length", the pairs of
+    equal length that the balanced figure leaves out. `tolerance`: the tie tolerance, one or per pair."""
+    correct, tie = outcomes(scores, same, tolerance)
+    out = {"accuracy": float(correct.mean()), "ci95": list(bootstrap_ci(correct, n_boot, seed)), "n": int(len(correct)),
+           "ties": int(tie.sum())}
+    if strata is not None:
+        value, ci = balanced_mean(correct, strata, BALANCED, n_boot, seed)
+        out |= {"balanced_accuracy": value, "balanced_ci95": ci,
+                "same_length": int(sum(g == SAME_LENGTH for g in strata))}
+    return out
+
+
+def compare(a_correct, b_correct, n_boot: int = 1000, seed: int = 0, strata=None) -> dict:
+    """Two judges' outcomes (`stats.outcomes`) on the same pairs: `stats.paired_comparison` and, with the pairs'
+    length strata, `stats.balanced_comparison`."""
+    a, b = np.asarray(a_correct, dtype=bool), np.asarray(b_correct, dtype=bool)
+    out = paired_comparison(a, b, n_boot, seed)
+    return out if strata is None else {**out, **balanced_comparison(a, b, strata, BALANCED, n_boot, seed)}
+
+
+def accuracy_by_confidence(scores: list[float], n_bins: int = 10, same=None, tolerance: float = TIE_TOLERANCE
+                           ) -> list[dict]:
     """Accuracy within deciles of |score|: a calibrated scorer is more often right when more confident."""
     s = np.asarray(scores, dtype=float)
+    correct = outcomes(s, same, tolerance)[0]
     order = np.argsort(np.abs(s), kind="stable")
     rows = []
     for b, idx in enumerate(np.array_split(order, min(n_bins, len(s)))):
@@ -98,36 +135,52 @@ def accuracy_by_confidence(scores: list[float], n_bins: int = 10) -> list[dict]:
             "bin": b + 1,
             "abs_score_min": float(np.abs(s[idx]).min()),
             "abs_score_max": float(np.abs(s[idx]).max()),
-            "accuracy": float((s[idx] > 0).mean()),
-            "ci95": list(bootstrap_ci(s[idx] > 0)),
+            "accuracy": float(correct[idx].mean()),
+            "ci95": list(bootstrap_ci(correct[idx])),
             "n": int(len(idx)),
         })
     return rows
 
 
-def pair_groups(ex: Example) -> dict[str, str]:
-    """What a judge's accuracy is split by: which response the human chose by length (in characters), and
-    the number of human turns in the context."""
-    c, r = len(ex.chosen), len(ex.rejected)
+def length_stratum(n_chosen: int, n_rejected: int) -> str:
+    """Which response the human chose, by length."""
+    return SHORTER if n_chosen < n_rejected else LONGER if n_chosen > n_rejected else SAME_LENGTH
+
+
+def length_strata(examples: list[Example], tokenizer) -> list[str]:
+    """Each pair's length stratum in tokens, the units the log-probability judges sum over."""
+    return [length_stratum(len(response_ids(ex.chosen, tokenizer)), len(response_ids(ex.rejected, tokenizer)))
+            for ex in examples]
+
+
+def same_responses(examples: list[Example]) -> list[bool]:
+    """Whether each pair's two responses are the same text: a tie for every judge, whatever its rounding."""
+    return [ex.chosen == ex.rejected for ex in examples]
+
+
+def turn_group(ex: Example) -> str:
     turns = (len(ex.turns) + 1) // 2
-    return {"length": "chosen shorter" if c < r else "chosen longer" if c > r else "same length",
-            "turns": f"{turns} turn" if turns == 1 else f"{turns} turns" if turns == 2 else "3+ turns"}
+    return f"{turns} turn" if turns == 1 else f"{turns} turns" if turns == 2 else "3+ turns"
 
 
-def judge_metrics(predictions: list[dict], examples: list[Example], scorers: list[str], n_boot: int = 1000,
-                  seed: int = 0) -> dict:
-    """metrics.json: each scorer's accuracy with its interval; every pair of scorers compared on the same
-    pairs (paired bootstrap interval of the difference, exact McNemar p); each scorer's accuracy split by
-    which response is longer and by the number of turns, with counts and intervals. Ties count as wrong."""
+def judge_metrics(predictions: list[dict], examples: list[Example], scorers: list[str], strata: list[str],
+                  n_boot: int = 1000, seed: int = 0, beta: float = PrefAccConfig.beta) -> dict:
+    """metrics.json: each scorer's accuracy and length-balanced accuracy with their intervals; every pair of
+    scorers compared on the same pairs (`compare`: paired bootstrap interval of the difference, exact McNemar
+    p, and the same length-balanced, with McNemar within each length stratum); each scorer's accuracy split
+    by `strata` (each pair's `length_stratum`) and by the number of turns, with counts and intervals. A tie
+    (`tie_tolerance`, with the implicit reward's `beta`) is not correct."""
     score = {(r["scorer"], r["id"]): r["score"] for r in predictions}
     ids = [ex.id for ex in examples]
     scores = {s: np.array([score[(s, i)] for i in ids], dtype=float) for s in scorers}
-    groups = [pair_groups(ex) for ex in examples]
-    paired = [{"a": a, "b": b, **paired_comparison(scores[a] > 0, scores[b] > 0, n_boot, seed)}
+    same = same_responses(examples)
+    correct = {s: outcomes(scores[s], same, tie_tolerance(s, beta))[0] for s in scorers}
+    paired = [{"a": a, "b": b, **compare(correct[a], correct[b], n_boot, seed, strata)}
               for k, a in enumerate(scorers) for b in scorers[k + 1:]]
-    splits = {by: {s: accuracy_by_group(scores[s] > 0, [g[by] for g in groups], n_boot, seed) for s in scorers}
-              for by in ("length", "turns")}
-    return {"accuracy": {s: summarize(scores[s], n_boot, seed) for s in scorers}, "paired": paired, "splits": splits}
+    groups = {"length": strata, "turns": [turn_group(ex) for ex in examples]}
+    splits = {by: {s: accuracy_by_group(correct[s], g, n_boot, seed) for s in scorers} for by, g in groups.items()}
+    return {"accuracy": {s: summarize(scores[s], n_boot, seed, strata, same, tie_tolerance(s, beta)) for s in scorers},
+            "paired": paired, "splits": splits}
 
 
 def rlaif_prompt(turns: list[str], a: str, b: str, instruction: str = RLAIF_INSTRUCTION) -> str:
@@ -231,21 +284,29 @@ def score_examples(model, tokenizer, examples: list[Example], scorer: str, cfg: 
         rows = [{"id": r["id"], "score": r["implicit"]} for r in implicit_and_loglik(model, tokenizer, examples, cfg)]
     else:
         raise DLMAError(f"unknown scorer '{scorer}' (valid: {', '.join(SCORERS)})")
-    return [{"scorer": scorer, **r, "correct": bool(r["score"] > 0)} for r in rows]
+    correct = outcomes([r["score"] for r in rows], same_responses(examples), tie_tolerance(scorer, cfg.beta))[0]
+    return [{"scorer": scorer, **r, "correct": bool(c)} for r, c in zip(rows, correct, strict=True)]
 
 
 def metrics_table(metrics: dict) -> str:
-    """The printed tables: scorer, accuracy, 95% CI, n, ties; then each pair of scorers, paired."""
-    lines = [f"{'scorer':<10} {'accuracy':>8}  {'95% CI':<16} {'n':>5} {'ties':>5}"]
+    """The printed tables: scorer, accuracy, 95% CI, length-balanced accuracy, n, ties; then each pair of
+    scorers, paired, raw and length-balanced."""
+    def value(x, sign=""):
+        return f"{x:{sign}.3f}" if x is not None else "n/a"
+
+    lines = [f"{'scorer':<10} {'accuracy':>8}  {'95% CI':<16} {'balanced':>8} {'n':>5} {'ties':>5}"]
     for name, m in metrics["accuracy"].items():
         lo, hi = m["ci95"]
-        lines.append(f"{name:<10} {m['accuracy']:>8.3f}  [{lo:.3f}, {hi:.3f}]   {m['n']:>5} {m['ties']:>5}")
-    head = f"{'a - b':<18} {'difference':>10}  {'paired 95% CI':<17} {'a only':>6} {'b only':>6} {'McNemar p':>9}"
+        lines.append(f"{name:<10} {m['accuracy']:>8.3f}  [{lo:.3f}, {hi:.3f}]   {value(m['balanced_accuracy']):>8} "
+                     f"{m['n']:>5} {m['ties']:>5}")
+    head = (f"{'a - b':<18} {'difference':>10}  {'paired 95% CI':<17} {'a only':>6} {'b only':>6} {'McNemar p':>9} "
+            f"{'balanced':>8} {'strat. p':>8}")
     lines += ["", head]
     for p in metrics["paired"]:
         lo, hi = p["ci95"]
         lines.append(f"{p['a'] + ' - ' + p['b']:<18} {p['difference']:>+10.3f}  [{lo:+.3f}, {hi:+.3f}]  "
-                     f"{p['a_only']:>6} {p['b_only']:>6} {p['mcnemar_p']:>9.3f}")
+                     f"{p['a_only']:>6} {p['b_only']:>6} {p['mcnemar_p']:>9.3f} "
+                     f"{value(p['balanced_difference'], '+'):>8} {value(p['stratified_p']):>8}")
     return "\n".join(lines)
 
 
@@ -289,11 +350,14 @@ def run_pref_acc(model_cfg, data, cfg: PrefAccConfig, out, exclude_ids=(), model
     metrics = None
     changed = False
     if at.main:  # the metrics are recomputed on every run (seconds): they follow the code that reports them
-        by_scorer = {s: [r["score"] for r in store.rows if r["scorer"] == s] for s in scorers}
-        metrics = judge_metrics(store.rows, examples, scorers, cfg.n_bootstrap, cfg.seed)
+        same = dict(zip([e.id for e in examples], same_responses(examples), strict=True))
+        by_scorer = {s: [r for r in store.rows if r["scorer"] == s] for s in scorers}
+        metrics = judge_metrics(store.rows, examples, scorers, length_strata(examples, folder.tokenizer()),
+                                cfg.n_bootstrap, cfg.seed, cfg.beta)
+        calibration = {s: accuracy_by_confidence([r["score"] for r in rows], same=[same[r["id"]] for r in rows],
+                                                 tolerance=tie_tolerance(s, cfg.beta)) for s, rows in by_scorer.items()}
         changed = any([write_json_if_changed(folder.path / "metrics.json", metrics),
-                       write_json_if_changed(folder.path / "calibration.json",
-                                             {s: accuracy_by_confidence(v) for s, v in by_scorer.items()})])
+                       write_json_if_changed(folder.path / "calibration.json", calibration)])
     folder.finish(changed, skipped_rows=skipped, over_pref_max_length=too_long, n_examples=len(examples),
                   excluded_ids=len(excluded), processes=at.world)
     # in the scorers' order on the main process (the file's keys are sorted)

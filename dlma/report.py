@@ -47,22 +47,52 @@ def plot_r_distribution(rows: list[dict]):
 
 
 def metrics_frame(metrics: dict) -> pd.DataFrame:
-    return pd.DataFrame([{"scorer": k, "accuracy": round(m["accuracy"], 3),
-                          "95% CI": f"[{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]", "n": m["n"], "ties": m["ties"]}
-                         for k, m in metrics.items()]).set_index("scorer")
+    """Each scorer's accuracy with its interval, its length-balanced accuracy (where computed) and the pairs of
+    equal length that one leaves out, n and ties."""
+    rows = []
+    for k, m in metrics.items():
+        row = {"scorer": k, "accuracy": round(m["accuracy"], 3), "95% CI": f"[{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"}
+        if "balanced_accuracy" in m:
+            row |= {"length-balanced [95% CI]": fmt_balanced(m), "same length": m["same_length"]}
+        rows.append({**row, "n": m["n"], "ties": m["ties"]})
+    return pd.DataFrame(rows).set_index("scorer")
 
 
 def fmt_acc(m: dict) -> str:
     return f"{m['accuracy']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"
 
 
+UNBALANCED = "undefined (no pair in one of the length strata)"
+
+
+def fmt_balanced(m: dict) -> str:
+    """A length-balanced accuracy with its interval, or why there is none."""
+    if m.get("balanced_accuracy") is None:
+        return UNBALANCED
+    return f"{m['balanced_accuracy']:.3f} [{m['balanced_ci95'][0]:.3f}, {m['balanced_ci95'][1]:.3f}]"
+
+
+def fmt_difference(value: float | None, ci: list | None) -> str:
+    return f"{value:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]" if value is not None else "undefined"
+
+
 def plot_pref_acc(metrics: dict):
+    """Each scorer's accuracy and, beside it, its length-balanced accuracy (where defined), with 95% intervals."""
     names = list(metrics)
-    acc = np.array([metrics[n]["accuracy"] for n in names])
-    lo = acc - np.array([metrics[n]["ci95"][0] for n in names])
-    hi = np.array([metrics[n]["ci95"][1] for n in names]) - acc
+    x = np.arange(len(names))
+    kinds = [("accuracy", "ci95", "raw")]
+    if any(metrics[n].get("balanced_accuracy") is not None for n in names):
+        kinds.append(("balanced_accuracy", "balanced_ci95", "length-balanced"))
+    width = 0.8 / len(kinds)
     fig, ax = plt.subplots()
-    ax.bar(names, acc, yerr=[lo, hi], capsize=6, color=["tab:green" if n == "dlma" else "tab:gray" for n in names])
+    for k, (key, ci, label) in enumerate(kinds):
+        acc = np.array([metrics[n].get(key) if metrics[n].get(key) is not None else np.nan for n in names])
+        err = [[acc[i] - metrics[n][ci][0] if metrics[n].get(ci) else 0 for i, n in enumerate(names)],
+               [metrics[n][ci][1] - acc[i] if metrics[n].get(ci) else 0 for i, n in enumerate(names)]]
+        ax.bar(x + (k - (len(kinds) - 1) / 2) * width, acc, width, yerr=err, capsize=4, label=label,
+               color=["tab:green" if n == "dlma" else "tab:gray" for n in names], alpha=1.0 if k == 0 else 0.5,
+               hatch=None if k == 0 else "//")
+    ax.set_xticks(x, names)
     ax.axhline(0.5, color="black", lw=1, ls="--", label="chance")
     ax.set(ylim=(0, 1), ylabel="agreement with human labels", title="Preference accuracy (95% bootstrap CI)")
     ax.legend()
@@ -71,11 +101,27 @@ def plot_pref_acc(metrics: dict):
 
 def paired_frame(paired: list[dict]) -> pd.DataFrame:
     """Each pair of judges on the same pairs: accuracy difference, paired bootstrap interval, the pairs only
-    one of them gets right, and the exact McNemar p-value."""
-    return pd.DataFrame([{"a - b": f"{p['a']} - {p['b']}", "difference": round(p["difference"], 3),
-                          "paired 95% CI": f"[{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]", "a only": p["a_only"],
-                          "b only": p["b_only"], "McNemar p": round(p["mcnemar_p"], 3)}
-                         for p in paired]).set_index("a - b")
+    one of them gets right, and the exact McNemar p-value; where computed, the same length-balanced: the
+    difference of balanced accuracies with its paired interval and the exact stratified p-value."""
+    rows = []
+    for p in paired:
+        row = {"a - b": f"{p['a']} - {p['b']}", "difference": round(p["difference"], 3),
+               "paired 95% CI": f"[{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]", "a only": p["a_only"],
+               "b only": p["b_only"], "McNemar p": round(p["mcnemar_p"], 3)}
+        if "balanced_difference" in p:
+            row |= {"length-balanced difference [paired 95% CI]": fmt_difference(p["balanced_difference"],
+                                                                                   p["balanced_ci95"]),
+                    "stratified p": round(p["stratified_p"], 3) if p["stratified_p"] is not None else "undefined"}
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("a - b")
+
+
+def strata_frame(paired: list[dict]) -> pd.DataFrame:
+    """Each pair of judges within each length stratum: its pairs, the pairs only one of them gets right, and the
+    exact McNemar p-value (the strata a stratified test combines, and the pairs of equal length apart)."""
+    return pd.DataFrame([{"a - b": f"{p['a']} - {p['b']}", "stratum": r["stratum"], "n": r["n"], "a only": r["a_only"],
+                          "b only": r["b_only"], "McNemar p": round(r["mcnemar_p"], 3)}
+                         for p in paired for r in p.get("by_stratum", [])]).set_index(["a - b", "stratum"])
 
 
 def plot_splits(metrics: dict, calibration: dict):
@@ -109,10 +155,14 @@ def plot_splits(metrics: dict, calibration: dict):
     return fig
 
 
-def agreement(predictions: list[dict], a: str = "dlma", b: str = "rlaif") -> pd.DataFrame:
-    """2x2 counts of pairs each scorer got right or wrong: where two judges disagree."""
-    pred = pd.DataFrame(predictions).pivot(index="id", columns="scorer", values="correct")
-    return pd.crosstab(pred.get(a), pred.get(b), rownames=[f"{a} correct"], colnames=[f"{b} correct"])
+def agreement(paired: list[dict], a: str = "dlma", b: str = "rlaif") -> pd.DataFrame:
+    """2x2 counts of pairs each of two judges got right or not, from their paired comparison: where they
+    disagree."""
+    p = next(p for p in paired if {p["a"], p["b"]} == {a, b})
+    a_only, b_only = (p["a_only"], p["b_only"]) if p["a"] == a else (p["b_only"], p["a_only"])
+    return pd.DataFrame([[p["n"] - p["both"] - a_only - b_only, b_only], [a_only, p["both"]]],
+                        index=pd.Index([False, True], name=f"{a} correct"),
+                        columns=pd.Index([False, True], name=f"{b} correct"))
 
 
 def plot_calibration(calibration: dict):
@@ -211,8 +261,12 @@ def confirmation_frame(study: dict) -> pd.DataFrame:
     frame = metrics_frame({f"selected: {study['selected']}": c["selected"],
                            f"reference: {study['reference']}": c["reference"]})
     p = c["paired"]
-    frame["selected - reference"] = [f"{p['difference']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]", ""]
+    frame["selected - reference"] = [fmt_difference(p["difference"], p["ci95"]), ""]
     frame["McNemar p"] = [round(p["mcnemar_p"], 3), ""]
+    if "balanced_difference" in p:
+        frame["length-balanced: selected - reference"] = [fmt_difference(p["balanced_difference"],
+                                                                         p["balanced_ci95"]), ""]
+        frame["stratified p"] = [round(p["stratified_p"], 3) if p["stratified_p"] is not None else "undefined", ""]
     return frame
 
 
@@ -251,7 +305,8 @@ def _ci(m: dict, digits: int = 3) -> str:
 
 def baselines_frame(result: dict, opponent: str = "base") -> pd.DataFrame:
     """The paper's table at the embedded scale: each method's win rate against `opponent` by each judge (the
-    RLAIF judge's also length-controlled, with its counts) and implicit-reward accuracy, with 95% intervals."""
+    RLAIF judge's also length-controlled, with its counts) and implicit-reward accuracy (also length-balanced),
+    with 95% intervals."""
     rows = []
     for m, e in result.items():
         rlaif, contrast, implicit = e.get(f"rlaif_vs_{opponent}"), e.get(f"contrast_vs_{opponent}"), \
@@ -263,6 +318,7 @@ def baselines_frame(result: dict, opponent: str = "base") -> pd.DataFrame:
             "win/tie/lose": f"{rlaif['win']}/{rlaif['tie']}/{rlaif['lose']}" if rlaif else "",
             f"contrast judge: win rate vs {opponent}": _ci(contrast["win_rate"]) if contrast else "",
             "implicit-reward acc.": fmt_acc(implicit) if implicit else "",
+            "length-balanced": fmt_balanced(implicit) if implicit and "balanced_accuracy" in implicit else "",
         })
     return pd.DataFrame(rows).set_index("method")
 
@@ -563,7 +619,9 @@ def judges_reading(result: dict) -> dict:
 def implicit_reading(result: dict, alpha: float = ALPHA) -> str:
     """Implicit-reward accuracy of every method in words: its range and whether every interval contains 0.5,
     whether every paired difference from DLMA's has an interval containing 0 (with the smallest McNemar p),
-    and which method is highest and whether it differs significantly from DLMA."""
+    the same length-balanced (where computed: the range, the intervals excluding 0.5, the stratified tests
+    against DLMA's below `alpha`), and which method is highest and whether it differs significantly from
+    DLMA."""
     acc = {m: e["implicit_accuracy"] for m, e in result.items() if "implicit_accuracy" in e}
     if not acc:
         return "No method has an implicit-reward accuracy in this run."
@@ -585,6 +643,7 @@ def implicit_reading(result: dict, alpha: float = ALPHA) -> str:
         else:
             text += (" Every paired difference from DLMA's has an interval containing 0 (the smallest McNemar p is "
                      f"{min(p['mcnemar_p'] for p in paired.values()):.3f}).")
+    text += _balanced_implicit(acc, paired, alpha)
     best = [m for m, a in acc.items() if a["accuracy"] == max(values)]
     if len(best) > 1:
         return text + f" The highest, {max(values):.3f}, is shared by {_join(best)}."
@@ -597,6 +656,27 @@ def implicit_reading(result: dict, alpha: float = ALPHA) -> str:
         p = paired[m]["mcnemar_p"]
         text += (f", significantly different from DLMA's (McNemar {_p(p)})" if p < alpha else
                  f", not significantly different from DLMA's (McNemar {_p(p)})")
+    return text + "."
+
+
+def _balanced_implicit(acc: dict, paired: dict, alpha: float) -> str:
+    """The length-balanced sentence of `implicit_reading` ('' where no accuracy was balanced)."""
+    bal = {m: a for m, a in acc.items() if a.get("balanced_accuracy") is not None}
+    if not bal:
+        return ""
+    values = [a["balanced_accuracy"] for a in bal.values()]
+    off = [m for m, a in bal.items() if _excludes(a["balanced_ci95"], 0.5)]
+    text = f" Length-balanced, it is {_range(f'{min(values):.3f}', f'{max(values):.3f}')}" + (
+        ", every interval containing 0.5" if not off else f", the intervals of {_join(off)} excluding 0.5")
+    tests = {m: p["stratified_p"] for m, p in paired.items() if p.get("stratified_p") is not None}
+    apart = [m for m, p in tests.items() if p < alpha]
+    if apart:
+        text += "; the length-stratified test against DLMA's has p below " + f"{alpha:g} for " + _join(
+            f"{m} ({fmt_difference(paired[m]['balanced_difference'], paired[m]['balanced_ci95'])}, "
+            f"{_p(tests[m])})" for m in apart)
+    elif tests:
+        text += (f"; no length-stratified test against DLMA's has p below {alpha:g} (the smallest is "
+                 f"{min(tests.values()):.3f})")
     return text + "."
 
 
@@ -660,3 +740,108 @@ def baselines_reading(result: dict) -> dict:
     return {"baselines_methods": _join(trained) if trained else "none", **sign_test_reading(result),
             **judges_reading(result), "baselines_implicit_reading": implicit_reading(result),
             "baselines_training_reading": training_reading(result), "baselines_claim2": claim2_reading(result)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Claim 1 in words: stage 3's comparison of the self-rewarding score with RLAIF, raw and length-balanced, each
+# sentence computed from metrics.json alone and chosen by the outcome, so that the page is true of its run.
+
+CLAIM1_NAMES = {"dlma": "the self-rewarding score", "rlaif": "RLAIF", "loglik": "the log-likelihood judge",
+                "length": "the length judge", "random": "the random judge"}
+
+
+def _name(scorer: str, capital: bool = False) -> str:
+    name = CLAIM1_NAMES.get(scorer, scorer)
+    return name[:1].upper() + name[1:] if capital else name
+
+
+def _by_length(metrics: dict, scorer: str) -> dict[str, dict]:
+    """{stratum: {"accuracy", "n", ...}} of one scorer, from the length split."""
+    return {g["group"]: g for g in metrics["splits"]["length"][scorer]}
+
+
+def _chance(m: dict) -> str:
+    lo, hi = m["balanced_ci95"]
+    return ("above chance (its interval lies above 0.5)" if lo > 0.5 else
+            "below chance (its interval lies below 0.5)" if hi < 0.5 else
+            "indistinguishable from chance (its interval contains 0.5)")
+
+
+def claim1_reading(metrics: dict, a: str = "dlma", b: str = "rlaif", alpha: float = ALPHA) -> dict:
+    """Stage 3's reading of claim 1 (judge `a`, the self-rewarding score, against `b`, RLAIF) as glue values,
+    all strings: `claim1_raw` (both accuracies, their paired difference and McNemar p), `claim1_length` (how
+    many chosen responses are the shorter, each judge's accuracy on those and on the others), `claim1_balanced`
+    (the balanced accuracies, their paired difference, the stratified test and McNemar within each stratum),
+    `claim1_verdict` (what the two comparisons together say of the claim) and `claim1_chance` (whether each
+    balanced accuracy is distinguishable from 0.5)."""
+    from .preference import LONGER, SAME_LENGTH, SHORTER
+
+    acc = metrics["accuracy"]
+    if a not in acc or b not in acc:
+        missing = _join([s for s in (a, b) if s not in acc])
+        return dict.fromkeys(("claim1_raw", "claim1_length", "claim1_balanced", "claim1_verdict", "claim1_chance"),
+                             f"This run did not score {missing}: it does not compare the judges of claim 1.")
+    p = next(p for p in metrics["paired"] if (p["a"], p["b"]) == (a, b))
+    A, B = _name(a), _name(b)
+    raw = (f"On the {p['n']:,} pairs, {A} is right on {fmt_acc(acc[a])} and {B} on {fmt_acc(acc[b])}: the "
+           f"difference is {fmt_difference(p['difference'], p['ci95'])} (paired bootstrap), exact McNemar "
+           f"{_p(p['mcnemar_p'])} ({p['a_only']} pairs only the first gets right, {p['b_only']} only the second).")
+
+    strata = {s: _by_length(metrics, s) for s in acc}
+    n = {k: strata[a].get(k, {}).get("n", 0) for k in (SHORTER, LONGER, SAME_LENGTH)}
+    same = f"; {n[SAME_LENGTH]:,} are of equal length and counted apart" if n[SAME_LENGTH] else ""
+    length = (f"The human chose the shorter response (in tokens) in {n[SHORTER]:,} of the {p['n']:,} pairs and the "
+              f"longer in {n[LONGER]:,}{same}.")
+    if not (n[SHORTER] and n[LONGER]):
+        length += " With one of the two never chosen, accuracy cannot be balanced for length in this run."
+        undefined = "The length-balanced figures are undefined in this run (no pair in one of the length strata)."
+        verdict = (f"Claim 1 cannot be read beyond length in this run: on the raw pairs {A} and {B} differ by "
+                   f"{p['difference']:+.3f} ({_p(p['mcnemar_p'])}), and every pair's chosen response has the same "
+                   "length relation.")
+        return {"claim1_raw": raw, "claim1_length": length, "claim1_balanced": undefined, "claim1_verdict": verdict,
+                "claim1_chance": undefined}
+    shown = [s for s in (b, a, "length") if s in acc]
+    length += (" " + "; ".join(f"{_name(s, k == 0)} is right on {strata[s][SHORTER]['accuracy']:.1%} of the first "
+                               f"and {strata[s][LONGER]['accuracy']:.1%} of the second" for k, s in enumerate(shown))
+               + " (a judge that always preferred the longer response would be right on none of the first and all "
+               "of the second).")
+
+    shorter, longer = (next(r for r in p["by_stratum"] if r["stratum"] == k) for k in (SHORTER, LONGER))
+    balanced = (f"Length-balanced, each stratum weighed equally so that a judge following length alone scores 0.5: "
+                f"{A} {fmt_balanced(acc[a])}, {B} {fmt_balanced(acc[b])}; the difference is "
+                f"{fmt_difference(p['balanced_difference'], p['balanced_ci95'])} (paired bootstrap within the "
+                f"strata), length-stratified test {_p(p['stratified_p'])}. Within the strata, exact McNemar gives "
+                f"{_p(shorter['mcnemar_p'])} where the chosen response is the shorter ({shorter['a_only']} pairs "
+                f"only {A} gets right, {shorter['b_only']} only {B}) and {_p(longer['mcnemar_p'])} where it is "
+                f"the longer ({longer['a_only']} to {longer['b_only']}).")
+
+    raw_apart, bal_apart = p["mcnemar_p"] < alpha, p["stratified_p"] < alpha
+    raw_better = A if p["difference"] > 0 else B
+    bal_better = A if p["balanced_difference"] > 0 else B
+    holds = "in this run claim 1 holds beyond length" if bal_better == A else \
+        "this run goes against claim 1 once length is balanced"
+    raw_p, bal_p = _p(p["mcnemar_p"]), _p(p["stratified_p"])
+    if raw_apart and bal_apart and raw_better == bal_better:
+        verdict = (f"{_name(a if bal_better == A else b, True)} judges better than "
+                   f"{B if bal_better == A else A} on the raw pairs ({raw_p}) and once length is balanced "
+                   f"({bal_p}): {holds}.")
+    elif raw_apart and bal_apart:
+        verdict = (f"On the raw pairs {raw_better} judges better ({raw_p}), but once length is balanced "
+                   f"{bal_better} does ({bal_p}): the raw result is the judges' preference for length, and {holds}.")
+    elif raw_apart:
+        verdict = (f"On the raw pairs {raw_better} judges better ({raw_p}), but not once length is balanced "
+                   f"({bal_p}): the raw difference cannot be told apart from the judges' different preferences "
+                   "for length, and this run neither supports nor refutes claim 1 beyond length.")
+    elif bal_apart:
+        verdict = (f"Length hides a difference: the raw comparison does not separate the judges ({raw_p}), but once "
+                   f"length is balanced {bal_better} judges better ({bal_p}): {holds}.")
+    else:
+        verdict = (f"Neither the raw comparison ({raw_p}) nor the length-balanced one ({bal_p}) separates the two "
+                   "judges: this run neither supports nor refutes claim 1.")
+    if _chance(acc[a]) == _chance(acc[b]):
+        both = _chance(acc[a]).replace("its interval", "each interval")
+        chance = f"Once length is balanced, {A} and {B} are both {both}."
+    else:
+        chance = f"Once length is balanced, {A} is {_chance(acc[a])} and {B} is {_chance(acc[b])}."
+    return {"claim1_raw": raw, "claim1_length": length, "claim1_balanced": balanced, "claim1_verdict": verdict,
+            "claim1_chance": chance}

@@ -8,6 +8,10 @@ on one slice of the labelled pairs and confirmed on the others (the paper uses o
    one listed first (the paper's pair is first).
 3. On the rest, which the selection never saw, the selected candidate against the paper's pair: the
    difference in accuracy with a paired bootstrap interval and the exact McNemar p-value.
+
+Both steps also report each accuracy length-balanced (`preference.summarize`) and the paired comparison within
+the length strata (`preference.compare`), the lengths being the stored token counts of each pair's responses;
+the selection itself is by raw accuracy.
 """
 
 from __future__ import annotations
@@ -20,10 +24,10 @@ import numpy as np
 
 from .errors import DLMAError, check_fields
 from .params import documented
-from .preference import PairScoring
+from .preference import PairScoring, compare, length_stratum, same_responses
 from .prompts import RENDERINGS, get_pair
 from .score import SCORE_KEYS
-from .stats import paired_comparison
+from .stats import TIE_TOLERANCE, outcomes
 
 ENSEMBLE, NORM = "ensemble", "/norm"
 
@@ -99,9 +103,20 @@ def select(accuracy: dict[str, dict]) -> str:
     return next(name for name, m in accuracy.items() if m["accuracy"] == best)
 
 
-def confirm(selected: np.ndarray, reference: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict:
-    """The selected candidate against the reference on the same pairs (ties are wrong)."""
-    return paired_comparison(selected > 0, reference > 0, n_boot, seed)
+def stored_strata(rows: dict[tuple[str, str], dict], variant: str, ids: list[str]) -> list[str]:
+    """Each pair's length stratum from a variant's stored token counts (o1 is the chosen response)."""
+    return [length_stratum(rows[(variant, i)]["n_o1"], rows[(variant, i)]["n_o2"]) for i in ids]
+
+
+def candidate_tolerance(candidate: str, rows: dict[tuple[str, str], dict], ids: list[str]) -> float | np.ndarray:
+    """Within what of 0 a candidate's score is a tie: TIE_TOLERANCE for R and the ensemble; for a length-normalised
+    R, each pair's TIE_TOLERANCE * (1/|o1| + 1/|o2|) / 2, the rounding of R shared between the two contrasts and
+    divided by their lengths (for one text twice, R's tolerance over its length)."""
+    if not candidate.endswith(NORM):
+        return TIE_TOLERANCE
+    v = candidate.removesuffix(NORM)
+    return np.array([TIE_TOLERANCE * (1 / max(rows[(v, i)]["n_o1"], 1) + 1 / max(rows[(v, i)]["n_o2"], 1)) / 2
+                     for i in ids])
 
 
 def terms_row(terms: dict, n_o1: int, n_o2: int) -> dict:
@@ -190,7 +205,14 @@ def run_pair_study(model_cfg, data, study: StudyConfig, run, model=None) -> dict
     names = [v for v, _, _ in variants]
     select_ids = kept(select_ids, left_out)
     on_slice = candidate_scores(rows, names, select_ids)
-    selection = {c: summarize(s, study.n_bootstrap, study.seed) for c, s in on_slice.items()}
+    reference = names[0]  # scored on every pair: its rows give each pair's token counts
+
+    def facts(rows, candidate, ids):  # how a candidate's scores are read: length strata, one-text pairs, ties
+        return {"strata": stored_strata(rows, reference, ids), "same": same_responses([by_id[i] for i in ids]),
+                "tolerance": candidate_tolerance(candidate, rows, ids)}
+
+    selection = {c: summarize(s, study.n_bootstrap, study.seed, **facts(rows, c, select_ids))
+                 for c, s in on_slice.items()}
     chosen = select(selection)
     if not store.finished:  # step 3: the selected candidate and the reference on the rest
         for variant in variants:
@@ -204,16 +226,18 @@ def run_pair_study(model_cfg, data, study: StudyConfig, run, model=None) -> dict
     rest_ids = kept(rest_ids, left_out)
     scored_rest = [v for v in names if all((v, i) in rows for i in rest_ids)]
     on_rest = candidate_scores(rows, scored_rest, rest_ids)  # the selected candidate and the reference among them
-    reference = names[0]
+    sel, ref = facts(rows, chosen, rest_ids), facts(rows, reference, rest_ids)
     result = {
         "split": {"seed": study.seed, "n_select": len(select_ids), "n_rest": len(rest_ids)},
         "reference": reference,
         "selection": selection,
         "selected": chosen,
         "confirmation": {
-            "selected": summarize(on_rest[chosen], study.n_bootstrap, study.seed),
-            "reference": summarize(on_rest[reference], study.n_bootstrap, study.seed),
-            "paired": confirm(on_rest[chosen], on_rest[reference], study.n_bootstrap, study.seed),
+            "selected": summarize(on_rest[chosen], study.n_bootstrap, study.seed, **sel),
+            "reference": summarize(on_rest[reference], study.n_bootstrap, study.seed, **ref),
+            "paired": compare(outcomes(on_rest[chosen], sel["same"], sel["tolerance"])[0],
+                              outcomes(on_rest[reference], ref["same"], ref["tolerance"])[0], study.n_bootstrap,
+                              study.seed, sel["strata"]),
         },
     }
     changed = write_json_if_changed(folder.path / "study.json", result)

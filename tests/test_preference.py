@@ -8,7 +8,9 @@ import os
 import subprocess
 import sys
 import unittest.mock
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,20 +22,34 @@ from dlma.errors import DLMAError
 from dlma.models import DEFAULT_MODEL, ModelConfig
 from dlma.params import Out, PrefData
 from dlma.preference import (
+    LONGER,
     RLAIF_HEADER,
     RLAIF_INSTRUCTION,
+    SAME_LENGTH,
+    SHORTER,
     PrefAccConfig,
     accuracy_by_confidence,
     bootstrap_ci,
+    judge_metrics,
+    length_strata,
+    length_stratum,
     rlaif_prompt,
     run_pref_acc,
     score_examples,
     summarize,
+    tie_tolerance,
 )
 from dlma.score import SCORE_KEYS, self_reward
+from dlma.stats import outcomes
 
 SCORERS = ("dlma", "rlaif", "loglik", "length", "random")
 LIMIT = 6
+BALANCED_KEYS = {"balanced_accuracy", "balanced_ci95", "same_length"}
+
+
+def word_tokenizer(text, add_special_tokens=False):
+    """A stand-in tokenizer: one token per word."""
+    return SimpleNamespace(input_ids=text.split())
 
 # ---------------------------------------------------------------- statistics
 
@@ -52,13 +68,56 @@ def test_bootstrap_ci_bounds_contains_mean_and_narrows():
     assert bootstrap_ci(np.arange(50) % 2, seed=3) == bootstrap_ci(np.arange(50) % 2, seed=3)  # seeded
 
 
-def test_summarize_counts_ties_as_wrong():
-    m = summarize([1.5, -0.2, 0.0, 0.0, 3.0, 0.1], n_boot=200)
+def test_summarize_counts_ties_apart_and_not_correct():
+    m = summarize([1.5, -0.2, 0.0, -1.5e-5, 3.0, 0.1], n_boot=200)  # -1.5e-5: float noise, a tie
     assert m["n"] == 6 and m["ties"] == 2
     assert m["accuracy"] == pytest.approx(3 / 6)
     lo, hi = m["ci95"]
     assert 0 <= lo <= 0.5 <= hi <= 1
     assert summarize([0.0, 0.0])["accuracy"] == 0.0
+    same = summarize([2.0, 2.0], same=[True, False])  # a pair of one text is a tie whatever its score
+    assert (same["accuracy"], same["ties"]) == (0.5, 1)
+
+
+def test_summarize_adds_the_length_balanced_accuracy():
+    strata = [SHORTER] * 3 + [LONGER] * 7 + [SAME_LENGTH] * 2
+    m = summarize([1.0] * 3 + [-1.0] * 7 + [1.0, -1.0], n_boot=200, strata=strata)  # a judge that prefers shorter
+    assert m["accuracy"] == pytest.approx(4 / 12)
+    assert (m["balanced_accuracy"], m["balanced_ci95"], m["same_length"]) == (0.5, [0.5, 0.5], 2)
+    assert summarize([1.0, 1.0], strata=[LONGER, LONGER])["balanced_accuracy"] is None  # no chosen-shorter pair
+    assert [length_stratum(3, 5), length_stratum(5, 3), length_stratum(4, 4)] == [SHORTER, LONGER, SAME_LENGTH]
+
+
+def test_the_implicit_reward_ties_within_beta_times_the_tolerance():
+    # beta times a log-probability difference: 5e-4 is 5e-3 nats at beta = 0.1, a preference; as R, a tie
+    assert tie_tolerance("implicit", 0.1) == pytest.approx(1e-4) and tie_tolerance("dlma", 0.1) == 1e-3
+    examples = load_examples("sample:pairs", limit=4)
+    predictions = [{"scorer": s, "id": ex.id, "score": 5e-4} for s in ("dlma", "implicit") for ex in examples]
+    m = judge_metrics(predictions, examples, ["dlma", "implicit"], [LONGER] * 4, n_boot=50, beta=0.1)
+    assert (m["accuracy"]["dlma"]["ties"], m["accuracy"]["implicit"]["ties"]) == (4, 0)
+    assert m["accuracy"]["implicit"]["accuracy"] == 1.0 and m["paired"][0]["b_only"] == 4
+
+
+def test_judge_metrics_of_synthetic_judges():
+    """Known judges on real pairs with assigned strata: one that follows length, one right everywhere, and a pair
+    whose two responses are one text (a tie for both)."""
+    examples = load_examples("sample:pairs", limit=10)
+    examples[-1] = replace(examples[-1], rejected=examples[-1].chosen)
+    strata = [SHORTER] * 4 + [LONGER] * 5 + [SAME_LENGTH]
+    scores = {"length": [1.0] * 4 + [-1.0] * 5 + [1e-6], "perfect": [2.0] * 10}
+    predictions = [{"scorer": s, "id": ex.id, "score": v} for s, vs in scores.items()
+                   for ex, v in zip(examples, vs, strict=True)]
+    m = judge_metrics(predictions, examples, ["length", "perfect"], strata, n_boot=200)
+    length, perfect = m["accuracy"]["length"], m["accuracy"]["perfect"]
+    assert (length["accuracy"], length["balanced_accuracy"], length["ties"]) == (0.4, 0.5, 1)
+    assert (perfect["accuracy"], perfect["balanced_accuracy"], perfect["ties"]) == (0.9, 1.0, 1)
+    (p,) = m["paired"]
+    assert (p["a_only"], p["b_only"], p["both"], p["balanced_difference"]) == (0, 5, 4, -0.5)
+    assert [(r["stratum"], r["a_only"], r["b_only"]) for r in p["by_stratum"]] == [
+        (SHORTER, 0, 0), (LONGER, 0, 5), (SAME_LENGTH, 0, 0)]
+    assert [g["group"] for g in m["splits"]["length"]["length"]] == sorted([SHORTER, LONGER, SAME_LENGTH])
+    pairs = [replace(examples[0], chosen="a b", rejected=r) for r in ("c d e", "c", "cd ef")]
+    assert length_strata(pairs, word_tokenizer) == [SHORTER, LONGER, SAME_LENGTH]  # in tokens, not characters
 
 
 def test_accuracy_by_confidence_bins():
@@ -109,7 +168,7 @@ def test_metrics_shape(pref_run):
     metrics = json.loads((pref_run / "metrics.json").read_text())
     assert set(metrics) == {"accuracy", "paired", "splits"} and set(metrics["accuracy"]) == set(SCORERS)
     for name, m in metrics["accuracy"].items():
-        assert set(m) == {"accuracy", "ci95", "n", "ties"}, name
+        assert set(m) == {"accuracy", "ci95", "n", "ties"} | BALANCED_KEYS, name
         assert m["n"] == LIMIT
         assert 0 <= m["accuracy"] <= 1 and isinstance(m["ties"], int)
         lo, hi = m["ci95"]
@@ -129,8 +188,11 @@ def test_metrics_shape(pref_run):
             n_right = sum(round(g["accuracy"] * g["n"]) for g in groups)
             assert n_right == round(metrics["accuracy"][s]["accuracy"] * LIMIT)
     # the length scorer is right exactly where the human chose the shorter response
-    for g in metrics["splits"]["length"]["length"]:
+    for g in metrics["splits"]["length"]["length"]:  # (the strata in tokens, the scorer in characters: they agree here)
         assert g["accuracy"] == (1.0 if g["group"] == "chosen shorter" else 0.0), g
+    for p in metrics["paired"]:  # 'sample:pairs' always chose the longer response: nothing to balance
+        assert p["balanced_difference"] is None and p["stratified_p"] is None
+        assert [r["stratum"] for r in p["by_stratum"]] == [SHORTER, LONGER]
     calibration = json.loads((pref_run / "calibration.json").read_text())
     assert set(calibration) == set(SCORERS)
     assert all(b["ci95"][0] <= b["accuracy"] <= b["ci95"][1] for bins in calibration.values() for b in bins)
@@ -148,11 +210,11 @@ def test_predictions_rows(pref_run):
     metrics = json.loads((pref_run / "metrics.json").read_text())
     for r in rows:
         assert {"id", "scorer", "score", "correct"} <= set(r)
-        assert r["correct"] == (r["score"] > 0)
+        assert r["correct"] == outcomes([r["score"]])[0][0]
     for s in SCORERS:
         mine = [r for r in rows if r["scorer"] == s]
         assert metrics["accuracy"][s]["accuracy"] == pytest.approx(np.mean([r["correct"] for r in mine]))
-        assert metrics["accuracy"][s]["ties"] == sum(r["score"] == 0 for r in mine)
+        assert metrics["accuracy"][s]["ties"] == outcomes([r["score"] for r in mine])[1].sum()
     for r in rows:
         if r["scorer"] == "dlma":  # the four log-probabilities, and R built from them
             terms = [r[k] for k in SCORE_KEYS]
@@ -170,8 +232,20 @@ def test_predictions_rows(pref_run):
 
 @pytest.mark.slow
 def test_rerun_resumes_without_recomputing(pref_run, monkeypatch):
+    """A rerun over a finished folder scores nothing and recomputes the metrics from the stored predictions: a
+    folder whose metrics.json an older version wrote (no length-balanced figures) gets them."""
+    from dlma.artifacts import sha256_file
+
     pred = pref_run / "predictions.jsonl"
     before, mtime = pred.read_bytes(), pred.stat().st_mtime_ns
+    older = json.loads((pref_run / "metrics.json").read_text())
+    for m in older["accuracy"].values():
+        for key in BALANCED_KEYS:
+            del m[key]
+    (pref_run / "metrics.json").write_text(json.dumps(older))
+    manifest = json.loads((pref_run / "manifest.json").read_text())
+    manifest["files"]["metrics.json"] = sha256_file(pref_run / "metrics.json")
+    (pref_run / "manifest.json").write_text(json.dumps(manifest))
 
     def boom(*args, **kwargs):
         raise AssertionError("recomputed a finished prediction")
@@ -182,6 +256,7 @@ def test_rerun_resumes_without_recomputing(pref_run, monkeypatch):
     metrics = run_pref_acc(ModelConfig(DEFAULT_MODEL), PrefData("sample:pairs", LIMIT), cfg, Out(str(pref_run)))
     assert pred.read_bytes() == before and pred.stat().st_mtime_ns == mtime
     assert metrics == json.loads((pref_run / "metrics.json").read_text())
+    assert all(BALANCED_KEYS <= set(m) for m in metrics["accuracy"].values())
 
 
 @pytest.mark.slow

@@ -15,10 +15,14 @@ def test_end_reasons_counts_each_side():
 
 
 def test_agreement_crosstab_counts_pairs():
-    pred = [{"id": i, "scorer": s, "correct": c} for i, cs in enumerate([(1, 1), (1, 0), (0, 1), (1, 0)])
-            for s, c in zip(("dlma", "rlaif"), map(bool, cs), strict=True)]
-    table = report.agreement(pred)
+    from dlma.stats import paired_comparison
+
+    dlma, rlaif = [True, True, False, True, False], [True, False, True, False, False]
+    paired = [{"a": "dlma", "b": "rlaif", **paired_comparison(dlma, rlaif, n_boot=20)}]
+    table = report.agreement(paired)
     assert table.loc[True, True] == 1 and table.loc[True, False] == 2 and table.loc[False, True] == 1
+    assert table.loc[False, False] == 1 and table.index.name == "dlma correct"
+    assert report.agreement(paired, "rlaif", "dlma").loc[True, False] == 1  # either order
 
 
 def test_responses_side_by_side_and_train_summary():
@@ -48,10 +52,14 @@ def test_baselines_tables_and_bars_from_a_summary():
     judged = [{"judge": j, "model": m, "opponent": o, "id": i, "verdict": v}
               for j in ("rlaif", "contrast") for m, o in (("dlma", "base"), ("rlcd", "base"), ("rlcd", "dlma"))
               for i, v in zip(ids, ["win", "win", "tie", "lose"], strict=True)]
+    strata = {"h0": "chosen shorter", "h1": "chosen longer", "h2": "chosen longer"}
     result = summarize_baselines(["base", "dlma", "rlcd"], responses, human, judged,
                                  {"rlcd": {"n_pairs": 8, "n_steps": 2, "final_loss": 0.69, "wall_time_s": 3.0}},
-                                 n_boot=100)
+                                 n_boot=100, strata=strata, same=dict.fromkeys(strata, False))
     table = report.baselines_frame(result)
+    assert table.loc["dlma", "length-balanced"] == "0.750 [0.500, 1.000]"  # right on h0, and on one of h1, h2
+    assert table.loc["rlcd", "length-balanced"] == "1.000 [1.000, 1.000]"
+    assert result["rlcd"]["implicit_vs_dlma"]["balanced_difference"] == 0.25
     assert table.loc["rlcd", "win/tie/lose"] == "2/1/1" and table.loc["base", "win/tie/lose"] == ""
     assert table.loc["rlcd", "contrast judge: win rate vs base"].startswith("0.625 [")
     assert table.loc["rlcd", "implicit-reward acc."].startswith("1.000 [")
@@ -64,6 +72,92 @@ def test_baselines_tables_and_bars_from_a_summary():
     assert report.training_frame(result).loc["rlcd", "steps"] == 2
     fig = report.plot_win_tie_lose(result)
     assert len(fig.axes) == 4  # two judges, against base and against dlma
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Claim 1 in words: stage 3's metrics of synthetic judges, read raw and length-balanced
+
+
+def _stage3(dlma=(0.55, 0.41), rlaif=(0.134, 0.795), n=(714, 575, 18), seed=0):
+    """metrics.json of judges right on the given shares of the pairs whose chosen response is the shorter and of
+    the others (the published run's RLAIF, by default; each on its own seeded draw of pairs), on half of the pairs
+    of equal length, and of the length judge."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from dlma.data import load_examples
+    from dlma.preference import LONGER, SAME_LENGTH, SHORTER, judge_metrics
+
+    strata = [SHORTER] * n[0] + [LONGER] * n[1] + [SAME_LENGTH] * n[2]
+    examples = [replace(load_examples("sample:pairs", limit=1)[0], id=f"p{k}") for k in range(len(strata))]
+    rng = np.random.default_rng(seed)
+
+    def judge(right):
+        score = -np.ones(len(strata))
+        for group, share in zip((SHORTER, LONGER, SAME_LENGTH), (*right, 0.5), strict=True):
+            where = np.array([k for k, g in enumerate(strata) if g == group], dtype=int)
+            score[rng.permutation(where)[: round(share * len(where))]] = 1.0
+        return score
+
+    scores = {"dlma": judge(dlma), "rlaif": judge(rlaif), "length": judge((1.0, 0.0))}
+    predictions = [{"scorer": s, "id": e.id, "score": float(v)} for s, vs in scores.items()
+                   for e, v in zip(examples, vs, strict=True)]
+    return judge_metrics(predictions, examples, list(scores), strata, n_boot=200)
+
+
+def test_claim1_reading_when_the_raw_difference_is_length():
+    read = report.claim1_reading(_stage3())
+    assert set(read) == {"claim1_raw", "claim1_length", "claim1_balanced", "claim1_verdict", "claim1_chance"}
+    # the published run's raw reading: +0.058, McNemar p = 0.005
+    assert read["claim1_raw"].startswith("On the 1,307 pairs, the self-rewarding score is right on 0.488 [")
+    assert "the difference is +0.058 [" in read["claim1_raw"] and "exact McNemar p = 0.005" in read["claim1_raw"]
+    assert read["claim1_length"].startswith(
+        "The human chose the shorter response (in tokens) in 714 of the 1,307 pairs and the longer in 575; 18 are of "
+        "equal length and counted apart. RLAIF is right on 13.4% of the first and 79.5% of the second; the "
+        "self-rewarding score is right on 55.0% of the first and 41.0% of the second; the length judge is right on "
+        "100.0% of the first and 0.0% of the second")
+    assert "RLAIF 0.465 [" in read["claim1_balanced"] and "the difference is +0.016 [" in read["claim1_balanced"]
+    assert read["claim1_verdict"] == (
+        "On the raw pairs the self-rewarding score judges better (p = 0.005), but not once length is balanced "
+        "(p = 0.364): the raw difference cannot be told apart from the judges' different preferences for length, "
+        "and this run neither supports nor refutes claim 1 beyond length.")
+    assert read["claim1_chance"] == ("Once length is balanced, the self-rewarding score is indistinguishable from "
+                                     "chance (its interval contains 0.5) and RLAIF is below chance (its interval lies "
+                                     "below 0.5).")
+
+
+def test_claim1_reading_chooses_its_words_by_the_outcome():
+    better = report.claim1_reading(_stage3(dlma=(0.75, 0.70)))  # better in both strata
+    assert better["claim1_verdict"].startswith("The self-rewarding score judges better than RLAIF on the raw pairs")
+    assert better["claim1_verdict"].endswith("in this run claim 1 holds beyond length.")
+    assert better["claim1_chance"] == ("Once length is balanced, the self-rewarding score is above chance (its "
+                                       "interval lies above 0.5) and RLAIF is below chance (its interval lies below "
+                                       "0.5).")
+    same = report.claim1_reading(_stage3(dlma=(0.5, 0.5), rlaif=(0.5, 0.5)))
+    assert same["claim1_verdict"].startswith("Neither the raw comparison (p = ")
+    assert same["claim1_verdict"].endswith("separates the two judges: this run neither supports nor refutes claim 1.")
+    one_sided = report.claim1_reading(_stage3(n=(0, 40, 2)))  # 'sample:pairs': the longer always chosen
+    assert one_sided["claim1_balanced"] == ("The length-balanced figures are undefined in this run (no pair in one of "
+                                            "the length strata).")
+    assert one_sided["claim1_verdict"].startswith("Claim 1 cannot be read beyond length in this run")
+    metrics = _stage3(n=(10, 10, 0))
+    metrics["accuracy"].pop("rlaif")
+    assert report.claim1_reading(metrics)["claim1_verdict"] == ("This run did not score rlaif: it does not compare "
+                                                                "the judges of claim 1.")
+
+
+def test_stage3_tables_show_the_balanced_figures():
+    metrics = _stage3(n=(60, 40, 3))
+    table = report.metrics_frame(metrics["accuracy"])
+    assert table.loc["length", "length-balanced [95% CI]"] == "0.500 [0.500, 0.500]"
+    assert table.loc["length", "same length"] == 3
+    paired = report.paired_frame(metrics["paired"])
+    assert {"length-balanced difference [paired 95% CI]", "stratified p"} <= set(paired.columns)
+    strata = report.strata_frame(metrics["paired"])
+    assert strata.loc[("dlma - rlaif", "chosen shorter"), "n"] == 60 and len(strata) == 9  # 3 pairs x 3 strata
+    fig = report.plot_pref_acc(metrics["accuracy"])
+    assert len(fig.axes[0].patches) == 6  # raw and balanced, three judges
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -205,6 +299,13 @@ def test_implicit_reading_chance_best_and_paired():
     assert "interval excluding 0 for rlhf (+0.047 [+0.008, +0.148], McNemar p = 0.480)" in text
     assert text.endswith("The highest is rlhf, the RLHF stand-in trained on human pairs of the same distribution: "
                          "0.586 [0.503, 0.664], not significantly different from DLMA's (McNemar p = 0.480).")
+    result["dlma"]["implicit_accuracy"] |= {"balanced_accuracy": 0.52, "balanced_ci95": [0.44, 0.60]}
+    result["rlhf"]["implicit_accuracy"] |= {"balanced_accuracy": 0.61, "balanced_ci95": [0.52, 0.69]}
+    result["rlhf"]["implicit_vs_dlma"] |= {"balanced_difference": 0.09, "balanced_ci95": [0.01, 0.17],
+                                           "stratified_p": 0.03}
+    assert ("Length-balanced, it is 0.520 to 0.610, the intervals of rlhf excluding 0.5; the length-stratified test "
+            "against DLMA's has p below 0.05 for rlhf (+0.090 [+0.010, +0.170], p = 0.030).") in \
+        report.implicit_reading(result)
 
 
 def test_training_reading_lists_what_moved():

@@ -13,7 +13,17 @@ from dlma.errors import DLMAError
 from dlma.models import DEFAULT_MODEL, ModelConfig
 from dlma.params import Out, PrefData, Run
 from dlma.preference import PrefAccConfig, run_pref_acc
-from dlma.study import StudyConfig, candidate_scores, needs, normalised_reward, run_pair_study, select, split_ids
+from dlma.stats import TIE_TOLERANCE
+from dlma.study import (
+    StudyConfig,
+    candidate_scores,
+    candidate_tolerance,
+    needs,
+    normalised_reward,
+    run_pair_study,
+    select,
+    split_ids,
+)
 
 
 def row(s1p, s1n, s2p, s2n, n1, n2):
@@ -47,6 +57,13 @@ def test_candidates_selection_and_ensemble():
     np.testing.assert_allclose(c["ensemble"], [1.5, 1])
     assert select({"a": {"accuracy": 0.5}, "b": {"accuracy": 0.6}, "c": {"accuracy": 0.6}}) == "b"  # first of ties
     assert needs("ensemble", ["a", "b"]) == ["a", "b"] and needs("b/norm", ["a", "b"]) == ["b"]
+
+
+def test_a_length_normalised_reward_ties_within_the_tolerance_over_its_lengths():
+    rows = {("a", "x"): row(0, 1, 0, 0, 10, 10), ("a", "y"): row(0, 1, 0, 0, 4, 1)}
+    assert candidate_tolerance("a", rows, ["x", "y"]) == candidate_tolerance("ensemble", rows, ["x"]) == TIE_TOLERANCE
+    np.testing.assert_allclose(candidate_tolerance("a/norm", rows, ["x", "y"]),
+                               [TIE_TOLERANCE / 10, TIE_TOLERANCE * (1 / 4 + 1) / 2])
 
 
 @pytest.mark.parametrize("variants, message", [
