@@ -26,7 +26,7 @@ import numpy as np
 
 from .data import Example
 from .errors import DLMAError, check_fields
-from .logprobs import next_token_logits, response_ids, sequence_logprobs, shared_prompt_logprobs
+from .logprobs import next_token_logits, response_ids, responses_ids, sequence_logprobs, shared_prompt_logprobs
 from .params import documented
 from .prompts import PAIRS, policy_prompt, prompt_ids
 from .score import check_score_settings, self_reward_terms, unreadable
@@ -149,8 +149,9 @@ def length_stratum(n_chosen: int, n_rejected: int) -> str:
 
 def length_strata(examples: list[Example], tokenizer) -> list[str]:
     """Each pair's length stratum in tokens, the units the log-probability judges sum over."""
-    return [length_stratum(len(response_ids(ex.chosen, tokenizer)), len(response_ids(ex.rejected, tokenizer)))
-            for ex in examples]
+    chosen = responses_ids([ex.chosen for ex in examples], tokenizer)
+    rejected = responses_ids([ex.rejected for ex in examples], tokenizer)
+    return [length_stratum(len(c), len(r)) for c, r in zip(chosen, rejected, strict=True)]
 
 
 def same_responses(examples: list[Example]) -> list[bool]:

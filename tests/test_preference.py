@@ -48,8 +48,8 @@ BALANCED_KEYS = {"balanced_accuracy", "balanced_ci95", "same_length"}
 
 
 def word_tokenizer(text, add_special_tokens=False):
-    """A stand-in tokenizer: one token per word."""
-    return SimpleNamespace(input_ids=text.split())
+    """A stand-in tokenizer: one token per word (of one text, or of each of a list)."""
+    return SimpleNamespace(input_ids=[t.split() for t in text] if isinstance(text, list) else text.split())
 
 # ---------------------------------------------------------------- statistics
 
