@@ -289,7 +289,8 @@ def run_pref_acc(model_cfg, data, cfg: PrefAccConfig, out, exclude_ids=(), model
     metrics = None
     changed = False
     if at.main:  # the metrics are recomputed on every run (seconds): they follow the code that reports them
-        by_scorer = {s: [r["score"] for r in store.rows if r["scorer"] == s] for s in scorers}
+        ids = {e.id for e in examples}  # (a folder made before pairs over pref_max_length were left out holds them)
+        by_scorer = {s: [r["score"] for r in store.rows if r["scorer"] == s and r["id"] in ids] for s in scorers}
         metrics = judge_metrics(store.rows, examples, scorers, cfg.n_bootstrap, cfg.seed)
         changed = any([write_json_if_changed(folder.path / "metrics.json", metrics),
                        write_json_if_changed(folder.path / "calibration.json",
