@@ -459,3 +459,10 @@ def run_baselines(model_cfg: ModelConfig, study: BaselineConfig, run) -> dict:
 
 def training_summary(training: dict, run) -> str:
     return "\n".join(f"{m}: {t['n_steps']} steps, final loss {t['final_loss']}" for m, t in training.items())
+
+
+def summary(result: dict, run) -> str:
+    """What `dlma baselines` prints: each method's win rate against the base by each judge."""
+    from .report import baselines_frame
+
+    return baselines_frame(result).to_string()

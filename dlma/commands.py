@@ -56,7 +56,7 @@ COMMANDS = {
                         "preference:run_pref_acc", "preference:summary"),
     "pair-study": Command("stage 3b in a run folder: prompt pairs selected on a slice, confirmed on the rest",
                           (PAIRS_FILE, MODEL, "params:PrefData", "study:StudyConfig", "params:Run"),
-                          "study:run_pair_study", "report:study_summary"),
+                          "study:run_pair_study", "study:summary"),
     "split": Command("hold out a share of scored pairs (train.jsonl, heldout.jsonl)",
                      ("params:Pairs", "params:Split", "params:Out"), "train:run_split", "train:split_summary"),
     "train": Command("QLoRA DLMA training on scored pairs",
@@ -64,10 +64,10 @@ COMMANDS = {
                      "train:run_train", "train:summary"),
     "evaluate": Command("stage 5 in a run folder: the trained adapter against its base",
                         (MODEL, "alignment:EvalConfig", "params:Run"), "alignment:run_evaluate",
-                        "report:alignment_summary"),
+                        "alignment:summary"),
     "baselines": Command("stage 6 in a run folder: every baseline on stage 4's pairs and budget, judged on stage "
                          "5's prompts", (MODEL, "baselines:BaselineConfig", "params:Run"),
-                         "baselines:run_baselines", "report:baselines_summary"),
+                         "baselines:run_baselines", "baselines:summary"),
     "baselines-train": Command("stage 6's training alone (every process of a launch shares each method's "
                                "training)", (MODEL, "baselines:BaselineConfig", "params:Run"),
                                "baselines:train_baselines", "baselines:training_summary"),

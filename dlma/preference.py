@@ -352,7 +352,8 @@ def run_pref_acc(model_cfg, data, cfg: PrefAccConfig, out, exclude_ids=(), model
     changed = False
     if at.main:  # the metrics are recomputed on every run (seconds): they follow the code that reports them
         same = dict(zip([e.id for e in examples], same_responses(examples), strict=True))
-        by_scorer = {s: [r for r in store.rows if r["scorer"] == s] for s in scorers}
+        # (a folder made before pairs over pref_max_length were left out holds them: read only this run's pairs)
+        by_scorer = {s: [r for r in store.rows if r["scorer"] == s and r["id"] in same] for s in scorers}
         metrics = judge_metrics(store.rows, examples, scorers, length_strata(examples, folder.tokenizer()),
                                 cfg.n_bootstrap, cfg.seed, cfg.beta)
         calibration = {s: accuracy_by_confidence([r["score"] for r in rows], same=[same[r["id"]] for r in rows],

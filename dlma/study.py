@@ -243,3 +243,10 @@ def run_pair_study(model_cfg, data, study: StudyConfig, run, model=None) -> dict
     changed = write_json_if_changed(folder.path / "study.json", result)
     folder.finish(changed, skipped_rows=skipped, over_pref_max_length=list(left_out.values()), n_examples=len(examples))
     return result
+
+
+def summary(result: dict, run) -> str:
+    """What `dlma pair-study` prints: the candidates on the selection slice, then the selected one confirmed."""
+    from .report import confirmation_frame, study_frame
+
+    return f"{study_frame(result).to_string()}\n\n{confirmation_frame(result).to_string()}"

@@ -461,3 +461,22 @@ def test_a_corrupt_line_in_a_partial_file_is_named_and_its_pair_scored_again(tmp
     assert said == [f"dlma: {out / 'scored.partial.jsonl'}:2: a corrupt line (not a JSON row), dropped; its item will "
                     "be done again"]
     assert (out / "scored.jsonl").read_bytes() == clean
+
+
+def test_the_pair_study_leaves_out_a_pair_a_variant_cannot_read(tmp_path, tiny_model_dir, capsys):
+    """Under the chat rendering the instruction comes first: cut in the middle it stays; a response that leaves no
+    room for it is stored as left out, and the pair leaves every candidate."""
+    rows = [{**LABELLED, "id": f"h{i}", "prompt": "How do I bake bread? " * 8} for i in range(6)]
+    rows.append({**LABELLED, "id": "long", "chosen": WORDS_100})
+    rc = run_cli(["pair-study", "--model", tiny_model_dir, "--pref-data", h(tmp_path, rows), "--run",
+                  str(tmp_path / "run"), "--study-select", "3", "--pref-max-length", "64", "--study-variants",
+                  "harmless,harmless@chat"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    folder = tmp_path / "run" / "03b_pair_study"
+    scores = [json.loads(x) for x in (folder / "scores.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in scores if "left_out" in r][:1] == ["long"]
+    assert all(r["s_o1_pos"] != r["s_o1_neg"] for r in scores if "left_out" not in r)  # no prompt read twice
+    study = json.loads((folder / "study.json").read_text())
+    assert study["split"]["n_select"] + study["split"]["n_rest"] == 6
+    assert len(json.loads((folder / "manifest.json").read_text())["over_pref_max_length"]) == 1

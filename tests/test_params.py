@@ -120,6 +120,15 @@ def test_stages_5_and_6_use_the_runs_pref_max_length():
     assert cfg.pref_config().pref_max_length == 256  # what scores stage 5's human pairs and stage 6's
 
 
+def test_every_command_names_a_stage_and_a_summary_that_exist():
+    """`dlma pair-study`, `evaluate` and `baselines` named printers that did not exist: each ran its stage, then
+    ended in a traceback."""
+    from dlma.commands import load
+
+    for name, command in COMMANDS.items():
+        assert callable(load(command.stage)) and callable(load(command.summary)), name
+
+
 def test_every_command_help_shows_each_option_and_its_help(capsys):
     from dlma.cli import main
 
