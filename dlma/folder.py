@@ -29,7 +29,7 @@ class StageFolder:
     def __init__(self, out_dir, stage: str, model_cfg=None, model=None):
         check_out(out_dir)  # as given: Path("") would be the current folder
         self.path, self.stage, self.model_cfg = Path(out_dir), stage, model_cfg
-        self.started, self.at, self.params = time.time(), Launch(), {}
+        self.started, self.at, self.params, self.inputs = time.time(), Launch(), {}, {}
         self._loaded = model  # (model, tokenizer) a caller already holds (tests, stage 6), else loaded lazily
 
     def begin(self, params: dict, inputs: dict | None = None, force: bool = False, launched: bool = False,
@@ -41,7 +41,7 @@ class StageFolder:
         from .errors import DLMAError
 
         for name, given in (inputs or {}).items():  # an output folder never holds, or is, one of its inputs
-            source = resolve_source(given)  # None: not a local file (a shipped sample, a hub id)
+            source = resolve_source(given)  # None: not a local file or folder (a hub id)
             if source is not None and source.resolve().is_relative_to(self.path.resolve()):
                 raise DLMAError(f"{self.path}: holds the stage's input {name} ({source}): write to another folder")
         if self.model_cfg is not None:
@@ -55,7 +55,10 @@ class StageFolder:
         lock.acquire(self.path)
         try:
             if self.at.main:
-                record_params(self.path, params, HINT, inputs, force, outputs)
+                from .artifacts import input_record
+
+                self.inputs = {k: input_record(v) for k, v in (inputs or {}).items()}
+                record_params(self.path, params, HINT, force=force, outputs=outputs, records=self.inputs)
                 if self.done:
                     self.check_outputs()
         except BaseException:  # refused (other parameters, edited results): the folder is not kept locked
@@ -105,7 +108,9 @@ class StageFolder:
 
             model = {"model": model_fingerprint(self.model_cfg)} if self.model_cfg is not None else {}
             launch_info = {"processes": self.at.world} if self.at.world > 1 else {}  # a stage may pass its own
-            write_manifest(self.path, self.stage, self.params, self.started, **model, **{**launch_info, **extra})
+            inputs = {"inputs": self.inputs} if self.inputs else {}  # each data file read, with its hash
+            write_manifest(self.path, self.stage, self.params, self.started, **model, **inputs,
+                           **{**launch_info, **extra})
         self.at.barrier()
         self.release()
 
