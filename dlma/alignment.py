@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Example, check_limit, load_examples
+from .data import Example, Source, check_limit, load_examples
 from .generate import GenerateConfig, sample
 from .logprobs import buckets, kv_bytes_per_token, response_ids, sequence_logprobs, token_budget
 from .params import documented
@@ -58,11 +58,29 @@ class EvalConfig:
     pref_max_length: int = 1024
     label_field: str = "safer_response_id"
     seed: int = 0
+    pref_split: str = "test"
+    pref_revision: str = ""
+    eval_queries_split: str = "test"
 
     def __post_init__(self):
+        from .params import check_split
+
         check_limit(self.eval_n_prompts, "eval_n_prompts")
         check_limit(self.eval_n_pairs, "eval_n_pairs")
+        check_split(self.pref_split, "pref_split")
+        check_split(self.eval_queries_split, "eval_queries_split")
         self.generate_config(), self.pref_config()  # their own checks
+
+    def pref_source(self) -> Source:
+        return Source(str(self.pref_data), self.pref_split, self.pref_revision, "pref")
+
+    def query_sources(self, run_dir: Path) -> tuple[Source, Source]:
+        """(the queries stage 1 read, those stage 5 answers: the same set and revision at eval_queries_split)."""
+        from .artifacts import read_json
+
+        p = read_json(Path(run_dir) / "01_generate" / "params.json")
+        generated = Source(p["queries"], p.get("queries_split", "train"), p.get("queries_revision", ""), "queries")
+        return generated, Source(generated.path, self.eval_queries_split, generated.revision, "eval_queries")
 
     def generate_config(self) -> GenerateConfig:
         return GenerateConfig(rendering=self.rendering, max_new_tokens=self.eval_max_new_tokens,
@@ -176,14 +194,14 @@ def run_evaluate(model_cfg, cfg: EvalConfig, run) -> dict:
                  adapter / "train_summary.json"):
         if not path.is_file():
             raise DLMAError(f"{path}: no such file (run the earlier stages first)")
-    queries = read_json(run_dir / "01_generate" / "params.json")["queries"]
+    generated_from, queries = cfg.query_sources(run_dir)
     used_pairs = {r["id"] for r in read_jsonl(run_dir / "03_preference_accuracy" / "predictions.jsonl")}
-    prompts = unused_queries(queries, [r["id"] for r in read_jsonl(generated)], cfg.eval_n_prompts)
-    pairs = unused_pairs(cfg.pref_data, used_pairs, cfg.eval_n_pairs, cfg.label_field)
+    prompts = unused_queries(queries, [r["id"] for r in read_jsonl(generated)], cfg.eval_n_prompts, generated_from)
+    pairs = unused_pairs(cfg.pref_source(), used_pairs, cfg.eval_n_pairs, cfg.label_field)
     heldout = [Example(str(r["id"]), r["turns"], r["o1"], r["o2"], source=f"{heldout_path}: id {r['id']!r}")
                for r in read_pairs(heldout_path)] if heldout_path.read_text(encoding="utf-8").strip() else []
     if not prompts:
-        raise DLMAError(f"{queries}: no query left that stage 1 did not use")
+        raise DLMAError(f"{queries.path} [{queries.split}]: no query left that stage 1 did not use")
     # the adapter on the base it was trained on (4-bit for QLoRA): read from stage 4, not given twice
     qlora = read_json(adapter / "train_summary.json")["config"]["qlora"]
     model_cfg = ModelConfig(**{**model_cfg.to_dict(), "adapter": str(adapter), "load_in_4bit": qlora})
@@ -194,7 +212,7 @@ def run_evaluate(model_cfg, cfg: EvalConfig, run) -> dict:
                       for e, source in ((pairs, str(cfg.pref_data)), (heldout, str(heldout_path))))
     reused = [e.id for e in pairs if e.id in used_pairs]
     folder.begin(asdict(cfg), {"adapter": adapter / "adapter_model.safetensors", "heldout": heldout_path,
-                               "pref_data": cfg.pref_data}, run.force,
+                               "pref_data": cfg.pref_source(), "queries": queries}, run.force,
                  outputs=("responses.jsonl", "human_pairs.jsonl", "heldout_generated.jsonl", "alignment.json"))
     print(f"{len(prompts)} held-out prompts, {len(pairs)} held-out human pairs from {cfg.pref_data}, "
           f"{len(heldout)} held-out generated pairs")
@@ -234,15 +252,20 @@ def run_evaluate(model_cfg, cfg: EvalConfig, run) -> dict:
     return summary
 
 
-def unused_queries(source: str, used_ids, n: int, prefer_pair: str | None = "harmless") -> list[Example]:
-    """n queries from `source` that generation did not use, those tagged `prefer_pair` first."""
-    used = set(map(str, used_ids))
+def unused_queries(source, used_ids, n: int, generated_from=None, prefer_pair: str | None = "harmless"
+                   ) -> list[Example]:
+    """n queries from `source` that generation did not use (`used_ids` of `generated_from`, by default `source`
+    itself; of another split, none is), those tagged `prefer_pair` first."""
+    from .data import as_source
+
+    same = generated_from is None or as_source(generated_from).key() == as_source(source).key()
+    used = set(map(str, used_ids)) if same else set()
     fresh = [e for e in load_examples(source) if e.id not in used]
     fresh.sort(key=lambda e: e.pair != prefer_pair)  # stable: file order within each group
     return fresh[:n]
 
 
-def unused_pairs(data: str, used_ids, n: int, label_field: str = "safer_response_id") -> list[Example]:
+def unused_pairs(data, used_ids, n: int, label_field: str = "safer_response_id") -> list[Example]:
     """n human-labelled pairs (valid rows only), those an earlier evaluation did not use first: when stage 3
     scored (nearly) all of the file, the rest are pairs it scored, in file order."""
     used = set(map(str, used_ids))

@@ -187,23 +187,39 @@ def check_out(folder: str | Path) -> None:
         raise DLMAError(f"{parent}: not writable, so {folder} cannot be made or written")
 
 
-def input_record(source: str | Path) -> dict:
-    """What params.json keeps of an input: its path as given and, for a local file, its content hash, so
-    that a rerun on changed data is refused rather than answered with stale results."""
-    from .data import resolve_source
+def input_record(source) -> dict:
+    """What params.json and manifest.json keep of an input: its path as given and, for a local file, its content
+    hash, so that a rerun on changed data is refused rather than answered with stale results. A data source
+    (`dlma.data.Source`) keeps its split, revision and the hash of each data file read (`data.source_record`)."""
+    from .data import Source, resolve_source, source_record
 
+    if isinstance(source, Source):
+        return source_record(source)
     path = resolve_source(source)
-    return {"path": str(source), "sha256": sha256_file(path) if path is not None else None}
+    return {"path": str(source), "sha256": sha256_file(path) if path is not None and path.is_file() else None}
 
 
 # Parameters added after results were made: at these values they change nothing, so a folder made before
 # they existed is the same run (a token budget of 0 batches by count on a CPU, as before).
 ADDED_LATER = MappingProxyType({"max_batch_tokens": 0, "static_cache": False, "judge_url": "", "judge_model": "gpt-4o",
-                                "judge_key_env": "OPENAI_API_KEY", "on_invalid": "skip"})
+                                "judge_key_env": "OPENAI_API_KEY", "on_invalid": "skip", "queries_split": "train",
+                                "queries_revision": "", "pref_split": "test", "pref_revision": "",
+                                "eval_queries_split": "test", "rlhf_data": "", "rlhf_split": "train",
+                                "rlhf_revision": ""})
 
 
-def record_params(folder: str | Path, params: dict, hint: str, inputs: dict[str, str | Path] | None = None,
-                  force: bool = False, outputs: tuple[str, ...] = ()) -> None:
+def with_added_later(before: dict, record: dict) -> dict:
+    """`before` (a params.json) with the ADDED_LATER values of the parameters `record` has and it lacks, in the
+    nested configs too (stage 6 records stage 4's and 5's)."""
+    out = {**{k: v for k, v in ADDED_LATER.items() if k in record}, **before}
+    for k, v in record.items():
+        if k != "inputs" and isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = with_added_later(out[k], v)
+    return out
+
+
+def record_params(folder: str | Path, params: dict, hint: str, inputs: dict | None = None,
+                  force: bool = False, outputs: tuple[str, ...] = (), records: dict | None = None) -> None:
     """Write `params.json` in `folder` (parameters, and the content hash of each input file), or check it.
 
     A folder is never resumed with other parameters or changed inputs, so it never mixes results of two
@@ -211,12 +227,13 @@ def record_params(folder: str | Path, params: dict, hint: str, inputs: dict[str,
     lists, its `outputs` and its bookkeeping, never a file a stage did not write) and starts over. A folder
     that holds only its params.json (a run that stopped before its first result, e.g. on a typo) takes the
     new parameters. A folder holding files that no stage recorded is
-    refused. `hint` says what to do.
+    refused. `hint` says what to do. `records`: the inputs' records, if the caller already made them.
     """
     from .errors import DLMAError
 
     folder = Path(folder)
-    record = json.loads(json.dumps({**params, "inputs": {k: input_record(v) for k, v in (inputs or {}).items()}},
+    records = records if records is not None else {k: input_record(v) for k, v in (inputs or {}).items()}
+    record = json.loads(json.dumps({**params, "inputs": records},
                                    default=str))  # as it will read back
     path = folder / "params.json"
     entries = [p for p in folder.iterdir() if not p.name.startswith(".")] if folder.is_dir() else []
@@ -240,10 +257,15 @@ def record_params(folder: str | Path, params: dict, hint: str, inputs: dict[str,
         entries = [p for p in entries if p.exists()]
     if path.exists() and [p.name for p in entries] != ["params.json"]:
         before = json.loads(path.read_text(encoding="utf-8"))
-        before = {**{k: v for k, v in ADDED_LATER.items() if k in record}, **before}
+        before = with_added_later(before, record)
         was = before.get("inputs", {})
-        moved = sorted(k for k in record["inputs"] if (was.get(k) or {}).get("path") != record["inputs"][k]["path"])
-        stale = sorted(k for k in record["inputs"] if k not in moved and was.get(k) != record["inputs"][k])
+
+        def named(r: dict | None) -> tuple:  # which data: a change of split or revision is a change of input
+            return tuple((r or {}).get(k) for k in ("path", "split", "revision"))
+
+        # an input a folder's params.json does not name was not recorded when it was made (ADDED_LATER's habit)
+        moved = sorted(k for k in record["inputs"] if k in was and named(was[k]) != named(record["inputs"][k]))
+        stale = sorted(k for k in record["inputs"] if k in was and k not in moved and was[k] != record["inputs"][k])
         if stale:
             k = stale[0]
             raise DLMAError(f"{record['inputs'][k]['path']}: changed since {folder} was made from it (its content "

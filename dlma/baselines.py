@@ -31,7 +31,7 @@ from scipy.stats import binomtest
 
 from .alignment import EvalConfig, base_judgements, respond
 from .artifacts import PartialJSONL, check_out, read_json, read_jsonl, write_json, write_jsonl
-from .data import Example, load_examples
+from .data import Example, Source, load_examples
 from .errors import DLMAError
 from .folder import StageFolder
 from .judge import ContrastJudge, HttpJudge, RlaifJudge, length_controlled, position_consistency
@@ -64,12 +64,27 @@ class BaselineConfig:
     judge_url: str = ""
     judge_model: str = "gpt-4o"
     judge_key_env: str = "OPENAI_API_KEY"
+    rlhf_data: str = ""
+    rlhf_split: str = "train"
+    rlhf_revision: str = ""
 
     def __post_init__(self):
+        from .params import check_split
+
         method_list(self.baseline_methods)
+        check_split(self.rlhf_split, "rlhf_split")
+        if self.rlhf_revision and not self.rlhf_data:
+            raise DLMAError(f"BaselineConfig: rlhf_revision={self.rlhf_revision!r} without rlhf_data: name the "
+                            "dataset too (with rlhf_data empty, the pairs are pref_data's at pref_revision)")
         if self.judge_url and not self.judge_url.startswith(("http://", "https://")):
             raise DLMAError(f"BaselineConfig: judge_url={self.judge_url!r}: expected an http:// or https:// URL "
                             "(the endpoint's base, before /chat/completions)")
+
+    def rlhf_source(self, cfg: EvalConfig) -> Source:
+        """The rlhf baseline's human pairs: rlhf_data, else stage 5's pref_data at its revision, at rlhf_split."""
+        if self.rlhf_data:
+            return Source(self.rlhf_data, self.rlhf_split, self.rlhf_revision, "rlhf")
+        return Source(str(cfg.pref_data), self.rlhf_split, cfg.pref_revision, "rlhf")
 
     def judges(self) -> list[str]:
         return [*JUDGES, "http"] if self.judge_url else list(JUDGES)
@@ -108,7 +123,8 @@ def relabel(rows: list[dict], verdicts: list[str]) -> tuple[list[dict], int]:
 
 
 def human_rows(examples: list[Example], evaluated_ids) -> list[dict]:
-    """Training rows from human-labelled pairs (chosen as o1), refusing any pair the evaluation also uses."""
+    """Training rows from human-labelled pairs (chosen as o1), refusing any pair the evaluation also uses
+    (`evaluated_ids`: those of the evaluation's pairs when they come from the same source, else none)."""
     overlap = sorted({ex.id for ex in examples} & set(map(str, evaluated_ids)))
     if overlap:
         raise DLMAError(f"rlhf: {len(overlap)} human pair(s) are also evaluation pairs (the first: {overlap[0]}); "
@@ -267,6 +283,7 @@ class Setting:
     train_rows: list[dict]
     rlhf_examples: list[Example]
     inputs: dict
+    rlhf_from_evaluated: bool = True  # the rlhf pairs come from the source of the evaluated pairs
 
 
 def read_setting(run_dir: Path, study: BaselineConfig) -> Setting:
@@ -288,26 +305,28 @@ def read_setting(run_dir: Path, study: BaselineConfig) -> Setting:
     dlma_summary = read_json(stage4 / "adapter" / "train_summary.json")
     stage5_params = read_json(stage5 / "params.json")
     cfg = EvalConfig(**{k: stage5_params[k] for k in EvalConfig.__dataclass_fields__ if k in stage5_params})
-    queries = read_json(run_dir / "01_generate" / "params.json")["queries"]
+    generated_from, queries = cfg.query_sources(run_dir)
     prompts = unused_queries(queries, [r["id"] for r in read_jsonl(run_dir / "01_generate" / "pairs.jsonl")],
-                             cfg.eval_n_prompts)
+                             cfg.eval_n_prompts, generated_from)
     stage5_rows, stage5_human = read_jsonl(stage5 / "responses.jsonl"), read_jsonl(stage5 / "human_pairs.jsonl")
     used = {r["id"] for r in read_jsonl(run_dir / "03_preference_accuracy" / "predictions.jsonl")}
-    pairs = {e.id: e for e in unused_pairs(cfg.pref_data, used, cfg.eval_n_pairs, cfg.label_field)}
+    pairs = {e.id: e for e in unused_pairs(cfg.pref_source(), used, cfg.eval_n_pairs, cfg.label_field)}
     if [e.id for e in prompts] != [r["id"] for r in stage5_rows if r["model"] == "base"] or \
             list(pairs) != [r["id"] for r in stage5_human]:
         raise DLMAError(f"{stage5}: its prompts or human pairs are not the ones these parameters select; rerun stage 5")
     train_rows = read_pairs(stage4 / "train.jsonl", need_self_reward=True)
-    rlhf_examples = []
+    rlhf_examples, rlhf = [], study.rlhf_source(cfg)
+    same = rlhf.key() == cfg.pref_source().key()  # then the evaluated pairs are left out of the pool
     if "rlhf" in methods:  # as many human pairs as generated ones, none of them evaluated
-        pool = load_examples(cfg.pref_data, require="labelled", label_field=cfg.label_field, on_invalid="skip",
-                             exclude=set(pairs))
+        pool = load_examples(rlhf, require="labelled", label_field=cfg.label_field, on_invalid="skip",
+                             exclude=set(pairs) if same else set())
         if len(pool) < len(train_rows):
-            raise DLMAError(f"{cfg.pref_data}: {len(pool)} human pairs left after the {len(pairs)} evaluated ones; "
-                            f"rlhf needs {len(train_rows)}")
+            left = f" left after the {len(pairs)} evaluated ones" if same else ""
+            raise DLMAError(f"{rlhf.path} [{rlhf.split}]: {len(pool)} human pairs{left}; rlhf needs {len(train_rows)}")
         rlhf_examples = pool[: len(train_rows)]
+        inputs["rlhf_data"] = rlhf
     return Setting(run_dir, out, methods, TrainConfig(**dlma_summary["config"]), dlma_summary, cfg, prompts, pairs,
-                   stage5_rows, stage5_human, train_rows, rlhf_examples, inputs)
+                   stage5_rows, stage5_human, train_rows, rlhf_examples, inputs, same)
 
 
 def begin(model_cfg: ModelConfig, study: BaselineConfig, run) -> tuple[Setting, StageFolder]:
@@ -343,8 +362,10 @@ def train_methods(s: Setting, folder: StageFolder, model_cfg: ModelConfig) -> di
                 rows, swapped = relabel(s.train_rows, [v["verdict"] for v in verdicts])
                 note = {"swapped": swapped, "ties": sum(v["verdict"] == "tie" for v in verdicts)}
             elif m == "rlhf":
-                rows = human_rows(s.rlhf_examples, s.pairs)
-                note = {"human_pair_ids": [e.id for e in s.rlhf_examples], "source": s.cfg.pref_data}
+                rows = human_rows(s.rlhf_examples, s.pairs if s.rlhf_from_evaluated else ())
+                rlhf = s.inputs["rlhf_data"]
+                note = {"human_pair_ids": [e.id for e in s.rlhf_examples], "source": rlhf.path, "split": rlhf.split,
+                        "revision": rlhf.revision}
             elif m == "dlma_study":
                 rows, selected = study_rewards(*folder.model(), s.train_rows, s.run_dir / "03b_pair_study",
                                                s.cfg.score_batch_size, s.cfg.max_batch_tokens)

@@ -3,20 +3,28 @@
 Accepted rows (format detected per row):
 - HH-RLHF: `chosen` / `rejected` dialogue strings ("\\n\\nHuman: ...\\n\\nAssistant: ..."), split at the
   last Assistant turn; both must share the context.
+- processed-hh-rlhf (PKU-Alignment's, which the released code reads): `context`, a list of {role, text} turns
+  (human first), and `chosen` / `rejected` as {role, text} (absent: a query).
 - PKU-SafeRLHF: `prompt`, `response_0`, `response_1` and a label field (`safer_response_id` by default,
   or `better_response_id`).
 - TRL preference: `prompt`, `chosen`, `rejected`, as strings or as message lists.
 - Query only: `prompt` (or `query`), a string or a message list.
 Any row may carry `id` and `pair` (the name of the prompt pair to generate it with).
 
-Sources: a local .jsonl / .json / .parquet file, the name of a shipped sample (`sample:queries`,
-`sample:pairs`), or a hub dataset id (`datasets`, offline cache only here).
+Sources (`Source`: a name as a user gives it, a split and a revision): a local .jsonl / .json / .parquet file
+(.xz, .gz or .bz2 compressed too), the name of a shipped sample (`sample:queries`, `sample:pairs`), a folder laid
+out as the hub lays out a dataset (data/train-00000-of-00001.parquet, harmless-base/test.jsonl.xz, or a README's
+`configs`: the files of a split are the ones `datasets` finds), or a hub dataset id, a folder of the repository
+after it (`PKU-Alignment/processed-hh-rlhf/harmless-base`, the released code's `data_dir`). A hub id is read
+offline: from the hub cache's snapshot of the revision (huggingface_hub's layout), else from datasets' cache of
+an earlier `load_dataset`. A file has no split and no revision.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -51,42 +59,230 @@ def sample_path(name: str) -> Path:
     return Path(str(resources.files("dlma") / "samples" / SAMPLES[name]))
 
 
-def resolve_source(source: str | Path) -> Path | None:
-    """The local file behind a source (a shipped sample or a path), or None for a hub id."""
-    source = str(source)
+@dataclass(frozen=True)
+class Source:
+    """A dataset as a user names it (a file, `sample:NAME`, a hub-layout folder or a hub id), the split read of
+    it and the revision of a hub id. `param` names the parameters in messages: `{param}_split`, ..."""
+
+    path: str
+    split: str = "train"
+    revision: str = ""
+    param: str = field(default="", compare=False)
+
+    def key(self) -> tuple:
+        """What makes two sources the same rows: a file's split means nothing."""
+        return (self.path,) if resolve_source(self.path) is not None else (self.path, self.split, self.revision)
+
+
+@dataclass
+class Resolved:
+    """Where a source's rows are: its data files (read in order), or a dataset of datasets' cache."""
+
+    name: str  # for messages: the file, or "ID [split]"
+    kind: str  # file, folder, hub cache or datasets cache
+    files: list[Path]
+    root: Path | None = None  # the files are recorded relative to it
+    revision: str | None = None  # the commit read, for a hub id
+    dataset: object = None  # a datasets.Dataset, for the datasets cache
+
+
+def as_source(source, split: str = "train", revision: str = "") -> Source:
+    return source if isinstance(source, Source) else Source(str(source), split, revision)
+
+
+def resolve_source(source) -> Path | None:
+    """The local file or folder behind a source (a shipped sample, a path), or None for a hub id."""
+    source = source.path if isinstance(source, Source) else str(source)
     if source.startswith("sample:"):
         return sample_path(source.split(":", 1)[1])
     path = Path(source)
-    return path if path.is_file() else None
+    return path if path.exists() else None
 
 
-def read_rows(source: str | Path, split: str = "train") -> tuple[str, list[tuple[int, object]]]:
-    """(display name, [(line number, raw row)]) from a file, a sample or a hub dataset."""
-    source = str(source)
-    if source.startswith("sample:"):
-        source = str(sample_path(source.split(":", 1)[1]))
-    path = Path(source)
-    if path.suffix in (".jsonl", ".json", ".parquet") or path.exists():
-        if not path.exists():
-            raise DLMAError(f"{path}: no such file")
-        if path.is_dir():
-            raise DLMAError(f"{path}: is a folder; give a .jsonl, .json or .parquet file")
-        return str(path), _read_file(path)
+def hub_cache() -> Path:
+    from huggingface_hub import constants
+
+    return Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
+
+
+def datasets_cache() -> Path:
+    import datasets
+
+    return Path(os.environ.get("HF_DATASETS_CACHE") or datasets.config.HF_DATASETS_CACHE)
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)*")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+COMPRESSED = (".xz", ".gz", ".bz2")
+
+
+def resolve(source) -> Resolved:
+    """The data files (or cached dataset) of one split of a source, checked: one error naming the source, the
+    split and the revision when they cannot be found."""
+    source = as_source(source)
+    opt = source.param or "the"
+    path_text = source.path
+    local = sample_path(path_text.split(":", 1)[1]) if path_text.startswith("sample:") else Path(path_text)
+    data_suffix = local.suffix in DATA_SUFFIXES or (local.suffix in COMPRESSED and
+                                                    Path(local.stem).suffix in DATA_SUFFIXES)
+    if local.exists() or data_suffix:
+        if not local.exists():
+            raise DLMAError(f"{local}: no such file")
+        if source.revision:
+            raise DLMAError(f"{path_text}: a local {'folder' if local.is_dir() else 'file'} has no revision "
+                            f"({opt}_revision is {source.revision!r}): leave it empty to read the "
+                            f"{'folder' if local.is_dir() else 'file'} as it is, or name the hub dataset id")
+        if local.is_dir():
+            label = f"{path_text} [{source.split}]"
+            return Resolved(label, "folder", split_files(local, source, label), local)
+        return Resolved(str(local), "file", [local])
+    if not _HUB_ID.fullmatch(path_text):
+        raise DLMAError(f"{path_text}: no such file or folder, and not a hub dataset id")
+    return resolve_hub(source)
+
+
+def split_files(folder: Path, source: Source, label: str) -> list[Path]:
+    """The files of `source.split` in a hub-layout folder, as `datasets` finds them (its split patterns, or the
+    `configs` of the folder's README), without building anything."""
+    import tempfile
+
+    import datasets
+
+    opt = source.param or "the"
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity_error()
     try:
-        import datasets
+        with tempfile.TemporaryDirectory() as tmp:  # the builder's lock files go there, not to the user's cache
+            builder = datasets.load_dataset_builder(str(folder), cache_dir=tmp)
+        splits = {str(k): list(v) for k, v in (builder.config.data_files or {}).items()}
+    except Exception as e:  # no data file, files of no format datasets reads, a malformed README
+        raise DLMAError(f"{label}: a folder in which datasets finds no data files of a split ({type(e).__name__}: "
+                        f"{_first_line(e)}); give a folder laid out as the hub lays out a dataset "
+                        "(data/train-00000-of-00001.parquet, test.jsonl, ...) or a file") from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+    if source.split not in splits:
+        raise DLMAError(f"{label}: no split '{source.split}' (its splits: {', '.join(splits) or 'none'}); "
+                        f"set {opt}_split")
+    files = [Path(f) for f in splits[source.split]]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise DLMAError(f"{label}: split '{source.split}' names {missing[0]}, which is missing")
+    return files
 
-        ds = datasets.load_dataset(source, split=split)
-    except Exception as e:  # hub id that is not cached offline, typo, ...
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else ""
+
+
+def resolve_hub(source: Source) -> Resolved:
+    """A hub id, offline: the hub cache's snapshot of the revision, else datasets' cache (checked to hold that
+    revision: offline, datasets reads its newest cached one whatever revision is asked)."""
+    opt = source.param or "the"
+    parts = source.path.strip("/").split("/")
+    repo, data_dir = "/".join(parts[:2]), "/".join(parts[2:])
+    at = f" at revision {source.revision!r}" if source.revision else ""
+    label = f"{source.path} [{source.split}]"
+    repo_dir = hub_cache() / f"datasets--{repo.replace('/', '--')}"
+    commit = source.revision if _COMMIT.fullmatch(source.revision) else None
+    ref = repo_dir / "refs" / (source.revision or "main")
+    if commit is None and ref.is_file():
+        commit = ref.read_text(encoding="utf-8").strip()
+    problem = ""
+    snapshot = repo_dir / "snapshots" / (commit or "-")
+    if commit and snapshot.is_dir():
+        try:
+            files = split_files(snapshot / data_dir, source, label)
+            return Resolved(label, "hub cache", files, snapshot, commit)
+        except DLMAError as e:  # e.g. only the README is there (datasets downloaded the data to its own cache)
+            problem = str(e)
+    import datasets
+
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity_error()
+    try:
+        dataset = datasets.load_dataset(repo, split=source.split, revision=source.revision or None,
+                                        cache_dir=str(datasets_cache()), **({"data_dir": data_dir} if data_dir else {}))
+    except Exception as e:
+        if str(e).startswith("Unknown split"):
+            raise DLMAError(f"{label}: {_first_line(e)} (datasets' cache); set {opt}_split") from None
+        if problem and "no split" in problem:
+            raise DLMAError(problem) from None
         raise DLMAError(
-            f"{source}: not a local file, and the hub dataset could not be loaded ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}); download it where there is network or give a local file"
-        ) from None
-    return source, list(enumerate(ds, start=1))
+            f"{source.path}: split '{source.split}'{at}: not a local file or folder, and not in the hub cache "
+            f"({hub_cache()}) nor in datasets' cache ({datasets_cache()}); download it where there is network "
+            f"(huggingface-cli download --repo-type dataset {repo}{' --revision ' + source.revision if at else ''}) "
+            "or give a folder laid out as the hub lays it out") from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+    files = [Path(f["filename"]) for f in dataset.cache_files]
+    cached = files[0].parent.name if files else ""
+    if source.revision and commit is None:
+        raise DLMAError(f"{label}: datasets' cache holds revision {cached or '(unknown)'}, and offline nothing says "
+                        f"which commit {source.revision!r} is (the hub cache has no refs/{source.revision}); set "
+                        f"{opt}_revision to the commit hash")
+    if commit and cached != commit:
+        asked = source.revision or "main"
+        raise DLMAError(f"{label}: datasets' cache holds revision {cached or '(unknown)'}, not {asked} ({commit}); "
+                        f"offline, datasets reads only its newest cached revision: download {asked} again, or set "
+                        f"{opt}_revision to {cached}")
+    return Resolved(label, "datasets cache", files, files[0].parent if files else None, cached, dataset)
+
+
+def read_rows(source, split: str = "train", revision: str = "") -> tuple[str, list[tuple[int, object]]]:
+    """(display name, [(line or row number, raw row)]) of a file, a sample, or one split of a hub-layout folder or
+    hub dataset (its rows numbered from 1 across its files, in order)."""
+    found = resolve(as_source(source, split, revision))
+    if found.kind == "file":
+        return found.name, _read_file(found.files[0])
+    if found.dataset is not None:
+        return found.name, list(enumerate(found.dataset, start=1))
+    rows = [row for f in found.files for _, row in _read_file(f)]
+    return found.name, list(enumerate(rows, start=1))
+
+
+_HASHES: dict[tuple, str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """A file's content hash, computed once per process for a file unchanged since (data files can be large)."""
+    from .artifacts import sha256_file
+
+    stat = Path(path).stat()
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = sha256_file(path)
+    return _HASHES[key]
+
+
+def source_record(source) -> dict:
+    """What params.json and manifest.json keep of a data input: a file's path and hash; of a folder or hub
+    dataset, the split, the revision asked and the commit read, and each data file read with its hash."""
+    source = as_source(source)
+    found = resolve(source)
+    if found.kind == "file":
+        return {"path": source.path, "sha256": file_sha256(found.files[0])}
+    record = {"path": source.path, "split": source.split, "read_from": found.kind,
+              "files": {os.path.relpath(f, found.root).replace(os.sep, "/"): file_sha256(f) for f in found.files}}
+    if found.kind != "folder":
+        record.update(revision=source.revision, resolved_revision=found.revision)
+    return record
 
 
 def read_text(path: Path) -> str:
-    """A file's text as UTF-8, or one line naming the first line that is not (binary garbage, Latin-1)."""
+    """A file's text as UTF-8 (decompressed if it ends in .xz, .gz or .bz2), or one line naming the first line
+    that is not (binary garbage, Latin-1)."""
     raw = path.read_bytes()
+    if path.suffix in COMPRESSED:
+        import bz2
+        import gzip
+        import lzma
+
+        try:
+            raw = {".xz": lzma.decompress, ".gz": gzip.decompress, ".bz2": bz2.decompress}[path.suffix](raw)
+        except (lzma.LZMAError, OSError, EOFError, ValueError) as e:
+            raise DLMAError(f"{path}: not a readable {path.suffix} file ({_first_line(e)})") from None
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -95,6 +291,7 @@ def read_text(path: Path) -> str:
 
 
 def _read_file(path: Path) -> list[tuple[int, object]]:
+    kind = Path(path.stem).suffix if path.suffix in COMPRESSED else path.suffix
     if path.suffix == ".parquet":
         import pyarrow
         import pyarrow.parquet as pq
@@ -104,7 +301,7 @@ def _read_file(path: Path) -> list[tuple[int, object]]:
         except (pyarrow.ArrowException, OSError) as e:
             raise DLMAError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
     text = read_text(path)
-    if path.suffix == ".json":
+    if kind == ".json":
         data = json_value(text, path)
         if not isinstance(data, list):
             raise DLMAError(f"{path}: a .json file must hold a list of rows")
@@ -134,8 +331,9 @@ def load_examples(
     split: str = "train",
     skipped: list[str] | None = None,
     exclude: set[str] | frozenset[str] = frozenset(),
+    revision: str = "",
 ) -> list[Example]:
-    """Validated examples from `source`.
+    """Validated examples from `source` (a `Source`, or a name read at `split` and `revision`).
 
     require: None, "labelled" (every row must have chosen/rejected) or "query".
     on_invalid: "error" raises on the first bad row; "skip" leaves out rows whose *content* is bad
@@ -149,7 +347,7 @@ def load_examples(
     if label_field not in LABEL_FIELDS:
         raise DLMAError(f"label_field must be one of {', '.join(LABEL_FIELDS)}, got '{label_field}'")
     check_limit(limit)
-    name, rows = read_rows(source, split)
+    name, rows = read_rows(source, split, revision)
     out: list[Example] = []
     dropped: list[str] = []
     first_line: dict[str, str] = {}
@@ -239,6 +437,12 @@ def _parse_row(row: object, name: str, n: int, label_field: str) -> Example:
                            f"{where(name, n, key)}: empty prompt")
         return value.strip()
 
+    if "context" in row and "prompt" not in row:  # processed-hh-rlhf: {role, text} turns
+        turns = _context_turns(row["context"], name, n)
+        if "chosen" not in row and "rejected" not in row:
+            return Example(rid, turns, pair=pair, source=f"{name}:{n}")
+        return Example(rid, turns, _turn_text(row, "chosen", name, n), _turn_text(row, "rejected", name, n), pair,
+                       f"{name}:{n}")
     if "chosen" in row or "rejected" in row:
         if "prompt" not in row:  # HH-RLHF: whole dialogues
             turns_c, resp_c = split_dialogue(text("chosen"), name, n, "chosen")
@@ -292,6 +496,36 @@ def _turns(value, name: str, n: int, key: str) -> list[str]:
             raise _Invalid(f"{where(name, n, key)}: message {turns.index('') + 1} is empty", True)
     raise _Invalid(f"{where(name, n, key)}: expected a string or a list of {{role, content}} messages (content "
                    "text)", True)
+
+
+ROLES = {"human": "user", "user": "user", "assistant": "assistant"}
+
+
+def _context_turns(value, name: str, n: int) -> list[str]:
+    """processed-hh-rlhf's context: {role, text} turns, human first, alternating, ending on a human turn."""
+    what = "expected a list of {role, text} turns, human first and last, alternating"
+    if not (isinstance(value, list) and value and all(isinstance(t, dict) for t in value)):
+        raise _Invalid(f"{where(name, n, 'context')}: {what}", True)
+    roles = [ROLES.get(str(t.get("role", "")).lower()) for t in value]
+    if roles != ["user" if k % 2 == 0 else "assistant" for k in range(len(value))] or roles[-1] != "user":
+        raise _Invalid(f"{where(name, n, 'context')}: {what} (roles: {', '.join(str(t.get('role')) for t in value)})",
+                       True)
+    texts = [t.get("text") for t in value]
+    if not all(isinstance(t, str) and t.strip() for t in texts):
+        raise _Invalid(f"{where(name, n, 'context')}: every turn needs a non-empty 'text'", True)
+    return [t.strip() for t in texts]
+
+
+def _turn_text(row: dict, key: str, name: str, n: int) -> str:
+    """processed-hh-rlhf's chosen / rejected: an assistant {role, text} turn."""
+    value = row.get(key)
+    if value is None:
+        raise _Invalid(f"{where(name, n, key)}: missing", True)
+    if not (isinstance(value, dict) and isinstance(value.get("text"), str)):
+        raise _Invalid(f"{where(name, n, key)}: expected a {{role, text}} turn", True)
+    if not value["text"].strip():
+        raise _Invalid(f"{where(name, n, key)}: empty response")
+    return value["text"].strip()
 
 
 def _last(row: dict, key: str, name: str, n: int) -> str:

@@ -40,7 +40,7 @@ class StageFolder:
         if not self.read_only:
             check_out(out_dir)  # as given: Path("") would be the current folder
         self.path, self.stage, self.model_cfg = Path(out_dir), stage, model_cfg
-        self.started, self.at, self.params = time.time(), Launch(), {}
+        self.started, self.at, self.params, self.inputs = time.time(), Launch(), {}, {}
         self._loaded = model  # (model, tokenizer) a caller already holds (tests, stage 6), else loaded lazily
         self._tokenizer = None
         self._locked = False
@@ -55,7 +55,7 @@ class StageFolder:
         from .errors import DLMAError
 
         for name, given in (inputs or {}).items():  # an output folder never holds, or is, one of its inputs
-            source = resolve_source(given)  # None: not a local file (a shipped sample, a hub id)
+            source = resolve_source(given)  # None: not a local file or folder (a hub id)
             if source is not None and source.resolve().is_relative_to(self.path.resolve()):
                 raise DLMAError(f"{self.path}: holds the stage's input {name} ({source}): write to another folder")
         if self.model_cfg is not None:
@@ -77,7 +77,10 @@ class StageFolder:
         self._locked = True
         try:
             if self.at.main:
-                record_params(self.path, params, HINT, inputs, force, outputs)
+                from .artifacts import input_record
+
+                self.inputs = {k: input_record(v) for k, v in (inputs or {}).items()}
+                record_params(self.path, params, HINT, force=force, outputs=outputs, records=self.inputs)
                 self._made = [p for p in made if p.exists()]
                 if self.done:
                     self.check_outputs()
@@ -162,7 +165,9 @@ class StageFolder:
 
             model = {"model": model_fingerprint(self.model_cfg)} if self.model_cfg is not None else {}
             launch_info = {"processes": self.at.world} if self.at.world > 1 else {}  # a stage may pass its own
-            write_manifest(self.path, self.stage, self.params, self.started, **model, **{**launch_info, **extra})
+            inputs = {"inputs": self.inputs} if self.inputs else {}  # each data file read, with its hash
+            write_manifest(self.path, self.stage, self.params, self.started, **model, **inputs,
+                           **{**launch_info, **extra})
         self.at.barrier()
         self.release()
 

@@ -218,10 +218,11 @@ def run_generate(model_cfg, data, cfg: GenerateConfig, out, model=None) -> list[
 
     folder = StageFolder(out.out, "generate", model_cfg, model)
     check_limit(data.n_queries, "n_queries")
-    examples = load_examples(data.queries, limit=data.n_queries)
+    examples = load_examples(data.source(), limit=data.n_queries)
     for ex in examples:  # fail on a bad pair name before any generation
         get_pair(ex.pair or cfg.pair, f"{ex.source}: field 'pair'")
-    params = {"queries": str(data.queries), "n_queries": data.n_queries, **asdict(cfg),
+    params = {"queries": str(data.queries), "n_queries": data.n_queries, "queries_split": data.queries_split,
+              "queries_revision": data.queries_revision, **asdict(cfg),
               **with_custom_pairs(ex.pair or cfg.pair for ex in examples)}
     words = [sum(len(t.split()) for t in ex.turns) for ex in examples]
     too_long = [f"{ex.source}: field 'prompt': {n} words" for ex, n in zip(examples, words, strict=True)
@@ -229,7 +230,7 @@ def run_generate(model_cfg, data, cfg: GenerateConfig, out, model=None) -> list[
     examples = [ex for ex, n in zip(examples, words, strict=True) if n <= cfg.max_query_words]
     if not examples:
         raise DLMAError(f"{data.queries}: every query is over max_query_words={cfg.max_query_words} words")
-    at = folder.begin(params, {"queries": data.queries}, out.force, launched=True)
+    at = folder.begin(params, {"queries": data.source()}, out.force, launched=True)
     folder.note_dropped(too_long, f"over max_query_words={cfg.max_query_words}")
     if folder.done:  # e.g. by a launch, before its notebook: no model to load
         folder.release()

@@ -28,7 +28,10 @@ HELP = {
              "inputs) and start over",
     "pairs": "pairs.jsonl from `dlma generate` or scored.jsonl from `dlma score` (or the stage's folder)",
     # 1 generate
-    "queries": "JSONL/JSON/Parquet, sample:queries (shipped), or a hub dataset id",
+    "queries": "JSONL/JSON/Parquet file, sample:queries (shipped), a folder laid out as the hub lays out a dataset, or "
+               "a hub dataset id (ID/FOLDER reads a folder of it, as datasets' data_dir)",
+    "queries_split": "the split of queries read in stage 1, for a folder or hub id (a file has none)",
+    "queries_revision": "the hub revision of queries (commit, branch or tag; empty: main); the commit read is recorded",
     "n_queries": "first N queries of the query set (all if not given)",
     "pair": "default prompt pair when a query row names none",
     "pairs_file": "a YAML or JSON file of further prompt pairs, named like the built-in ones (none if empty)",
@@ -48,7 +51,10 @@ HELP = {
                         "middle where that would cut what tells p+ from p- (a chat system message); a pair whose "
                         "response leaves no room for that is left out and counted",
     # 3 preference accuracy
-    "pref_data": "human-labelled pairs: HH-RLHF, PKU-SafeRLHF or TRL format",
+    "pref_data": "human-labelled pairs (rows of HH-RLHF, PKU-SafeRLHF, its processed HH or TRL): a file, folder or "
+                 "hub id, as queries",
+    "pref_split": "the split of pref_data read by stages 3, 3b and 5 (a file has none)",
+    "pref_revision": "the hub revision of pref_data (commit, branch or tag; empty: main)",
     "pref_limit": "the first N valid pairs (all if not given)",
     "pref_max_length": "prompt + response tokens, cut as score_max_length is (a pair left out is left out of every "
                        "scorer, and counted)",
@@ -89,6 +95,8 @@ HELP = {
     "report_to": "none, or tensorboard (offline event files in the adapter's runs/ folder)",
     # 5 evaluate
     "eval_n_prompts": "held-out queries answered by base and DLMA",
+    "eval_queries_split": "the split of stage 1's query set (at its revision) stage 5 answers; from a file, or the "
+                          "split stage 1 read, the queries stage 1 did not use",
     "eval_n_pairs": "held-out human pairs for implicit-reward accuracy",
     "eval_max_new_tokens": "response length cap in stage 5",
     "eval_batch_size": "queries per generation batch in stage 5 (each batch seeded by its position)",
@@ -96,6 +104,10 @@ HELP = {
     "baseline_methods": "comma-separated methods trained on stage 4's pairs and budget, then judged against base and "
                         "DLMA: rlcd, dlma_weighting, rlaif_dpo, context_distillation, rlhf, and the ablations "
                         "dlma_gamma0.1, dlma_gamma0.5, dlma_clamp20, dlma_study",
+    "rlhf_data": "the human pairs the rlhf baseline trains on (empty: pref_data at pref_revision)",
+    "rlhf_split": "the split of the rlhf baseline's pairs (the paper's RLHF learns from the train split); from the "
+                  "source stage 5 evaluates on, its evaluated pairs are left out",
+    "rlhf_revision": "the hub revision of rlhf_data (empty: main; with rlhf_data empty, pref_revision)",
     "judge_url": "an OpenAI-compatible endpoint (its base URL, before /chat/completions) judging beside the local "
                  "judges (none if empty)",
     "judge_model": "the model name sent to judge_url",
@@ -116,6 +128,13 @@ def documented(cls):
 # ----------------------------------------------------------------------------------------------------------
 # The arguments every stage shares: where it reads and writes. The method's own settings are the config
 # dataclasses beside each stage (GenerateConfig, ScoreConfig, ...); `dlma.commands` lists which a command takes.
+
+
+def check_split(split: str, name: str) -> None:
+    if not split.strip():
+        from .errors import DLMAError
+
+        raise DLMAError(f"{name}: empty; name a split of the dataset (train, test, ...)")
 
 
 @documented
@@ -143,6 +162,16 @@ class PairsFile:
 class Queries:
     queries: str = "sample:queries"
     n_queries: int | None = None
+    queries_split: str = "train"
+    queries_revision: str = ""
+
+    def __post_init__(self):
+        check_split(self.queries_split, "queries_split")
+
+    def source(self):
+        from .data import Source
+
+        return Source(str(self.queries), self.queries_split, self.queries_revision, "queries")
 
 
 @documented
@@ -158,6 +187,16 @@ class PrefData:
     pref_limit: int | None = None
     on_invalid: str = "skip"
     label_field: str = "safer_response_id"
+    pref_split: str = "test"
+    pref_revision: str = ""
+
+    def __post_init__(self):
+        check_split(self.pref_split, "pref_split")
+
+    def source(self):
+        from .data import Source
+
+        return Source(str(self.pref_data), self.pref_split, self.pref_revision, "pref")
 
 
 @documented

@@ -43,7 +43,8 @@ from .errors import DLMAError
 from .params import PATHS, fields_of, option_text, parse, read_values
 
 ROOT = Path(__file__).resolve().parents[1]
-PATH_PARAMETERS = ("model", "queries", "pref_data", "pairs_file", "adapter")  # read from where the user stands
+# read from where the user stands
+PATH_PARAMETERS = ("model", "queries", "pref_data", "rlhf_data", "pairs_file", "adapter")
 BOOK_SOURCES = ("_config.yml", "_toc.yml", "references.bib", "_static", "book")
 
 

@@ -330,13 +330,14 @@ def run_pref_acc(model_cfg, data, cfg: PrefAccConfig, out, exclude_ids=(), model
         raise DLMAError("scorer 'implicit' needs a trained adapter: pass --adapter DIR")
     skipped, too_long = [], []
     excluded = set(map(str, exclude_ids))
-    examples = load_examples(data.pref_data, limit=data.pref_limit, require="labelled", label_field=data.label_field,
+    examples = load_examples(data.source(), limit=data.pref_limit, require="labelled", label_field=data.label_field,
                              on_invalid=data.on_invalid, skipped=skipped, exclude=excluded)
     if {"dlma", "loglik", "implicit"} & set(scorers):
         examples = readable_examples(examples, scorers, cfg, folder.tokenizer(), str(data.pref_data), too_long)
     params = {"pref_data": str(data.pref_data), "pref_limit": data.pref_limit, "on_invalid": data.on_invalid,
-              "label_field": data.label_field, **asdict(cfg), **with_custom_pairs([cfg.pref_pair])}
-    at = folder.begin({**params, "excluded_ids": sorted(excluded)}, {"pref_data": data.pref_data}, out.force,
+              "label_field": data.label_field, "pref_split": data.pref_split, "pref_revision": data.pref_revision,
+              **asdict(cfg), **with_custom_pairs([cfg.pref_pair])}
+    at = folder.begin({**params, "excluded_ids": sorted(excluded)}, {"pref_data": data.source()}, out.force,
                       launched=True)
     folder.note_dropped(skipped, "invalid rows, --on-invalid skip")
     folder.note_dropped(too_long, f"over pref_max_length={cfg.pref_max_length}, with no room for the instruction")

@@ -124,7 +124,7 @@ def terms_row(terms: dict, n_o1: int, n_o2: int) -> dict:
     return {**{k: terms[k] for k in SCORE_KEYS}, "self_reward": terms["self_reward"], "n_o1": n_o1, "n_o2": n_o2}
 
 
-def stage3_rows(run_dir: Path, pref_data: str, study, variant: tuple[str, str, str], label_field: str) -> dict:
+def stage3_rows(run_dir: Path, data, study, variant: tuple[str, str, str]) -> dict:
     """{id: dlma row} of stage 3 when it scored `variant` with the very settings the study would use (the same
     numbers, so not computed twice); else {}."""
     from .artifacts import input_record, read_json, read_jsonl
@@ -133,9 +133,12 @@ def stage3_rows(run_dir: Path, pref_data: str, study, variant: tuple[str, str, s
     if not (folder / "predictions.jsonl").is_file():
         return {}
     before = read_json(folder / "params.json")
-    same = {"pref_data": str(pref_data), "pref_pair": variant[1], "rendering": variant[2], "label_field": label_field,
-            "pref_max_length": study.pref_max_length, "share_prompts": study.share_prompts}
-    if any(before.get(k) != v for k, v in same.items()) or before["inputs"]["pref_data"] != input_record(pref_data):
+    same = {"pref_data": str(data.pref_data), "pref_pair": variant[1], "rendering": variant[2],
+            "label_field": data.label_field, "pref_max_length": study.pref_max_length,
+            "share_prompts": study.share_prompts, "pref_split": data.pref_split, "pref_revision": data.pref_revision}
+    before = {"pref_split": "test", "pref_revision": "", **before}  # a folder made before they were recorded
+    if any(before.get(k) != v for k, v in same.items()) or \
+            before["inputs"]["pref_data"] != input_record(data.source()):
         return {}
     return {r["id"]: r for r in read_jsonl(folder / "predictions.jsonl") if r["scorer"] == "dlma"}
 
@@ -158,13 +161,13 @@ def run_pair_study(model_cfg, data, study: StudyConfig, run, model=None) -> dict
     check_limit(data.pref_limit, "pref_limit")
     variants = study.variant_list()
     skipped: list[str] = []
-    examples = load_examples(data.pref_data, limit=data.pref_limit, require="labelled", label_field=data.label_field,
+    examples = load_examples(data.source(), limit=data.pref_limit, require="labelled", label_field=data.label_field,
                              on_invalid=data.on_invalid, skipped=skipped)
     by_id = {e.id: e for e in examples}
     select_ids, rest_ids = split_ids(list(by_id), study.study_select, study.seed)
     params = {**asdict(data), "pref_data": str(data.pref_data), **asdict(study),
               **with_custom_pairs([p for _, p, _ in variants])}
-    folder.begin(params, {"pref_data": data.pref_data}, run.force)
+    folder.begin(params, {"pref_data": data.source()}, run.force)
     store = PartialJSONL(folder.path / "scores.jsonl", key=("variant", "id"))
 
     def score(variant: tuple[str, str, str], ids: list[str]) -> None:
@@ -173,7 +176,7 @@ def run_pair_study(model_cfg, data, study: StudyConfig, run, model=None) -> dict
         if not todo:
             return
         m, tok = folder.model()
-        reuse = stage3_rows(run_dir, data.pref_data, study, variant, data.label_field)
+        reuse = stage3_rows(run_dir, data, study, variant)
         fresh = [i for i in todo if i not in reuse]
         items = [(by_id[i].turns, by_id[i].chosen, by_id[i].rejected) for i in fresh]
         # a pair this variant cannot read within pref_max_length is stored as left out, and leaves every candidate

@@ -146,7 +146,8 @@ def a_file(tmp):
 CASES = [
     # generate: the data file
     ("gen-binary-garbage", lambda t, m: gen(t, m, queries=binary_file(t)), ["q.jsonl:2:", "not UTF-8"]),
-    ("gen-folder-as-file", lambda t, m: gen(t, m, queries=str(t)), ["{t}: is a folder"]),
+    ("gen-folder-without-data", lambda t, m: gen(t, m, queries=str(t)), ["{t} [train]: a folder in which datasets "
+                                                                          "finds no data files"]),
     ("gen-missing-file", lambda t, m: gen(t, m, queries=str(t / "nope.jsonl")), ["nope.jsonl: no such file"]),
     ("gen-malformed-json", lambda t, m: gen(t, m, queries=q(t, [QUERY, "{oops"])), ["q.jsonl:2:", "malformed JSON"]),
     ("gen-row-not-object", lambda t, m: gen(t, m, queries=q(t, [[1, 2]])), ["q.jsonl:1:", "a JSON object, got list"]),

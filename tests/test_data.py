@@ -9,11 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hub_layout  # the tests' folder is on sys.path (pytest's prepend mode)
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dlma.data import load_examples
+from dlma.artifacts import sha256_file
+from dlma.data import Source, load_examples, source_record
 from dlma.errors import DLMAError
 from dlma.prompts import PAIRS
 
@@ -272,3 +274,115 @@ def test_cli_reports_bad_data_in_one_line(cli_runs, cmd, case):
     assert expected in msg.split(f"{path.name}:{line}", 1)[1]
     assert "no-such-model" not in msg  # failed on the data, before loading the model
     assert not (folder / "out" / "manifest.json").exists()
+
+
+# ---------------------------------------------------------------- hub datasets, offline
+
+
+@pytest.fixture
+def hub_env(tmp_path, monkeypatch):
+    """Empty hub and datasets caches of this test's own: (hub cache, datasets cache)."""
+    hub, ds = tmp_path / "hub-cache", tmp_path / "datasets-cache"
+    hub.mkdir(), ds.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(ds))
+    return hub, ds
+
+
+def test_a_hub_layout_folder_is_read_at_the_split_asked(tmp_path, hub_env):
+    folder = hub_layout.pku_folder(tmp_path / "PKU-SafeRLHF", n_train=5, n_test=3)
+    test = load_examples(Source(str(folder), "test", param="pref"), require="labelled")
+    assert [e.turns[0].split(":")[0] for e in test] == ["test question 0", "test question 1", "test question 2"]
+    assert test[0].chosen.startswith("I can't help") and test[0].id == "1"  # safer_response_id 1, the row number
+    assert len(load_examples(str(folder))) == 5  # the train split by default
+    record = source_record(Source(str(folder), "test"))
+    assert record == {"path": str(folder), "split": "test", "read_from": "folder",
+                      "files": {"data/test-00000-of-00001.parquet": sha256_file(folder / "data" /
+                                                                                "test-00000-of-00001.parquet")}}
+    with pytest.raises(DLMAError, match=r"PKU-SafeRLHF \[validation\]: no split 'validation' \(its splits: train, "
+                                        r"test\); set pref_split"):
+        load_examples(Source(str(folder), "validation", param="pref"))
+    with pytest.raises(DLMAError, match=r"a local folder has no revision \(queries_revision is 'v0'\)"):
+        load_examples(Source(str(folder), "train", "v0", "queries"))
+
+
+def test_processed_hh_rlhf_rows_and_a_folder_of_the_repository(tmp_path, hub_env):
+    folder = hub_layout.hh_folder(tmp_path / "processed-hh-rlhf")
+    (ex, *_) = load_examples(Source(str(folder / "harmless-base"), "test"), require="labelled")
+    assert ex.turns == ["harmless-base test question 0: what should I do about my neighbour?", "What happened?",
+                        "He is loud at night."]
+    assert (ex.chosen, ex.rejected) == ("Talk to him calmly first (0).", "Slash his tyres.")
+    query = {"context": [{"role": "human", "text": "Hi"}]}  # a context alone is a query
+    bad = {"context": [{"role": "assistant", "text": "Hi"}], "chosen": {"role": "assistant", "text": "x"},
+           "rejected": {"role": "assistant", "text": "y"}}
+    (q,) = load_examples(write_jsonl(tmp_path / "q.jsonl", [query]))
+    assert q.turns == ["Hi"] and not q.labelled
+    with pytest.raises(DLMAError, match=r"b\.jsonl:1: field 'context': expected a list of \{role, text\} turns"):
+        load_examples(write_jsonl(tmp_path / "b.jsonl", [bad]))
+
+
+def test_a_hub_id_is_read_from_the_hub_cache_at_its_revision(tmp_path, hub_env):
+    hub, _ = hub_env
+    hub_layout.hub_snapshot(hub, hub_layout.PKU, hub_layout.pku_folder(tmp_path / "pku", 4, 3), refs=("v0",))
+    hub_layout.hub_snapshot(hub, hub_layout.HH, hub_layout.hh_folder(tmp_path / "hh"), "f" * 40, refs=("main",))
+    source = Source(hub_layout.PKU, "test", "v0", "pref")
+    examples = load_examples(source, require="labelled")
+    assert len(examples) == 3 and examples[0].turns[0].startswith("test question 0")
+    assert examples[0].source == f"{hub_layout.PKU} [test]:1"
+    record = source_record(source)
+    assert record["read_from"] == "hub cache" and record["resolved_revision"] == hub_layout.COMMIT
+    assert record["revision"] == "v0" and list(record["files"]) == ["data/test-00000-of-00001.parquet"]
+    assert source_record(Source(hub_layout.PKU, "test", hub_layout.COMMIT))["files"] == record["files"]
+    # a folder of the repository after the id, as the released code's data_dir: main when no revision is given
+    hh = load_examples(Source(f"{hub_layout.HH}/helpful-base", "train"), require="labelled")
+    assert hh[0].turns[0].startswith("helpful-base train question 0")
+    assert source_record(Source(f"{hub_layout.HH}/helpful-base", "train"))["resolved_revision"] == "f" * 40
+
+
+def test_a_hub_id_is_read_from_datasets_cache_checked_against_its_revision(tmp_path, hub_env):
+    hub, ds = hub_env
+    hub_layout.datasets_cache_entry(ds, hub_layout.PKU, hub_layout.pku_folder(tmp_path / "pku", 4, 3))
+    pinned = Source(hub_layout.PKU, "test", hub_layout.COMMIT, "pref")
+    assert [e.turns[0][:15] for e in load_examples(pinned)] == ["test question 0", "test question 1",
+                                                                 "test question 2"]
+    record = source_record(pinned)
+    assert record["read_from"] == "datasets cache" and record["resolved_revision"] == hub_layout.COMMIT
+    assert list(record["files"]) == ["pku-safe_rlhf-test.arrow"]
+    assert source_record(Source(hub_layout.PKU, "test"))["resolved_revision"] == hub_layout.COMMIT  # unpinned
+    with pytest.raises(DLMAError, match=rf"holds revision {hub_layout.COMMIT}, not {'e' * 40}"):
+        load_examples(Source(hub_layout.PKU, "test", "e" * 40, "pref"))
+    with pytest.raises(DLMAError, match=r"nothing says which commit 'v0' is .*set pref_revision to the commit hash"):
+        load_examples(Source(hub_layout.PKU, "test", "v0", "pref"))
+    (hub / "datasets--PKU-Alignment--PKU-SafeRLHF" / "refs").mkdir(parents=True)
+    (hub / "datasets--PKU-Alignment--PKU-SafeRLHF" / "refs" / "v0").write_text(hub_layout.COMMIT)
+    assert len(load_examples(Source(hub_layout.PKU, "test", "v0"))) == 3  # the name resolved by the hub cache
+    with pytest.raises(DLMAError, match=r"Unknown split \"validation\".*set pref_split"):
+        load_examples(Source(hub_layout.PKU, "validation", param="pref"))
+
+
+def test_a_hub_id_neither_cached_nor_a_folder_is_one_line_naming_it_and_the_split(tmp_path, hub_env):
+    with pytest.raises(DLMAError) as e:
+        load_examples(Source("PKU-Alignment/PKU-SafeRLHF", "test", "v0", "pref"))
+    msg = str(e.value)
+    assert msg.startswith("PKU-Alignment/PKU-SafeRLHF: split 'test' at revision 'v0': not a local file or folder, "
+                          "and not in the hub cache") and "\n" not in msg
+    folder = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-m", "dlma.cli", "generate", "--queries", "someone/nothing-here",
+                          "--queries-split", "validation", "--out", str(folder), "--model", str(tmp_path / "no-model")],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    ours = [line for line in res.stderr.splitlines() if line.startswith("dlma generate: error: ")]
+    assert res.returncode == 2 and len(ours) == 1, res.stderr
+    assert "someone/nothing-here: split 'validation': not a local file or folder" in ours[0]
+    assert not folder.exists()
+
+
+def test_compressed_json_lines_are_read(tmp_path):
+    import gzip
+
+    with gzip.open(tmp_path / "q.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write(json.dumps({"prompt": "Hello?"}) + "\n")
+    (ex,) = load_examples(tmp_path / "q.jsonl.gz")
+    assert ex.turns == ["Hello?"] and ex.source.endswith("q.jsonl.gz:1")
+    (tmp_path / "bad.jsonl.xz").write_bytes(b"not xz")
+    with pytest.raises(DLMAError, match=r"bad\.jsonl\.xz: not a readable \.xz file"):
+        load_examples(tmp_path / "bad.jsonl.xz")

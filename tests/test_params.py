@@ -57,7 +57,9 @@ TEXT = {"model": "my-model", "dtype": "float32", "device": "cpu", "adapter": "ad
         "rlaif_instruction": "Which is kinder?", "study_variants": "harmless,helpful", "optim": "sgd",
         "lr_scheduler_type": "linear", "report_to": "none", "baseline_methods": "rlcd",
         "judge_url": "https://judge.example/v1", "judge_model": "judge-1", "judge_key_env": "MY_KEY",
-        "pairs_file": ""}
+        "pairs_file": "", "queries_split": "validation", "queries_revision": "v1", "pref_split": "train",
+        "pref_revision": "abc", "eval_queries_split": "validation", "rlhf_data": "h.jsonl", "rlhf_split": "test",
+        "rlhf_revision": "v2"}
 
 
 def distinct_value(name: str, f: dataclasses.Field):
