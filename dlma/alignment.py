@@ -21,7 +21,7 @@ import numpy as np
 from .data import Example, Source, check_limit, load_examples
 from .generate import GenerateConfig, sample
 from .logprobs import buckets, kv_bytes_per_token, response_ids, sequence_logprobs, token_budget
-from .params import documented
+from .params import PrefData, Queries, documented
 from .preference import PrefAccConfig, summarize, tie_tolerance
 from .prompts import PAIRS, policy_prompt, prompt_ids
 from .score import contrast, contrast_prompts
@@ -72,14 +72,14 @@ class EvalConfig:
         self.generate_config(), self.pref_config()  # their own checks
 
     def pref_source(self) -> Source:
-        return Source(str(self.pref_data), self.pref_split, self.pref_revision, "pref")
+        return PrefData(self.pref_data, pref_split=self.pref_split, pref_revision=self.pref_revision).source()
 
     def query_sources(self, run_dir: Path) -> tuple[Source, Source]:
         """(the queries stage 1 read, those stage 5 answers: the same set and revision at eval_queries_split)."""
         from .artifacts import read_json
 
         p = read_json(Path(run_dir) / "01_generate" / "params.json")
-        generated = Source(p["queries"], p.get("queries_split", "train"), p.get("queries_revision", ""), "queries")
+        generated = Queries(p["queries"], **{k: p[k] for k in ("queries_split", "queries_revision") if k in p}).source()
         return generated, Source(generated.path, self.eval_queries_split, generated.revision, "eval_queries")
 
     def generate_config(self) -> GenerateConfig:
