@@ -793,13 +793,13 @@ def claim1_reading(metrics: dict, a: str = "dlma", b: str = "rlaif", alpha: floa
     length = (f"The human chose the shorter response (in tokens) in {n[SHORTER]:,} of the {p['n']:,} pairs and the "
               f"longer in {n[LONGER]:,}{same}.")
     if not (n[SHORTER] and n[LONGER]):
-        length += " With one of the two never chosen, accuracy cannot be balanced for length in this run."
-        undefined = "The length-balanced figures are undefined in this run (no pair in one of the length strata)."
         verdict = (f"Claim 1 cannot be read beyond length in this run: on the raw pairs {A} and {B} differ by "
                    f"{p['difference']:+.3f} ({_p(p['mcnemar_p'])}), and every pair's chosen response has the same "
                    "length relation.")
-        return {"claim1_raw": raw, "claim1_length": length, "claim1_balanced": undefined, "claim1_verdict": verdict,
-                "claim1_chance": undefined}
+        return {"claim1_raw": raw, "claim1_length": length, "claim1_verdict": verdict,
+                "claim1_balanced": "The length-balanced figures are undefined in this run (no pair in one of the "
+                                   "length strata).",
+                "claim1_chance": "Nor can either judge be held against chance once length is balanced."}
     shown = [s for s in (b, a, "length") if s in acc]
     length += (" " + "; ".join(f"{_name(s, k == 0)} is right on {strata[s][SHORTER]['accuracy']:.1%} of the first "
                                f"and {strata[s][LONGER]['accuracy']:.1%} of the second" for k, s in enumerate(shown))
