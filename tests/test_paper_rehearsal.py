@@ -11,8 +11,11 @@ machine), too long for `make test`."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -71,26 +74,45 @@ def paper_env(tmp_path_factory):
     assert len(revisions) == 1
     hub_layout.hub_snapshot(root / "hub", hub_layout.PKU, hub_layout.pku_folder(root / "pku", N_TRAIN, N_TEST),
                             revisions.pop(), refs=())
-    (root / "datasets").mkdir()
     return root
 
 
-@pytest.fixture
-def paper_caches(paper_env, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(paper_env / "hub"))
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(paper_env / "datasets"))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    return paper_env
+def caches(root: Path, datasets: str) -> dict[str, str]:
+    """The environment of a rehearsal: the test's hub cache, a datasets cache of its own, one thread a process."""
+    return {"HF_HUB_CACHE": str(root / "hub"), "HF_DATASETS_CACHE": str(root / datasets), "OMP_NUM_THREADS": "1"}
+
+
+LAUNCHED = ("01_generate", "02_self_reward", "03_preference_accuracy", "04_train_dlma")
 
 
 @pytest.fixture(scope="module")
-def one_process(paper_env):
-    """The rehearsal on one process (the first test to ask runs it)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_CACHE", str(paper_env / "hub"))
-        mp.setenv("HF_DATASETS_CACHE", str(paper_env / "datasets"))
-        mp.setenv("OMP_NUM_THREADS", "1")
-        return run_pipeline("paper", overrides(str(paper_env / "tiny-llama")), "one", runs_root=paper_env / "runs")
+def rehearsals(paper_env):
+    """(one process's run folder, torchrun's). Both run at once, torchrun's in a subprocess: the one-process run
+    keeps one core busy and torchrun's two processes spend much of their time starting, so together they take
+    about 5 minutes on 2 cores where one after the other took 7."""
+    runner = Path(sys.executable).with_name("torchrun")  # the venv's, beside its python
+    if not runner.exists():
+        runner = shutil.which("torchrun") or f"{sys.executable} -m torch.distributed.run"
+    launcher = f"{runner} --nproc_per_node 2 --master_port {free_port()}"
+    # the same global batch: 2 processes x 1 pair x 2 accumulated = 1 x 2 x 2
+    two = ["paper", overrides(str(paper_env / "tiny-llama"), per_device_train_batch_size=1), "two",
+           str(paper_env / "runs"), launcher, LAUNCHED]
+    code = ("import json, sys; from pathlib import Path; from dlma.pipeline import run_pipeline; "
+            "p, o, r, root, launcher, stages = json.loads(sys.argv[1]); "
+            "run_pipeline(p, o, r, runs_root=Path(root), launcher=launcher, stages=tuple(stages))")
+    log = paper_env / "two.log"
+    with open(log, "wb") as out:
+        launched = subprocess.Popen([sys.executable, "-c", code, json.dumps(two)], stdout=out, stderr=subprocess.STDOUT,
+                                    env={**os.environ, **caches(paper_env, "datasets-two")})
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in caches(paper_env, "datasets").items():
+                mp.setenv(key, value)
+            one = run_pipeline("paper", overrides(str(paper_env / "tiny-llama")), "one", runs_root=paper_env / "runs")
+    finally:
+        rc = launched.wait()
+    assert rc == 0, log.read_text()[-3000:]
+    return one, paper_env / "runs" / "two"
 
 
 def manifest(run: Path, stage: str) -> dict:
@@ -98,8 +120,8 @@ def manifest(run: Path, stage: str) -> dict:
 
 
 @pytest.mark.slow
-def test_paper_preset_runs_every_stage_on_the_splits_it_names(one_process):
-    run, revision = one_process, PRESET["queries_revision"]
+def test_paper_preset_runs_every_stage_on_the_splits_it_names(rehearsals):
+    run, revision = rehearsals[0], PRESET["queries_revision"]
     assert all((run / f"{s}.ipynb").exists() and (run / s / ".done").exists() for s in STAGES)
     # 1: the train split at the pinned revision, under the token budget and the static cache
     gen = manifest(run, "01_generate")
@@ -149,17 +171,9 @@ def test_paper_preset_runs_every_stage_on_the_splits_it_names(one_process):
 
 
 @pytest.mark.slow
-def test_paper_preset_under_torchrun_writes_what_one_process_writes(one_process, paper_caches):
-    runner = Path(sys.executable).with_name("torchrun")  # the venv's, beside its python
-    if not runner.exists():
-        runner = shutil.which("torchrun") or f"{sys.executable} -m torch.distributed.run"
-    launcher = f"{runner} --nproc_per_node 2 --master_port {free_port()}"
-    # the same global batch: 2 processes x 1 pair x 2 accumulated = 1 x 2 x 2
-    stages = ("01_generate", "02_self_reward", "03_preference_accuracy", "04_train_dlma")
-    run = run_pipeline("paper", overrides(str(paper_caches / "tiny-llama"), per_device_train_batch_size=1), "two",
-                       runs_root=paper_caches / "runs", launcher=launcher, stages=stages)
-    one = one_process
-    assert all((run / f"{s}.ipynb").exists() for s in stages)
+def test_paper_preset_under_torchrun_writes_what_one_process_writes(rehearsals):
+    one, run = rehearsals
+    assert all((run / f"{s}.ipynb").exists() for s in LAUNCHED)
     for folder in ("01_generate", "02_self_reward", "03_preference_accuracy", "04_train_dlma/adapter"):
         assert read_json(run / folder / "manifest.json")["processes"] == 2, folder
     # generation and scoring: the same bytes; preference accuracy: the same scores within float tolerance
