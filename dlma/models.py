@@ -281,6 +281,20 @@ def _unresolvable(spec: str) -> DLMAError:
     )
 
 
+def under_fsdp() -> bool:
+    """Whether this process is one of an FSDP launch (`accelerate launch` with an FSDP config sets this)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+
+
+def four_bit(dtype: torch.dtype, fsdp: bool = False) -> dict:
+    """QLoRA's 4-bit settings (NF4, double quantisation, computing in `dtype`). Under FSDP the packed 4-bit
+    weights are also stored in `dtype`: FSDP shards and gathers parameters of one dtype, and the default
+    storage (uint8) would leave them out of the flat parameters (peft's and bitsandbytes' FSDP-QLoRA recipe)."""
+    settings = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+                "bnb_4bit_compute_dtype": dtype}
+    return {**settings, "bnb_4bit_quant_storage": dtype} if fsdp else settings
+
+
 def load_model(cfg: ModelConfig):
     """Return (model, tokenizer) in eval mode, on cfg.device, optionally 4-bit, optionally with an adapter."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -295,13 +309,9 @@ def load_model(cfg: ModelConfig):
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     kwargs: dict = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
     if cfg.load_in_4bit:
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype,
-        )
-        kwargs["device_map"] = {"": device if device != "cuda" else 0}
+        kwargs["quantization_config"] = BitsAndBytesConfig(**four_bit(dtype, under_fsdp()))
+        if not under_fsdp():  # FSDP places the shards itself
+            kwargs["device_map"] = {"": device if device != "cuda" else 0}
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:

@@ -52,7 +52,22 @@ def test_four_bit_load_uses_nf4(tiny_model_dir):
 
     model, _ = load_model(ModelConfig(tiny_model_dir, device="cpu", load_in_4bit=True))
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
-    assert layers and all(m.weight.quant_type == "nf4" for m in layers)
+    assert layers and all(m.weight.quant_type == "nf4" and m.weight.dtype == torch.uint8 for m in layers)
+
+
+def test_four_bit_under_fsdp_stores_the_packed_weights_in_the_compute_dtype(tiny_model_dir, monkeypatch):
+    import bitsandbytes as bnb
+
+    from dlma.models import four_bit
+
+    assert "bnb_4bit_quant_storage" not in four_bit(torch.float32)
+    assert four_bit(torch.bfloat16, fsdp=True)["bnb_4bit_quant_storage"] == torch.bfloat16
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # as accelerate launch sets it with an FSDP config
+    model, tok = load_model(ModelConfig(tiny_model_dir, device="cpu", load_in_4bit=True))
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and all(m.weight.dtype == torch.float32 and m.weight.quant_type == "nf4" for m in layers)
+    with torch.no_grad():  # and the model still computes
+        assert torch.isfinite(model(tok("Hello", return_tensors="pt").input_ids).logits).all()
 
 
 def test_adapter_folder_is_checked(tiny_model_dir, tmp_path):
