@@ -46,8 +46,9 @@ test: setup lint unit nbval book
 lint: setup
 	$(BIN)/ruff check dlma tests benchmarks
 
+# the 25 slowest tests are listed at the end: where to look when make test grows
 unit: setup
-	$(BIN)/pytest -q -p no:cacheprovider tests
+	$(BIN)/pytest -q -p no:cacheprovider --durations=25 tests
 
 # The smoke notebooks, their checked cells compared with the outputs stored in notebooks/ (dlma.checked). The
 # kernels are held at AVX2, the instruction set the outputs were stored with (PyTorch's own, MKL's and oneDNN's):
