@@ -22,6 +22,7 @@ from pathlib import Path
 import hub_layout  # the tests' folder is on sys.path (pytest's prepend mode)
 import pytest
 from test_train_ddp import free_port
+from tiny_llama import save_tiny_llama
 
 from dlma.artifacts import read_json, read_jsonl
 from dlma.baselines import METHODS
@@ -53,23 +54,9 @@ def test_the_rehearsal_changes_only_sizes():
 
 @pytest.fixture(scope="module")
 def paper_env(tmp_path_factory):
-    """(tiny model folder, a hub cache holding the stand-in at the preset's revision, an empty datasets cache)."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    from dlma.models import DEFAULT_MODEL, load_tokenizer
-
+    """A folder: the tiny model (tiny-llama/) and a hub cache with the stand-in at the preset's revision (hub/)."""
     root = tmp_path_factory.mktemp("paper")
-    tok = load_tokenizer(DEFAULT_MODEL)
-    tok.chat_template = None  # as Llama-2-7b-hf's: a base model's tokenizer
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                         tie_word_embeddings=True)
-    import torch
-
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(root / "tiny-llama")
-    tok.save_pretrained(root / "tiny-llama")
+    save_tiny_llama(root / "tiny-llama", chat_template=False)
     revisions = {PRESET[k] for k in ("queries_revision", "pref_revision", "rlhf_revision")}
     assert len(revisions) == 1
     hub_layout.hub_snapshot(root / "hub", hub_layout.PKU, hub_layout.pku_folder(root / "pku", N_TRAIN, N_TEST),
