@@ -46,8 +46,12 @@ test: setup lint unit nbval book
 lint: setup
 	$(BIN)/ruff check dlma tests benchmarks
 
+# Two workers (pytest-xdist; a file's tests stay on one worker, so its module fixtures run once), one thread
+# each: on 2 cores much of a test's time is single-threaded start-up, which two workers overlap (2026-11-29,
+# 2 cores: 20 min 28 s quiet; one worker took 36 min 42 s, partly loaded). The 25 slowest tests are listed at
+# the end: where to look when make test grows.
 unit: setup
-	$(BIN)/pytest -q -p no:cacheprovider tests
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=25 tests
 
 # The smoke notebooks, their checked cells compared with the outputs stored in notebooks/ (dlma.checked). The
 # kernels are held at AVX2, the instruction set the outputs were stored with (PyTorch's own, MKL's and oneDNN's):

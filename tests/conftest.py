@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
+from tiny_llama import save_tiny_llama  # the tests' folder is on sys.path (pytest's prepend mode)
 
-from dlma.models import DEFAULT_MODEL, ModelConfig, load_model, load_tokenizer
+from dlma.models import DEFAULT_MODEL, ModelConfig, load_model
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 HH_DEV = SHARED_DATA / "hh-rlhf-harmless-base-test-dev512.jsonl"
@@ -23,20 +23,7 @@ def embedded():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     """A 2-layer random Llama with the embedded model's tokenizer, saved as a local model folder."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tok = load_tokenizer(DEFAULT_MODEL)
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return str(folder)
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="session")

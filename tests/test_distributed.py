@@ -1,7 +1,8 @@
 """Generation, scoring and preference accuracy shared among the processes of one launch: each process takes
 every world-th batch, and the merged file is the one a single process writes (bytes for generation and
 scoring; scores within float tolerance for preference accuracy, whose batches differ). The processes are
-started by torchrun (what `accelerate launch` runs), on CPUs (gloo)."""
+started by torchrun (what `accelerate launch` runs), on CPUs (gloo). `dlma run` under a launcher, every stage:
+tests/test_paper_rehearsal.py."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from test_train_ddp import free_port  # the tests' folder is on sys.path (pytest
 from dlma.artifacts import read_jsonl
 from dlma.distributed import Launch, ShardedJSONL
 from dlma.errors import DLMAError
-from dlma.pipeline import ROOT, STAGES, run_pipeline, stage_commands
+from dlma.pipeline import ROOT, run_pipeline, stage_commands
 
 
 def test_parts_merge_in_the_single_process_order_and_resume_with_another_size(tmp_path):
@@ -123,25 +124,6 @@ def test_a_launcher_not_found_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(DLMAError, match="no-such-launcher.*not found on PATH"):
         run_pipeline("smoke", [], "r", publish=False, runs_root=tmp_path, launcher="no-such-launcher --x 2")
     assert not list(tmp_path.iterdir())
-
-
-@pytest.mark.slow
-def test_dlma_run_under_a_launcher_shards_the_stages_its_notebooks_report(tmp_path, tiny_model_dir, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    overrides = [f"model={tiny_model_dir}", "n_queries=40", "gen_batch_size=8",  # 5 batches for 2 processes
-                 "baseline_methods=rlcd,rlaif_dpo"]  # rlaif_dpo: rows relabelled by the main process alone
-    launcher = f"{sys.executable} -m torch.distributed.run --nproc_per_node 2 --master_port {free_port()}"
-    launched = run_pipeline("smoke", overrides, "launched", publish=False, runs_root=tmp_path, launcher=launcher)
-    for folder in ("01_generate", "02_self_reward", "03_preference_accuracy", "04_train_dlma/adapter",
-                   "06_baselines/rlcd/adapter", "06_baselines/rlaif_dpo/adapter"):
-        # the launch did the work; the notebook found it done and kept its manifest
-        assert json.loads((launched / folder / "manifest.json").read_text())["processes"] == 2, folder
-    assert all((launched / f"{s}.ipynb").exists() and (launched / s / ".done").exists() for s in STAGES)
-    result = json.loads((launched / "06_baselines" / "baselines.json").read_text())
-    assert set(result) == {"base", "dlma", "rlcd", "rlaif_dpo"}  # the notebook answered and judged with them
-    single = run_pipeline("smoke", overrides, "single", publish=False, runs_root=tmp_path, stages=STAGES[:2])
-    for path in ("01_generate/pairs.jsonl", "02_self_reward/scored.jsonl"):
-        assert (launched / path).read_bytes() == (single / path).read_bytes(), path
 
 
 def test_print_commands_lists_the_launched_stages_and_writes_nothing(tmp_path, capsys):

@@ -3,11 +3,11 @@ token lengths, batch sizes), the 7B model replaced by a tiny random-weight LLaMA
 like Llama-2-7b-hf's, has no chat template), and PKU-SafeRLHF by a stand-in in its real columns, laid out as the hub
 lays it out (data/train-00000-of-00001.parquet, data/test-...) in a hub cache of the test's own at the preset's
 pinned revision. So every stage, every baseline method, the 4-bit base, the token budget, the static cache and
-gradient accumulation run as the preset runs them. Then stages 1 to 4, the ones whose outputs a launch promises
-(the bytes of the pairs and their scores, preference scores within float tolerance, the same training steps), under
-`dlma run --launcher "torchrun --nproc_per_node 2"` (gloo). Stage 6's training under a launch is
-tests/test_distributed.py's; with this preset it was run once in full (all seven stages, 20 min on a loaded
-machine), too long for `make test`."""
+gradient accumulation run as the preset runs them. Beside it, every stage but the pair study runs again under
+`dlma run --launcher "torchrun --nproc_per_node 2"` (gloo), checking what a launch promises (the bytes of the
+pairs and their scores, preference scores within float tolerance, the same training steps, stage 6's adapters
+trained by the launch); stage 6 with two of its methods (all nine under a launch took 20 min on a loaded
+machine, too long for `make test`)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from pathlib import Path
 import hub_layout  # the tests' folder is on sys.path (pytest's prepend mode)
 import pytest
 from test_train_ddp import free_port
+from tiny_llama import save_tiny_llama
 
 from dlma.artifacts import read_json, read_jsonl
 from dlma.baselines import METHODS
@@ -53,23 +54,9 @@ def test_the_rehearsal_changes_only_sizes():
 
 @pytest.fixture(scope="module")
 def paper_env(tmp_path_factory):
-    """(tiny model folder, a hub cache holding the stand-in at the preset's revision, an empty datasets cache)."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    from dlma.models import DEFAULT_MODEL, load_tokenizer
-
+    """A folder: the tiny model (tiny-llama/) and a hub cache with the stand-in at the preset's revision (hub/)."""
     root = tmp_path_factory.mktemp("paper")
-    tok = load_tokenizer(DEFAULT_MODEL)
-    tok.chat_template = None  # as Llama-2-7b-hf's: a base model's tokenizer
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                         tie_word_embeddings=True)
-    import torch
-
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(root / "tiny-llama")
-    tok.save_pretrained(root / "tiny-llama")
+    save_tiny_llama(root / "tiny-llama", chat_template=False)
     revisions = {PRESET[k] for k in ("queries_revision", "pref_revision", "rlhf_revision")}
     assert len(revisions) == 1
     hub_layout.hub_snapshot(root / "hub", hub_layout.PKU, hub_layout.pku_folder(root / "pku", N_TRAIN, N_TEST),
@@ -82,7 +69,10 @@ def caches(root: Path, datasets: str) -> dict[str, str]:
     return {"HF_HUB_CACHE": str(root / "hub"), "HF_DATASETS_CACHE": str(root / datasets), "OMP_NUM_THREADS": "1"}
 
 
-LAUNCHED = ("01_generate", "02_self_reward", "03_preference_accuracy", "04_train_dlma")
+# every stage but the pair study, which works in its notebook alone; stage 6 with two methods, one of them
+# rlaif_dpo, whose rows the main process alone relabels
+LAUNCHED = tuple(s for s in STAGES if s != "03b_pair_study")
+TWO_METHODS = "rlcd,rlaif_dpo"
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +85,8 @@ def rehearsals(paper_env):
         runner = shutil.which("torchrun") or f"{sys.executable} -m torch.distributed.run"
     launcher = f"{runner} --nproc_per_node 2 --master_port {free_port()}"
     # the same global batch: 2 processes x 1 pair x 2 accumulated = 1 x 2 x 2
-    two = ["paper", overrides(str(paper_env / "tiny-llama"), per_device_train_batch_size=1), "two",
+    two = ["paper", overrides(str(paper_env / "tiny-llama"), per_device_train_batch_size=1,
+                              baseline_methods=TWO_METHODS), "two",
            str(paper_env / "runs"), launcher, LAUNCHED]
     code = ("import json, sys; from pathlib import Path; from dlma.pipeline import run_pipeline; "
             "p, o, r, root, launcher, stages = json.loads(sys.argv[1]); "
@@ -173,9 +164,13 @@ def test_paper_preset_runs_every_stage_on_the_splits_it_names(rehearsals):
 @pytest.mark.slow
 def test_paper_preset_under_torchrun_writes_what_one_process_writes(rehearsals):
     one, run = rehearsals
-    assert all((run / f"{s}.ipynb").exists() for s in LAUNCHED)
-    for folder in ("01_generate", "02_self_reward", "03_preference_accuracy", "04_train_dlma/adapter"):
+    assert all((run / f"{s}.ipynb").exists() and (run / s / ".done").exists() for s in LAUNCHED)
+    for folder in ("01_generate", "02_self_reward", "03_preference_accuracy", "04_train_dlma/adapter",
+                   "06_baselines/rlcd/adapter", "06_baselines/rlaif_dpo/adapter"):
+        # the launch did the work; the notebook found it done and kept its manifest
         assert read_json(run / folder / "manifest.json")["processes"] == 2, folder
+    # stage 6's notebook answered and judged with the adapters the launch trained
+    assert set(read_json(run / "06_baselines" / "baselines.json")) == {"base", "dlma", *TWO_METHODS.split(",")}
     # generation and scoring: the same bytes; preference accuracy: the same scores within float tolerance
     for path in ("01_generate/pairs.jsonl", "02_self_reward/scored.jsonl"):
         assert (run / path).read_bytes() == (one / path).read_bytes(), path
