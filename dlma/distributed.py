@@ -49,6 +49,11 @@ def local_rank() -> int | None:
     return int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else None
 
 
+def under_fsdp() -> bool:
+    """Whether this process is one of an FSDP launch (`accelerate launch` with an FSDP config sets this)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+
+
 def launch(cpu: bool = False) -> Launch:
     """This process's place in the launch: from accelerate's state under `accelerate launch` or torchrun
     (`cpu`: processes on CPUs, gloo), else the single process."""

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .artifacts import sha256_file, write_json
-from .distributed import local_rank
+from .distributed import local_rank, under_fsdp
 from .errors import DLMAError
 from .params import documented
 
@@ -281,11 +281,6 @@ def _unresolvable(spec: str) -> DLMAError:
     )
 
 
-def under_fsdp() -> bool:
-    """Whether this process is one of an FSDP launch (`accelerate launch` with an FSDP config sets this)."""
-    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
-
-
 def four_bit(dtype: torch.dtype, fsdp: bool = False) -> dict:
     """QLoRA's 4-bit settings (NF4, double quantisation, computing in `dtype`). Under FSDP the packed 4-bit
     weights are also stored in `dtype`: FSDP shards and gathers parameters of one dtype, and the default
@@ -309,8 +304,9 @@ def load_model(cfg: ModelConfig):
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     kwargs: dict = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
     if cfg.load_in_4bit:
-        kwargs["quantization_config"] = BitsAndBytesConfig(**four_bit(dtype, under_fsdp()))
-        if not under_fsdp():  # FSDP places the shards itself
+        fsdp = under_fsdp()
+        kwargs["quantization_config"] = BitsAndBytesConfig(**four_bit(dtype, fsdp))
+        if not fsdp:  # FSDP places the shards itself
             kwargs["device_map"] = {"": device if device != "cuda" else 0}
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
