@@ -165,6 +165,15 @@ def test_a_misspelt_option_is_one_line_with_the_nearest(name, capsys):
     assert len(err.splitlines()) == 1 and f"dlma {name}: error:" in err and "did you mean" in err, err
 
 
+def test_an_unknown_command_is_one_line_with_the_nearest(capsys):
+    from dlma.cli import main
+
+    assert main(["pref-ac", "--run-dir", "x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "dlma: error: unknown command 'pref-ac' (did you mean 'pref-acc'?) (dlma --help lists the commands)"
+    assert main(["zzzz"]) == 2 and "did you mean" not in capsys.readouterr().err
+
+
 def test_the_cli_takes_both_spellings(tmp_path, capsys):
     from dlma.artifacts import write_jsonl
     from dlma.cli import main
