@@ -95,6 +95,9 @@ def test_a_parameter_no_stage_takes_is_refused_with_the_nearest_name():
         parse(COMMANDS["generate"].types(), {"n_querys": 2, "out": "o"})
     with pytest.raises(DLMAError, match=r"notebook 01_generate: parameter 'max_new_tokens': expected an integer"):
         run_stage("01_generate", {"run_dir": "r", "max_new_tokens": "abc"})
+    with pytest.raises(DLMAError, match=r"notebook 03_preference_accuracy: parameter 'pref_max_lenght' is not one of "
+                                        r"its parameters \(did you mean 'pref_max_length'\?\)"):
+        run_stage("03_preference_accuracy", {"run_dir": "r", "pref_max_lenght": 100})  # papermill -p, misspelt
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (ROOT / "params").glob("*.yaml")))
