@@ -142,12 +142,14 @@ def test_every_command_help_shows_each_option_and_its_help(capsys):
             main([name, "--help"])
         assert e.value.code == 0, name
         out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        assert "(default: None)" not in out, name  # a required --out said so
         for f in (f for t in command.types() for f in dataclasses.fields(t)):
             assert f"--{f.name.replace('_', '-')}" in out and " ".join(f.metadata["help"].split()) in out, \
                 (name, f.name)
     with pytest.raises(SystemExit) as e:
         main(["run", "--help"])
-    assert e.value.code == 0 and "--preset" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "--preset" in out and "(default: None)" not in out
 
 
 @pytest.mark.parametrize("name", [*COMMANDS, "run"])
