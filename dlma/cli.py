@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
             near = difflib.get_close_matches(name, [*COMMANDS, "run"], n=1)
             hint = f" (did you mean '{near[0]}'?)" if near else ""
-            print(f"dlma: error: unknown command '{name}'{hint}\n{usage()}", file=sys.stderr)
+            print(f"dlma: error: unknown command '{name}'{hint} (dlma --help lists the commands)", file=sys.stderr)
             return 2
     except DLMAError as e:
         print(f"dlma {name}: error: {e}", file=sys.stderr)

@@ -13,6 +13,7 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import DLMAError
 from .params import PATHS, PairsFile, argument_parser, fields_of, parse
 
 
@@ -117,11 +118,25 @@ def step_values(step: Step, values: dict, run_dir) -> dict:
     return {**paths, **{k: v for k, v in values.items() if k in names and k not in PATHS}}
 
 
+def misspelt(stage: str, declared, values: dict) -> None:
+    """papermill only warns of a parameter the notebook does not declare (`-p pref_max_lenght 100`), and the stage
+    would run with the default: a plain value named within a letter or two of a parameter is refused instead.
+    Other globals (a notebook's own variables, found when its cells are run again) are left alone."""
+    import difflib
+
+    for key, value in values.items():
+        near = difflib.get_close_matches(key, declared, n=1, cutoff=0.8)
+        if key not in declared and not key.startswith("_") and isinstance(value, (str, int, float)) and near:
+            raise DLMAError(f"notebook {stage}: parameter '{key}' is not one of its parameters "
+                            f"(did you mean '{near[0]}'?)")
+
+
 def run_stage(stage: str, values: dict):
     """A notebook's one call: its parameters (the names it declares, taken from `values`, e.g. its globals())
     parsed as the CLI parses them, then each of its commands run in the run folder `values["run_dir"]`.
     Returns the last command's result."""
     declared = notebook_fields(stage)
+    misspelt(stage, declared, values)
     given = {k: v for k, v in values.items() if k in declared}
     result = None
     for step in NOTEBOOKS[stage]:

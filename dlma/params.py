@@ -247,7 +247,16 @@ def argument_parser(types: list[type], prog: str | None = None, description: str
             return [t(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(t) if f.init})
                     for t in self.dataclass_types]
 
-    parser = OneLineParser(types, prog=prog, description=description, allow_abbrev=False)
+    class Help(argparse.ArgumentDefaultsHelpFormatter):
+        """Shows an option's default, but not "(default: None)": for a required option it misleads, and for
+        the others the help says what leaving it out means."""
+
+        def _get_help_string(self, action):
+            if action.required or action.default is None or action.default == []:
+                return action.help
+            return super()._get_help_string(action)
+
+    parser = OneLineParser(types, prog=prog, description=description, allow_abbrev=False, formatter_class=Help)
     for action in parser._actions:  # argparse reads help as a %-format string: a literal % must be doubled
         if action.help and action.help is not argparse.SUPPRESS:
             action.help = action.help.replace("%", "%%")

@@ -272,6 +272,8 @@ def run_pipeline(preset: str, overrides: list[str], run_id: str | None = None, p
     import papermill as pm
 
     check_run_id(run_id)
+    if book is not None:
+        check_book_dest(Path(book))
     launcher_words = check_launcher(launcher) if not print_commands else shlex.split(launcher or "LAUNCHER")
     params = resolve_params(preset, overrides)
     run_dir = (runs_root or ROOT / "runs") / (run_id or Path(preset).stem)
@@ -335,11 +337,24 @@ def publish_notebooks(run_dir: Path, stages: tuple[str, ...] = STAGES, book_dir:
     print(f"[dlma run] published {len(stages)} notebooks to {book_dir}")
 
 
+def check_book_dest(dest: Path) -> None:
+    """--book DIR is replaced: refused unless it is new, empty, or holds only what an earlier --book (and
+    `jupyter-book build`) wrote there, so a folder of the user's is never removed."""
+    if dest.resolve() == ROOT.resolve() or ROOT.resolve().is_relative_to(dest.resolve()):
+        raise DLMAError(f"--book {dest}: give a folder of its own (it is replaced)")
+    if dest.exists() and not dest.is_dir():
+        raise DLMAError(f"--book {dest}: is a file; give a new or empty folder (it is replaced)")
+    foreign = sorted(p.name for p in dest.iterdir() if p.name not in {*BOOK_SOURCES, "_build"}) \
+        if dest.is_dir() else []
+    if foreign:
+        raise DLMAError(f"--book {dest}: holds files a book's sources do not ({', '.join(foreign[:3])}"
+                        f"{', ...' if len(foreign) > 3 else ''}); give a new or empty folder (it is replaced)")
+
+
 def book_sources(run_dir: Path, dest: Path) -> Path:
     """The book's sources in `dest`, showing this run's executed notebooks instead of the published ones:
     `jupyter-book build DEST` then builds the run's own book, and book/ is left as it is."""
-    if dest.resolve() == ROOT.resolve() or ROOT.resolve().is_relative_to(dest.resolve()):
-        raise DLMAError(f"--book {dest}: give a folder of its own (it is replaced)")
+    check_book_dest(dest)
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)

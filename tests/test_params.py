@@ -95,6 +95,9 @@ def test_a_parameter_no_stage_takes_is_refused_with_the_nearest_name():
         parse(COMMANDS["generate"].types(), {"n_querys": 2, "out": "o"})
     with pytest.raises(DLMAError, match=r"notebook 01_generate: parameter 'max_new_tokens': expected an integer"):
         run_stage("01_generate", {"run_dir": "r", "max_new_tokens": "abc"})
+    with pytest.raises(DLMAError, match=r"notebook 03_preference_accuracy: parameter 'pref_max_lenght' is not one of "
+                                        r"its parameters \(did you mean 'pref_max_length'\?\)"):
+        run_stage("03_preference_accuracy", {"run_dir": "r", "pref_max_lenght": 100})  # papermill -p, misspelt
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (ROOT / "params").glob("*.yaml")))
@@ -139,12 +142,14 @@ def test_every_command_help_shows_each_option_and_its_help(capsys):
             main([name, "--help"])
         assert e.value.code == 0, name
         out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        assert "(default: None)" not in out, name  # a required --out said so
         for f in (f for t in command.types() for f in dataclasses.fields(t)):
             assert f"--{f.name.replace('_', '-')}" in out and " ".join(f.metadata["help"].split()) in out, \
                 (name, f.name)
     with pytest.raises(SystemExit) as e:
         main(["run", "--help"])
-    assert e.value.code == 0 and "--preset" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "--preset" in out and "(default: None)" not in out
 
 
 @pytest.mark.parametrize("name", [*COMMANDS, "run"])
@@ -163,6 +168,15 @@ def test_a_misspelt_option_is_one_line_with_the_nearest(name, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"dlma {name}: error:" in err and "did you mean" in err, err
+
+
+def test_an_unknown_command_is_one_line_with_the_nearest(capsys):
+    from dlma.cli import main
+
+    assert main(["pref-ac", "--run-dir", "x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "dlma: error: unknown command 'pref-ac' (did you mean 'pref-acc'?) (dlma --help lists the commands)"
+    assert main(["zzzz"]) == 2 and "did you mean" not in capsys.readouterr().err
 
 
 def test_the_cli_takes_both_spellings(tmp_path, capsys):

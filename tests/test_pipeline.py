@@ -197,3 +197,15 @@ def test_a_runs_book_shows_its_notebooks_and_leaves_the_published_book_alone(tmp
     assert {p.name: p.read_bytes() for p in (ROOT / "book" / "results").glob("*.ipynb")} == published
     with pytest.raises(DLMAError, match="give a folder of its own"):
         book_sources(run, ROOT)
+    assert book_sources(run, dest) == dest  # its own earlier book (built or not) is replaced
+    mine = tmp_path / "mine"
+    (mine / "book").mkdir(parents=True)
+    (mine / "notes.txt").write_text("keep")
+    for folder in (mine, ROOT / "book", mine / "notes.txt"):  # a folder of the user's, the book's sources, a file
+        with pytest.raises(DLMAError, match=r"--book .*(holds files a book's sources do not|is a file)"):
+            book_sources(run, folder)
+    assert (mine / "notes.txt").read_text() == "keep" and (ROOT / "book" / "results").is_dir()
+    from dlma.cli import main
+
+    assert main(["run", "--preset", "smoke", "--run-id", "never-made", "--book", str(mine)]) == 2  # before any stage
+    assert not (ROOT / "runs" / "never-made").exists()
