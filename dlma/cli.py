@@ -13,7 +13,7 @@ import io
 import sys
 
 from .commands import COMMANDS, load
-from .errors import DLMAError
+from .errors import DLMAError, did_you_mean
 
 RUN_HELP = "the whole pipeline: notebooks executed with papermill, then the book"
 
@@ -53,10 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         elif name in COMMANDS:
             run_stage_command(name, argv[1:])
         else:
-            import difflib
-
-            near = difflib.get_close_matches(name, [*COMMANDS, "run"], n=1)
-            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            hint = did_you_mean(name, [*COMMANDS, "run"])
             print(f"dlma: error: unknown command '{name}'{hint} (dlma --help lists the commands)", file=sys.stderr)
             return 2
     except DLMAError as e:

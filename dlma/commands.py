@@ -13,7 +13,7 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DLMAError
+from .errors import DLMAError, did_you_mean
 from .params import PATHS, PairsFile, argument_parser, fields_of, parse
 
 
@@ -122,13 +122,12 @@ def misspelt(stage: str, declared, values: dict) -> None:
     """papermill only warns of a parameter the notebook does not declare (`-p pref_max_lenght 100`), and the stage
     would run with the default: a plain value named within a letter or two of a parameter is refused instead.
     Other globals (a notebook's own variables, found when its cells are run again) are left alone."""
-    import difflib
-
     for key, value in values.items():
-        near = difflib.get_close_matches(key, declared, n=1, cutoff=0.8)
-        if key not in declared and not key.startswith("_") and isinstance(value, (str, int, float)) and near:
-            raise DLMAError(f"notebook {stage}: parameter '{key}' is not one of its parameters "
-                            f"(did you mean '{near[0]}'?)")
+        if key in declared or key.startswith("_") or not isinstance(value, (str, int, float)):
+            continue
+        hint = did_you_mean(key, declared, cutoff=0.8)
+        if hint:
+            raise DLMAError(f"notebook {stage}: parameter '{key}' is not one of its parameters{hint}")
 
 
 def run_stage(stage: str, values: dict):

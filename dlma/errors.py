@@ -9,6 +9,14 @@ class DLMAError(Exception):
         return super().__str__().replace("\r", "\\r").replace("\n", "\\n")
 
 
+def did_you_mean(word: str, names, quote: str = "'", cutoff: float = 0.6) -> str:
+    """` (did you mean 'x'?)` for the name of `names` nearest to a misspelt `word`; "" when none is near."""
+    import difflib
+
+    near = difflib.get_close_matches(word, list(names), n=1, cutoff=cutoff)
+    return f" (did you mean {quote}{near[0]}{quote}?)" if near else ""
+
+
 def where(file: object, line: int | None = None, field: str | None = None) -> str:
     """`file:line: field 'x'` prefix for error messages."""
     out = str(file)

@@ -231,14 +231,12 @@ def argument_parser(types: list[type], prog: str | None = None, description: str
 
     class OneLineParser(HfArgumentParser):
         def error(self, message: str):
-            import difflib
+            from .errors import did_you_mean
 
             hint = ""
             if message.startswith("unrecognized arguments:"):  # argparse's "did you mean" came in Python 3.12
                 options = [s for a in self._actions for s in a.option_strings]
-                word = message.split(":", 1)[1].split()[0].split("=")[0]
-                near = difflib.get_close_matches(word, options, n=1)
-                hint = f" (did you mean {near[0]}?)" if near else ""
+                hint = did_you_mean(message.split(":", 1)[1].split()[0].split("=")[0], options, quote="")
             self.exit(2, f"{self.prog}: error: {message}{hint} (see {self.prog} --help)\n")
 
         def parse(self, argv: list[str]) -> list:
@@ -286,9 +284,8 @@ def parse(types: list[type], values: dict, where=lambda key: f"parameter '{key}'
 def read_values(types: list[type], values: dict, where=lambda key: f"parameter '{key}'") -> dict:
     """`values` as the options of `types` read them (see `parse`)."""
     import argparse
-    import difflib
 
-    from .errors import DLMAError
+    from .errors import DLMAError, did_you_mean
 
     actions = {}
     for a in argument_parser(types)._actions:  # the first per name: a default-true flag's --no_x comes after
@@ -298,9 +295,7 @@ def read_values(types: list[type], values: dict, where=lambda key: f"parameter '
     for key, value in values.items():
         action = actions.get(key)
         if action is None:
-            near = difflib.get_close_matches(key, list(actions), n=1)
-            raise DLMAError(f"{where(key)}: unknown parameter '{key}'"
-                            + (f" (did you mean '{near[0]}'?)" if near else ""))
+            raise DLMAError(f"{where(key)}: unknown parameter '{key}'{did_you_mean(key, actions)}")
         field = next(f for t in types for f in dataclasses.fields(t) if f.name == key)
         if value is None and field.default is None:
             read[key] = None  # "all if not given"

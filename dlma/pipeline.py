@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import json
 import os
 import shlex
@@ -39,7 +38,7 @@ import yaml
 
 from .artifacts import atomic_write, check_out, read_json, write_json
 from .commands import COMMANDS, NOTEBOOKS, STAGES, notebook_fields, step_values
-from .errors import DLMAError
+from .errors import DLMAError, did_you_mean
 from .params import PATHS, fields_of, option_text, parse, read_values
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,9 +137,8 @@ def resolve_params(preset: str, overrides: list[str]) -> dict:
                         "(use --run-id)")
     unknown = sorted(set(params) - set(taken))
     if unknown:
-        near = difflib.get_close_matches(unknown[0], list(taken), n=1)
-        raise DLMAError(f"{where(unknown[0])}: unknown parameter '{unknown[0]}'"
-                        + (f" (did you mean '{near[0]}'?)" if near else " (see the parameter table: dlma run --help)"))
+        hint = did_you_mean(unknown[0], taken) or " (see the parameter table: dlma run --help)"
+        raise DLMAError(f"{where(unknown[0])}: unknown parameter '{unknown[0]}'{hint}")
     read = {}
     for stage in STAGES:  # each value read by the options of the stages that take it, and checked by their configs
         for step in NOTEBOOKS[stage]:
@@ -342,10 +340,11 @@ def check_book_dest(dest: Path) -> None:
     `jupyter-book build`) wrote there, so a folder of the user's is never removed."""
     if dest.resolve() == ROOT.resolve() or ROOT.resolve().is_relative_to(dest.resolve()):
         raise DLMAError(f"--book {dest}: give a folder of its own (it is replaced)")
-    if dest.exists() and not dest.is_dir():
+    if not dest.exists():
+        return
+    if not dest.is_dir():
         raise DLMAError(f"--book {dest}: is a file; give a new or empty folder (it is replaced)")
-    foreign = sorted(p.name for p in dest.iterdir() if p.name not in {*BOOK_SOURCES, "_build"}) \
-        if dest.is_dir() else []
+    foreign = sorted(p.name for p in dest.iterdir() if p.name not in {*BOOK_SOURCES, "_build"})
     if foreign:
         raise DLMAError(f"--book {dest}: holds files a book's sources do not ({', '.join(foreign[:3])}"
                         f"{', ...' if len(foreign) > 3 else ''}); give a new or empty folder (it is replaced)")
