@@ -197,7 +197,6 @@ def run_evaluate(model_cfg, cfg: EvalConfig, run) -> dict:
     generated_from, queries = cfg.query_sources(run_dir)
     used_pairs = {r["id"] for r in read_jsonl(run_dir / "03_preference_accuracy" / "predictions.jsonl")}
     prompts = unused_queries(queries, [r["id"] for r in read_jsonl(generated)], cfg.eval_n_prompts, generated_from)
-    pairs = unused_pairs(cfg.pref_source(), used_pairs, cfg.eval_n_pairs, cfg.label_field)
     heldout = [Example(str(r["id"]), r["turns"], r["o1"], r["o2"], source=f"{heldout_path}: id {r['id']!r}")
                for r in read_pairs(heldout_path)] if heldout_path.read_text(encoding="utf-8").strip() else []
     if not prompts:
@@ -208,8 +207,9 @@ def run_evaluate(model_cfg, cfg: EvalConfig, run) -> dict:
     folder = StageFolder(out, "evaluate", model_cfg)
     gen_cfg, pref_cfg = cfg.generate_config(), cfg.pref_config()
     too_long: list[str] = []  # pairs whose log-probabilities cannot be read within pref_max_length: left out
-    pairs, heldout = (readable_examples(e, ["implicit"], pref_cfg, folder.tokenizer(), source, too_long) if e else e
-                      for e, source in ((pairs, str(cfg.pref_data)), (heldout, str(heldout_path))))
+    pairs = evaluated_pairs(cfg, used_pairs, folder.tokenizer(), too_long)
+    if heldout:
+        heldout = readable_examples(heldout, ["implicit"], pref_cfg, folder.tokenizer(), str(heldout_path), too_long)
     reused = [e.id for e in pairs if e.id in used_pairs]
     folder.begin(asdict(cfg), {"adapter": adapter / "adapter_model.safetensors", "heldout": heldout_path,
                                "pref_data": cfg.pref_source(), "queries": queries}, run.force,
@@ -271,6 +271,17 @@ def unused_pairs(data, used_ids, n: int, label_field: str = "safer_response_id")
     used = set(map(str, used_ids))
     rows = load_examples(data, require="labelled", label_field=label_field, on_invalid="skip")
     return ([e for e in rows if e.id not in used] + [e for e in rows if e.id in used])[:n]
+
+
+def evaluated_pairs(cfg: EvalConfig, used_ids, tokenizer, too_long: list[str]) -> list[Example]:
+    """The human pairs stage 5 evaluates and stage 6 compares on: the first `eval_n_pairs` of `unused_pairs`,
+    less those whose log-probabilities cannot be read within `pref_max_length` (why, appended to `too_long`).
+    One function for both stages, so that they agree on the pairs."""
+    from .preference import readable_examples
+
+    pairs = unused_pairs(cfg.pref_source(), used_ids, cfg.eval_n_pairs, cfg.label_field)
+    return readable_examples(pairs, ["implicit"], cfg.pref_config(), tokenizer, str(cfg.pref_data), too_long) \
+        if pairs else pairs
 
 
 def summary(result: dict, run) -> str:

@@ -286,10 +286,10 @@ class Setting:
     rlhf_from_evaluated: bool = True  # the rlhf pairs come from the source of the evaluated pairs
 
 
-def read_setting(run_dir: Path, study: BaselineConfig) -> Setting:
+def read_setting(run_dir: Path, study: BaselineConfig, tokenizer) -> Setting:
     """Stage 6's inputs, checked: the shared budget is stage 4's, the evaluation stage 5's (read from what they
-    wrote, not given twice)."""
-    from .alignment import unused_pairs, unused_queries
+    wrote, not given twice). `tokenizer()` gives the model's tokenizer, to leave out what stage 5 left out."""
+    from .alignment import evaluated_pairs, unused_queries
     from .data import read_pairs
     from .train import TrainConfig
 
@@ -310,7 +310,7 @@ def read_setting(run_dir: Path, study: BaselineConfig) -> Setting:
                              cfg.eval_n_prompts, generated_from)
     stage5_rows, stage5_human = read_jsonl(stage5 / "responses.jsonl"), read_jsonl(stage5 / "human_pairs.jsonl")
     used = {r["id"] for r in read_jsonl(run_dir / "03_preference_accuracy" / "predictions.jsonl")}
-    pairs = {e.id: e for e in unused_pairs(cfg.pref_source(), used, cfg.eval_n_pairs, cfg.label_field)}
+    pairs = {e.id: e for e in evaluated_pairs(cfg, used, tokenizer(), [])}  # stage 5's: it noted those left out
     if [e.id for e in prompts] != [r["id"] for r in stage5_rows if r["model"] == "base"] or \
             list(pairs) != [r["id"] for r in stage5_human]:
         raise DLMAError(f"{stage5}: its prompts or human pairs are not the ones these parameters select; rerun stage 5")
@@ -330,11 +330,11 @@ def read_setting(run_dir: Path, study: BaselineConfig) -> Setting:
 
 
 def begin(model_cfg: ModelConfig, study: BaselineConfig, run) -> tuple[Setting, StageFolder]:
-    s = read_setting(Path(run.run_dir), study)
+    folder = StageFolder(Path(run.run_dir) / "06_baselines", "baselines", model_cfg)
+    s = read_setting(Path(run.run_dir), study, folder.tokenizer)
     # the base with stage 4's adapter (the `dlma` method), loaded once, when first needed
-    eval_cfg = ModelConfig(**{**model_cfg.to_dict(), "adapter": str(s.run_dir / "04_train_dlma" / "adapter"),
-                              "load_in_4bit": s.train_cfg.qlora})
-    folder = StageFolder(s.out, "baselines", eval_cfg)
+    folder.model_cfg = ModelConfig(**{**model_cfg.to_dict(), "adapter": str(s.run_dir / "04_train_dlma" / "adapter"),
+                                      "load_in_4bit": s.train_cfg.qlora})
     params = {**asdict(study), "train": asdict(s.train_cfg), "evaluate": asdict(s.cfg)}
     folder.begin(params, s.inputs, run.force, launched=True, outputs=("baselines.json",))
     return s, folder
