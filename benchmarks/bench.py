@@ -21,9 +21,10 @@ from dlma.logprobs import buckets, packed_inputs, packed_mask, pad, response_ids
 from dlma.models import ModelConfig, load_model
 from dlma.prompts import PAIRS, prompt_ids, render
 from dlma.score import contrast_prompts, self_reward_terms
+from dlma.selection import available as have_rows
 
 ROOT = Path(__file__).resolve().parents[1]
-HH = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test-dev512.jsonl"
+HH = ROOT / "params" / "data" / "hh-rlhf-harmless-base-test-dev512.rows.json"  # its rows: dlma.selection
 
 
 def stop_strings_sample(model, tok, prompts, max_new_tokens: int):
@@ -61,7 +62,7 @@ def main() -> None:
                  "cached safetensors", f"{warm:.2f} s", cold / warm))
 
     # 2. scoring: S over HH pairs, batch 1 (baseline) vs length-sorted batches of 8
-    source = str(HH) if HH.exists() else "sample:pairs"
+    source = str(HH) if have_rows(HH) else "sample:pairs"
     ex = load_examples(source, limit=args.pairs, on_invalid="skip")
     prompts = [prompt_ids(render(e.turns, PAIRS["harmless"], "pos"), tok) for e in ex for _ in (0, 1)]
     resp = [response_ids(o, tok) for e in ex for o in (e.chosen, e.rejected)]

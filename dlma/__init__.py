@@ -14,18 +14,23 @@
     folder     the run-folder helper every stage writes through; `commands` lists the stages
 """
 
+import os
+
 from .quiet import quiet_libraries
 
 __version__ = "0.1.0"
+# Whether HF_HUB_OFFLINE was set by `setup` (for the libraries in a notebook) rather than by the user: only the
+# user's setting stops a dataset's file from being downloaded (dlma.selection).
+OFFLINE_BY_SETUP = False
 quiet_libraries()  # before torch, bitsandbytes or transformers are imported by any module of the package
 
 
 def setup(seed: int = 0) -> None:
     """One line for notebooks: seeds, quiet logs, and a consistent plot style."""
-    import os
-
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    global OFFLINE_BY_SETUP
+    if "HF_HUB_OFFLINE" not in os.environ:
+        os.environ["HF_HUB_OFFLINE"], OFFLINE_BY_SETUP = "1", True
     import matplotlib.pyplot as plt
     from transformers import set_seed
 

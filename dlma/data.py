@@ -11,13 +11,14 @@ Accepted rows (format detected per row):
 - Query only: `prompt` (or `query`), a string or a message list.
 Any row may carry `id` and `pair` (the name of the prompt pair to generate it with).
 
-Sources (`Source`: a name as a user gives it, a split and a revision): a local .jsonl / .json / .parquet file
-(.xz, .gz or .bz2 compressed too), the name of a shipped sample (`sample:queries`, `sample:pairs`), a folder laid
-out as the hub lays out a dataset (data/train-00000-of-00001.parquet, harmless-base/test.jsonl.xz, or a README's
-`configs`: the files of a split are the ones `datasets` finds), or a hub dataset id, a folder of the repository
-after it (`PKU-Alignment/processed-hh-rlhf/harmless-base`, the released code's `data_dir`). A hub id is read
-offline: from the hub cache's snapshot of the revision (huggingface_hub's layout), else from datasets' cache of
-an earlier `load_dataset`. A file has no split and no revision.
+Sources (`Source`: a name as a user gives it, a split and a revision): a committed selection of a public
+dataset's rows (`*.rows.json`, `dlma.selection`: its rows from the dataset's source), a local .jsonl / .json /
+.parquet file (.xz, .gz or .bz2 compressed too), the name of a shipped sample (`sample:queries`,
+`sample:pairs`), a folder laid out as the hub lays out a dataset (data/train-00000-of-00001.parquet,
+harmless-base/test.jsonl.xz, or a README's `configs`: the files of a split are the ones `datasets` finds), or a
+hub dataset id, a folder of the repository after it (`PKU-Alignment/processed-hh-rlhf/harmless-base`, the
+released code's `data_dir`). A hub id is read offline: from the hub cache's snapshot of the revision
+(huggingface_hub's layout), else from datasets' cache of an earlier `load_dataset`. A file has no split and no revision.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import TypedDict
 
 from .errors import DLMAError, where
 from .prompts import PAIRS, RENDERINGS, get_pair
+from .selection import KEY, is_selection, selected_rows, selection_record
 
 SAMPLES = {"queries": "queries.jsonl", "pairs": "pairs.jsonl"}
 LABEL_FIELDS = ("safer_response_id", "better_response_id")
@@ -79,7 +81,7 @@ class Resolved:
     """Where a source's rows are: its data files (read in order), or a dataset of datasets' cache."""
 
     name: str  # for messages: the file, or "ID [split]"
-    kind: str  # file, folder, hub cache or datasets cache
+    kind: str  # selection, file, folder, hub cache or datasets cache
     files: list[Path]
     root: Path | None = None  # the files are recorded relative to it
     revision: str | None = None  # the commit read, for a hub id
@@ -126,6 +128,12 @@ def resolve(source) -> Resolved:
     local = sample_path(path_text.split(":", 1)[1]) if path_text.startswith("sample:") else Path(path_text)
     data_suffix = local.suffix in DATA_SUFFIXES or (local.suffix in COMPRESSED and
                                                     Path(local.stem).suffix in DATA_SUFFIXES)
+    if is_selection(path_text):  # a committed row list: its rows come from the dataset's source
+        if source.revision:
+            raise DLMAError(f"{path_text}: a selection file pins its own source ({opt}_revision is "
+                            f"{source.revision!r}): leave it empty")
+        found, _ = selected_rows(local)
+        return Resolved(str(found), "selection", [local])
     if local.exists() or data_suffix:
         if not local.exists():
             raise DLMAError(f"{local}: no such file")
@@ -234,6 +242,10 @@ def read_rows(source, split: str = "train", revision: str = "") -> tuple[str, li
     """(display name, [(line or row number, raw row)]) of a file, a sample, or one split of a hub-layout folder or
     hub dataset (its rows numbered from 1 across its files, in order)."""
     found = resolve(as_source(source, split, revision))
+    if found.kind == "selection":
+        read, rows = selected_rows(found.files[0])
+        copy = read.name.endswith(".jsonl")  # the selected rows themselves: numbered by line; else by test_index
+        return found.name, [(k + 1 if copy else row[KEY] + 1, row) for k, row in enumerate(rows)]
     if found.kind == "file":
         return found.name, _read_file(found.files[0])
     if found.dataset is not None:
@@ -260,6 +272,8 @@ def source_record(source) -> dict:
     """What params.json and manifest.json keep of a data input: a file's path and hash; of a folder or hub
     dataset, the split, the revision asked and the commit read, and each data file read with its hash."""
     source = as_source(source)
+    if is_selection(source.path):
+        return selection_record(source.path)
     found = resolve(source)
     if found.kind == "file":
         return {"path": source.path, "sha256": file_sha256(found.files[0])}

@@ -290,6 +290,21 @@ def four_bit(dtype: torch.dtype, fsdp: bool = False) -> dict:
     return {**settings, "bnb_4bit_quant_storage": dtype} if fsdp else settings
 
 
+def portable_4bit(model) -> int:
+    """Keep every 4-bit layer on the one CPU path that no processor feature changes; returns how many.
+
+    bitsandbytes gives each `Linear4bit` its own inference kernel on a CPU with AVX512-BF16 (read from the
+    processor at the layer's construction, not from ATEN_CPU_CAPABILITY): in eval mode it repacks the weights
+    and multiplies in bf16 (`gemv_4bit`). Elsewhere it dequantises NF4 to the compute dtype (exact: a table
+    lookup times the block's absmax) and multiplies with PyTorch. The two round differently, so answers sampled
+    from the 4-bit model would depend on the processor. Switched off, every CPU takes the second path (on a
+    GPU the flag is never read), and a run's sampled answers are the same on any CPU."""
+    layers = [m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
 def load_model(cfg: ModelConfig):
     """Return (model, tokenizer) in eval mode, on cfg.device, optionally 4-bit, optionally with an adapter."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -318,6 +333,8 @@ def load_model(cfg: ModelConfig):
         raise DLMAError(f"model '{cfg.model}': cannot be loaded ({type(e).__name__}: {first_line(e)})") from None
     if not cfg.load_in_4bit:
         model.to(device)
+    else:
+        portable_4bit(model)
     if cfg.adapter:
         from peft import PeftModel
 

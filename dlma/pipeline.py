@@ -3,7 +3,7 @@
 - `dlma run` works in a checkout of the repository (an editable install): it runs the notebooks in
   `notebooks/` and reads presets from `params/` beside the package, and writes under `runs/`.
 - Notebooks run with the repository root as working directory: relative paths in a preset (such as
-  `../shared/data/...`) are read from the root; relative paths given with `--set` are read from where the
+  `params/data/...`) are read from the root; relative paths given with `--set` are read from where the
   user stands. (nbval runs the notebooks in `notebooks/`, hence their `run_dir` default `../runs/nbval`.)
 - A preset (`params/<name>.yaml`) plus `--set key=value` overrides gives every notebook parameter. Each value
   is read by the type function of its CLI option (`dlma.params.parse`); a key that no stage takes, or a
@@ -148,6 +148,39 @@ def resolve_params(preset: str, overrides: list[str]) -> dict:
     return {k: read[k] for k in params}
 
 
+def data_sources(params: dict, stages: tuple[str, ...]) -> list:
+    """The datasets the stages will read (queries, their held-out split, human pairs, the rlhf baseline's)."""
+    from .data import Source
+
+    values: dict = {}
+    for stage in stages:
+        values.update({k: v for k, v in stage_params(stage, params, Path("runs/check")).items() if k not in values})
+    sources = []
+    if "queries" in values:
+        sources.append(Source(str(values["queries"]), values.get("queries_split", "train"),
+                              values.get("queries_revision", ""), "queries"))
+        if "eval_queries_split" in values:
+            sources.append(Source(str(values["queries"]), values["eval_queries_split"],
+                                  values.get("queries_revision", ""), "eval_queries"))
+    if "pref_data" in values:
+        sources.append(Source(str(values["pref_data"]), values.get("pref_split", "test"),
+                              values.get("pref_revision", ""), "pref"))
+    if values.get("rlhf_data"):
+        sources.append(Source(values["rlhf_data"], values.get("rlhf_split", "train"), values.get("rlhf_revision", ""),
+                              "rlhf"))
+    return sources
+
+
+def check_data(params: dict, stages: tuple[str, ...]) -> None:
+    """Every dataset the run reads is found (or fetched) before its first stage: a missing one is one error
+    now, not after the stages before the one that reads it have run for minutes."""
+    from .data import resolve
+
+    with contextlib.chdir(ROOT):  # a preset's paths are read from the repository root, as the notebooks do
+        for source in dict.fromkeys(data_sources(params, stages)):
+            resolve(source)
+
+
 def check_run_id(run_id: str | None) -> None:
     if run_id is not None and (not run_id.strip() or run_id in (".", "..") or "/" in run_id or "\\" in run_id):
         raise DLMAError(f"--run-id {run_id!r}: a name for a folder under runs/, not a path")
@@ -281,6 +314,7 @@ def run_pipeline(preset: str, overrides: list[str], run_id: str | None = None, p
             for launched, argv in stage_argvs(stage, stage_params(stage, params, run_dir), launcher_words):
                 print(shlex.join(argv) + ("" if launched else "  # on the main machine only"))
         return run_dir
+    check_data(params, stages)
     check_out(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     check_run_params(run_dir, params)

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 from tiny_llama import save_tiny_llama  # the tests' folder is on sys.path (pytest's prepend mode)
 
+from dlma.errors import DLMAError
 from dlma.models import DEFAULT_MODEL, ModelConfig, load_model
+from dlma.selection import selected_rows
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-HH_DEV = SHARED_DATA / "hh-rlhf-harmless-base-test-dev512.jsonl"
+# the default preset's 512 HH-RLHF rows: a committed row list, the rows from the dataset's source
+HH_DEV = Path(__file__).resolve().parents[1] / "params" / "data" / "hh-rlhf-harmless-base-test-dev512.rows.json"
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +30,10 @@ def tiny_model_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def hh_dev() -> Path:
-    if not HH_DEV.exists():
-        pytest.skip(f"{HH_DEV} not present (the shared development data)")
+    """The selection file, its rows on this machine (DLMA_DATA_DIR, or downloaded by `make data`); skipped, with
+    the loader's one line saying how to get them, where they are not."""
+    try:
+        selected_rows(HH_DEV)
+    except DLMAError as e:
+        pytest.skip(str(e))
     return HH_DEV

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from dlma.artifacts import sha256_file
 from dlma.data import Source, load_examples, source_record
 from dlma.errors import DLMAError
 from dlma.prompts import PAIRS
+from dlma.selection import selected_rows
 
 HH_1 = {"chosen": "\n\nHuman: Hi there\n\nAssistant: Hello! How can I help?",
         "rejected": "\n\nHuman: Hi there\n\nAssistant: Go away."}
@@ -147,9 +149,10 @@ def test_shared_dev_file_skips_two_bad_rows(hh_dev):
     examples = load_examples(hh_dev, require="labelled", on_invalid="skip", skipped=skipped)
     assert len(examples) == 510
     assert len(skipped) == 2
-    assert all(hh_dev.name in m and "field '" in m for m in skipped)
-    assert len({e.id for e in examples}) == 510
-    with pytest.raises(DLMAError, match=rf"{hh_dev.name}:\d+: field"):
+    read = selected_rows(hh_dev)[0].name  # the file the rows were read from: a local copy or the upstream file
+    assert all(read in m and "field '" in m for m in skipped)
+    assert len({e.id for e in examples}) == 510 and examples[0].id == "5"  # ids are the rows' test_index
+    with pytest.raises(DLMAError, match=rf"{re.escape(read)}:\d+: field"):
         load_examples(hh_dev, on_invalid="error")
 
 
