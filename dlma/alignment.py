@@ -1,4 +1,4 @@
-"""Alignment of the trained policy against its base (the cheap stand-ins for SPEC section 5's GPT-4
+"""Alignment of the trained policy against its base (the cheap stand-ins for the Method page, section 5's GPT-4
 win rate and Beaver-7B cost model, honest about being stand-ins):
 
 - responses to held-out queries from the base and from the DLMA adapter, same seed, plain prompt;

@@ -10,7 +10,8 @@ every other number at two decimals. The sampled tokens are the
 same under every instruction set of PyTorch's CPU kernels and with 1 or 2 threads (checked: the smoke run's
 pairs are byte-identical under ATEN_CPU_CAPABILITY=default and avx2), but float sums are not: a self-reward
 moves by up to 3e-5 between them, so a third decimal would flip now and then where a second almost never does.
-A value that rounds to zero is printed "0.00" whatever its sign. Timings, paths, hashes and versions are left
+A value that rounds to zero is printed "0.0", as an exact zero is, whatever its sign: a difference that is 0
+on one machine is 1e-9 on another. Timings, paths, hashes and versions are left
 out: they change from one machine or checkout to the next and say nothing about the method.
 """
 
@@ -27,12 +28,10 @@ VOLATILE = re.compile(r"^(inputs|out|run_dir|versions?|path)$|(_s|seconds|_time|
 
 
 def number(x: float) -> str:
-    if x == 0:
-        return "0.0"
-    if len(repr(x)) <= 8:  # a value someone typed (5e-05, 0.1) or an exact one (a count's share, 0.625)
+    if len(repr(x)) <= 8 and x != 0:  # a value someone typed (5e-05, 0.1) or an exact one (a count's share, 0.625)
         return repr(x)
     text = f"{x:.{DIGITS}f}"
-    return text.lstrip("-") if float(text) == 0 else text
+    return "0.0" if float(text) == 0 else text  # an exact zero and float noise around it print alike
 
 
 def flatten(value, prefix: str = "") -> list[str]:

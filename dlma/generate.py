@@ -1,4 +1,4 @@
-"""Contrastive generation (SPEC section 2): o1 ~ pi(. | p+, q) and o2 ~ pi(. | p-, q), one sample each.
+"""Contrastive generation (the Method page, section 2): o1 ~ pi(. | p+, q) and o2 ~ pi(. | p-, q), one sample each.
 
 Queries are cut into batches; each batch is seeded from (seed, batch index), generated p+ and p- side by
 side, left-padded, and appended to the output as soon as it is done. A rerun skips the batches already on

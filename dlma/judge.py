@@ -1,7 +1,7 @@
 """Pairwise judges: given a conversation and two responses A and B, which is better? "win" (A), "tie" or
 "lose" (A loses). The paper judges its trained models with GPT-4; offline, two local judges stand in.
 
-- `RlaifJudge`: the base model asked with the RLAIF prompt (SPEC section 5), in both orders. At 135M it
+- `RlaifJudge`: the base model asked with the RLAIF prompt (the Method page, section 5), in both orders. At 135M it
   mostly prefers the longer answer, so every win rate is also given length-controlled (below).
 - `ContrastJudge`: the base model's contrastive score R under a prompt pair (A as o1, B as o2): the
   difference of differences cancels what the two prompts share, length among it. Order-free.

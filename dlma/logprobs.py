@@ -150,7 +150,7 @@ def sequence_logprobs(
             s, e = offset + starts[i], offset + len(seqs[i])
             if e == s:
                 continue  # an empty response has S = 0
-            # float64 from the logits on: a float32 log-softmax is off by ~1e-5 per token (SPEC section 3)
+            # float64 from the logits on: a float32 log-softmax is off by ~1e-5 per token (the Method page, section 3)
             logp = torch.log_softmax(logits[row, s - 1 : e - 1].double(), dim=-1)
             target = ids[row, s:e].to(logp.device)
             out[i] = logp.gather(-1, target[:, None]).squeeze(-1).sum().item()

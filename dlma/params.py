@@ -52,7 +52,8 @@ HELP = {
                         "response leaves no room for that is left out and counted",
     # 3 preference accuracy
     "pref_data": "human-labelled pairs (rows of HH-RLHF, PKU-SafeRLHF, its processed HH or TRL): a file, folder or "
-                 "hub id, as queries",
+                 "hub id, as queries, or a committed row list of a public dataset (params/data/*.rows.json, its "
+                 "rows fetched from the source or read from DLMA_DATA_DIR)",
     "pref_split": "the split of pref_data read by stages 3, 3b and 5 (a file has none)",
     "pref_revision": "the hub revision of pref_data (commit, branch or tag; empty: main)",
     "pref_limit": "the first N valid pairs (all if not given)",

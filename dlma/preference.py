@@ -1,4 +1,4 @@
-"""Preference accuracy against human labels (SPEC section 5, the paper's first claim).
+"""Preference accuracy against human labels (the Method page, section 5, the paper's first claim).
 
 Each scorer gives every labelled pair a score; score > 0 predicts the human-chosen response. A score within
 `stats.TIE_TOLERANCE` of 0 (float rounding; beta times it for the implicit reward, `tie_tolerance`), or any score

@@ -1,4 +1,4 @@
-"""Contrastive prompt pairs (p+, p-) and how a query is rendered under them (SPEC section 1).
+"""Contrastive prompt pairs (p+, p-) and how a query is rendered under them (the Method page, section 1).
 
 Two renderings, recorded in every manifest:
 - `affix`: the paper's raw text, the query inserted at `{}`, BOS prepended, no system prompt.
@@ -208,7 +208,7 @@ def stop_strings(rendering: str) -> list[str]:
 
 def policy_prompt(turns: list[str], rendering: str = "affix", tokenizer=None) -> str:
     """The prompt DLMA trains and evaluates the policy on: the plain query, no contrastive instruction
-    (SPEC section 4), as text with the BOS token written out for `affix` so any tokenizer keeps it."""
+    (the Method page, section 4), as text with the BOS token written out for `affix` so any tokenizer keeps it."""
     text = render(turns, PAIRS["neutral"], "pos", rendering, tokenizer)
     if rendering == "affix" and tokenizer is not None and tokenizer.bos_token:
         text = tokenizer.bos_token + text

@@ -1,4 +1,4 @@
-"""The self-rewarding score (SPEC section 3).
+"""The self-rewarding score (the Method page, section 3).
 
 S(o | p, q) = sum over the response tokens of log pi(o_t | p(q), o_<t), summed (not length-normalised),
 no EOS, accumulated in float64. For a generated pair (o1 under p+, o2 under p-):

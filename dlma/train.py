@@ -1,4 +1,4 @@
-"""Stage 4 (SPEC section 4): the QLoRA driver. The hold-out split of the scored pairs, then DLMA training of
+"""Stage 4 (the Method page, section 4): the QLoRA driver. The hold-out split of the scored pairs, then DLMA training of
 LoRA adapters on a 4-bit NF4 base with `dlma.trainer.DLMATrainer` (TRL's DPO with the clamped R as a per-pair
 margin), the reference being the same model with the adapter disabled (no second copy in memory). The
 released code is a full fine-tune; `TrainConfig` says what carries over.
@@ -290,7 +290,7 @@ def _read_events(folder: Path) -> dict[str, bytes]:
 
 
 def split_holdout(rows: list[dict], fraction: float = 0.05, seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """Shuffle and hold out a fraction of pairs for evaluation (SPEC section 2): (train, held out)."""
+    """Shuffle and hold out a fraction of pairs for evaluation (the Method page, section 2): (train, held out)."""
     rows = list(rows)
     random.Random(seed).shuffle(rows)
     k = max(1, round(len(rows) * fraction)) if fraction > 0 else 0

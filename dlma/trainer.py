@@ -1,4 +1,4 @@
-"""DLMA's loss and trainer (SPEC section 4): TRL's DPO with the self-rewarding score as a per-pair margin.
+"""DLMA's loss and trainer (the Method page, section 4): TRL's DPO with the self-rewarding score as a per-pair margin.
 
 Liu et al. (ACL 2024, arXiv 2402.11907) train the unprompted policy on its own contrastive pairs
 (o1 from p+, o2 from p-) with
@@ -6,7 +6,7 @@ Liu et al. (ACL 2024, arXiv 2402.11907) train the unprompted policy on its own c
     L = -log sigmoid( beta * [ (log pi(o1|q) - log pi(o2|q)) - (log ref(o1|q) - log ref(o2|q))
                                - gamma * clamp(R, L, U) ] )
 
-where R is the self-rewarding score of SPEC section 3. A pair the model itself judges clearly in favour of
+where R is the self-rewarding score of the Method page, section 3. A pair the model itself judges clearly in favour of
 o1 (large R) must be separated by a larger implicit-reward margin before its loss flattens out; gamma = 0
 is plain DPO on the prompt-labelled pairs (RLCD).
 
@@ -182,7 +182,8 @@ class DLMATrainer(DPOTrainer):
             datasets["eval"] = self.eval_dataset
         for name, dataset in datasets.items():
             if "self_reward" not in (dataset.column_names or []):
-                raise ValueError(f"the {name} dataset has no 'self_reward' column (R of SPEC section 3, one per pair)")
+                raise ValueError(f"the {name} dataset has no 'self_reward' column (R of the Method page, section 3, "
+                                 "one per pair)")
         # After TRL has built its collator (and, if asked, precomputed the reference log-probs with it).
         self.data_collator = _WithSelfReward(self.data_collator)
         self.step0_guard: dict | None = None  # filled at the first training step

@@ -70,7 +70,8 @@ def test_the_test_workflow_runs_make_test():
     assert {"push", "pull_request"} <= set(wf["on"])
     assert wf["concurrency"]["cancel-in-progress"] is True
     (job,) = wf["jobs"].values()
-    assert job["runs-on"] == "ubuntu-latest"
+    assert job["runs-on"] == "${{ matrix.os }}"  # x86-64 and ARM: the checked results hold on either
+    assert job["strategy"]["matrix"]["os"] == ["ubuntu-latest", "ubuntu-24.04-arm"]
     assert job["timeout-minutes"] == 90
     assert uses(wf, "actions/checkout") and uses(wf, "actions/setup-python")
     assert str(uses(wf, "actions/setup-python")[0]["with"]["python-version"]) == "3.11"
