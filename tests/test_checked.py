@@ -78,8 +78,10 @@ def copy_notebooks(dest: Path, stages, **parameters) -> Path:
 
 
 # Another machine's kernels round float32 sums otherwise (vector width, threads): simulated in the notebooks'
-# kernels by a relative noise of 1e-6 on every linear layer's output (4-bit and LoRA layers included), drawn from
-# a generator of its own so the sampling's random stream is untouched. Each kernel notes once that it perturbed.
+# kernels by a relative noise of 1e-7 (float32's epsilon) on every linear layer's output (4-bit and LoRA layers
+# included), drawn from a generator of its own so the sampling's random stream is untouched. On 8 sample pairs it
+# moves R by up to 8.6e-5 (2026-12-01), about three times what PyTorch's AVX2 and plain kernels differ by (3e-5,
+# dlma/checked.py). Each kernel notes once that it perturbed.
 NOISE = """
 import os, torch
 _g, _seen = torch.Generator().manual_seed(1234), []
@@ -90,7 +92,7 @@ def _perturb(module, args, output):
             with open(os.environ["DLMA_TEST_MARKS"], "a") as f:
                 f.write(f"{os.getpid()}\\n")
         with torch.no_grad():
-            noise = output.detach() * 1e-6 * torch.randn(output.shape, generator=_g, dtype=output.dtype)
+            noise = output.detach() * 1e-7 * torch.randn(output.shape, generator=_g, dtype=output.dtype)
         return output + noise
 torch.nn.modules.module.register_module_forward_hook(_perturb)
 """
@@ -117,7 +119,7 @@ def kernel_startup(dest: Path, code: str) -> dict:
 @pytest.mark.slow
 def test_the_stored_results_hold_under_another_kernels_rounding(tmp_path):
     """The checked outputs of the stages up to stage 5 (its answers sampled from the 4-bit model, on the portable
-    path of models.portable_4bit) hold under float32 noise on every layer, PyTorch's plain C++ kernels and 1
+    path of models.portable_4bit) hold under float32 rounding noise on every layer, PyTorch's plain C++ kernels and 1
     thread: what another CPU changes."""
     stages = STAGES[:3] + ("04_train_dlma", "05_evaluate_alignment")
     folder = copy_notebooks(tmp_path, stages)
