@@ -33,6 +33,16 @@ def side_by_side(rows: list[dict], k: int = 5, width: int = 300) -> pd.DataFrame
                           "o2 under p-": r["o2"][:width]} for r in rows[:k]])
 
 
+def show(name: str, fig, path) -> None:
+    """A figure saved beside the stage's results and glued for the book, shown once: `glue` displays it, and
+    closing it keeps the inline backend from showing it a second time at the end of the cell."""
+    from myst_nb import glue
+
+    fig.savefig(path, bbox_inches="tight")
+    glue(name, fig)
+    plt.close(fig)
+
+
 def plot_r_distribution(rows: list[dict]):
     r = np.array([x["self_reward"] for x in rows], dtype=float)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
