@@ -770,6 +770,55 @@ def _by_length(metrics: dict, scorer: str) -> dict[str, dict]:
     return {g["group"]: g for g in metrics["splits"]["length"][scorer]}
 
 
+def _paired(metrics: dict, a: str, b: str) -> dict | None:
+    """The paired comparison of judges a and b as `a - b`, whichever order stage 3 ran them in."""
+    for p in metrics["paired"]:
+        if (p["a"], p["b"]) == (a, b):
+            return p
+        if (p["a"], p["b"]) == (b, a):
+            lo, hi = p["ci95"]
+            return {**p, "a": a, "b": b, "difference": -p["difference"], "ci95": [-hi, -lo],
+                    "a_only": p["b_only"], "b_only": p["a_only"]}
+    return None
+
+
+def _beyond_length(p: dict, A: str, B: str, alpha: float) -> str:
+    """Claim 1's verdict, led by the length-balanced comparison, then what the raw one adds."""
+    raw_apart, bal_apart = p["mcnemar_p"] < alpha, p["stratified_p"] < alpha
+    raw_better = A if p["difference"] > 0 else B
+    bal_better = A if p["balanced_difference"] > 0 else B
+    raw_p, bal_p = _p(p["mcnemar_p"]), _p(p["stratified_p"])
+    if bal_apart:
+        holds = "claim 1 holds beyond length in this run" if bal_better == A else \
+            "this run goes against claim 1 beyond length"
+        lead = (f"Beyond length (each length stratum weighed equally), {bal_better} judges better than "
+                f"{B if bal_better == A else A} ({bal_p}): {holds}.")
+    else:
+        lead = (f"Beyond length (each length stratum weighed equally), {A} and {B} are not told apart ({bal_p}): "
+                "this run neither supports nor refutes claim 1.")
+    if not raw_apart:
+        return lead + f" Nor are they on the raw pairs ({raw_p})."
+    if bal_apart and raw_better == bal_better:
+        return lead + f" The raw pairs agree ({raw_better} ahead, {raw_p})."
+    return (lead + f" On the raw pairs {raw_better} is ahead ({raw_p}), a difference in the two judges' "
+            "preferences for length rather than in judging.")
+
+
+def _floors(metrics: dict, a: str, alpha: float) -> str:
+    """Where judge `a` stands against the floors any judge of these pairs must beat: chance, and the one-line
+    judges that need no model of preference (`length`: the shorter response; `loglik`: the likelier one)."""
+    acc = metrics["accuracy"]
+    lo, hi = acc[a]["ci95"]
+    parts = ["above chance" if lo > 0.5 else "below chance" if hi < 0.5 else "not distinguishable from chance"]
+    for floor in ("length", "loglik"):
+        p = _paired(metrics, a, floor) if floor in acc and floor != a else None
+        if p is not None:
+            rel = ("below" if p["difference"] < 0 else "above") if p["mcnemar_p"] < alpha else "not told apart from"
+            parts.append(f"{rel} {_name(floor)} ({fmt_acc(acc[floor])}, McNemar {_p(p['mcnemar_p'])})")
+    return (f"Against the floors any judge of these pairs must beat, {_name(a)} ({fmt_acc(acc[a])} on the raw "
+            f"pairs) is {_join(parts)}.")
+
+
 def _chance(m: dict) -> str:
     lo, hi = m["balanced_ci95"]
     return ("above chance (its interval lies above 0.5)" if lo > 0.5 else
@@ -825,29 +874,7 @@ def claim1_reading(metrics: dict, a: str = "dlma", b: str = "rlaif", alpha: floa
                 f"only {A} gets right, {shorter['b_only']} only {B}) and {_p(longer['mcnemar_p'])} where it is "
                 f"the longer ({longer['a_only']} to {longer['b_only']}).")
 
-    raw_apart, bal_apart = p["mcnemar_p"] < alpha, p["stratified_p"] < alpha
-    raw_better = A if p["difference"] > 0 else B
-    bal_better = A if p["balanced_difference"] > 0 else B
-    holds = "in this run claim 1 holds beyond length" if bal_better == A else \
-        "this run goes against claim 1 once length is balanced"
-    raw_p, bal_p = _p(p["mcnemar_p"]), _p(p["stratified_p"])
-    if raw_apart and bal_apart and raw_better == bal_better:
-        verdict = (f"{_name(a if bal_better == A else b, True)} judges better than "
-                   f"{B if bal_better == A else A} on the raw pairs ({raw_p}) and once length is balanced "
-                   f"({bal_p}): {holds}.")
-    elif raw_apart and bal_apart:
-        verdict = (f"On the raw pairs {raw_better} judges better ({raw_p}), but once length is balanced "
-                   f"{bal_better} does ({bal_p}): the raw result is the judges' preference for length, and {holds}.")
-    elif raw_apart:
-        verdict = (f"On the raw pairs {raw_better} judges better ({raw_p}), but not once length is balanced "
-                   f"({bal_p}): the raw difference cannot be told apart from the judges' different preferences "
-                   "for length, and this run neither supports nor refutes claim 1 beyond length.")
-    elif bal_apart:
-        verdict = (f"Length hides a difference: the raw comparison does not separate the judges ({raw_p}), but once "
-                   f"length is balanced {bal_better} judges better ({bal_p}): {holds}.")
-    else:
-        verdict = (f"Neither the raw comparison ({raw_p}) nor the length-balanced one ({bal_p}) separates the two "
-                   "judges: this run neither supports nor refutes claim 1.")
+    verdict = " ".join([_beyond_length(p, A, B, alpha), _floors(metrics, a, alpha)]).strip()
     if _chance(acc[a]) == _chance(acc[b]):
         both = _chance(acc[a]).replace("its interval", "each interval")
         chance = f"Once length is balanced, {A} and {B} are both {both}."

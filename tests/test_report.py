@@ -118,10 +118,13 @@ def test_claim1_reading_when_the_raw_difference_is_length():
         "self-rewarding score is right on 55.0% of the first and 41.0% of the second; the length judge is right on "
         "100.0% of the first and 0.0% of the second")
     assert "RLAIF 0.465 [" in read["claim1_balanced"] and "the difference is +0.016 [" in read["claim1_balanced"]
-    assert read["claim1_verdict"] == (
-        "On the raw pairs the self-rewarding score judges better (p = 0.005), but not once length is balanced "
-        "(p = 0.364): the raw difference cannot be told apart from the judges' different preferences for length, "
-        "and this run neither supports nor refutes claim 1 beyond length.")
+    assert read["claim1_verdict"] == (  # led by what holds beyond length, then the raw result, then the floors
+        "Beyond length (each length stratum weighed equally), the self-rewarding score and RLAIF are not told apart "
+        "(p = 0.364): this run neither supports nor refutes claim 1. On the raw pairs the self-rewarding score is "
+        "ahead (p = 0.005), a difference in the two judges' preferences for length rather than in judging. Against "
+        "the floors any judge of these pairs must beat, the self-rewarding score (0.488 [0.460, 0.516] on the raw "
+        "pairs) is not distinguishable from chance and below the length judge (0.553 [0.526, 0.578], McNemar "
+        "p < 0.001).")
     assert read["claim1_chance"] == ("Once length is balanced, the self-rewarding score is indistinguishable from "
                                      "chance (its interval contains 0.5) and RLAIF is below chance (its interval lies "
                                      "below 0.5).")
@@ -129,14 +132,18 @@ def test_claim1_reading_when_the_raw_difference_is_length():
 
 def test_claim1_reading_chooses_its_words_by_the_outcome():
     better = report.claim1_reading(_stage3(dlma=(0.75, 0.70)))  # better in both strata
-    assert better["claim1_verdict"].startswith("The self-rewarding score judges better than RLAIF on the raw pairs")
-    assert better["claim1_verdict"].endswith("in this run claim 1 holds beyond length.")
+    assert better["claim1_verdict"].startswith("Beyond length (each length stratum weighed equally), the "
+                                               "self-rewarding score judges better than RLAIF (p < 0.001): claim 1 "
+                                               "holds beyond length in this run. The raw pairs agree")
+    assert better["claim1_verdict"].endswith("is above chance and above the length judge (0.553 [0.526, 0.578], "
+                                             "McNemar p < 0.001).")
     assert better["claim1_chance"] == ("Once length is balanced, the self-rewarding score is above chance (its "
                                        "interval lies above 0.5) and RLAIF is below chance (its interval lies below "
                                        "0.5).")
     same = report.claim1_reading(_stage3(dlma=(0.5, 0.5), rlaif=(0.5, 0.5)))
-    assert same["claim1_verdict"].startswith("Neither the raw comparison (p = ")
-    assert same["claim1_verdict"].endswith("separates the two judges: this run neither supports nor refutes claim 1.")
+    assert "are not told apart (p = 1.000): this run neither supports nor refutes claim 1. Nor are they on the raw " \
+           "pairs (p = 1.000)." in same["claim1_verdict"]
+    assert "is not distinguishable from chance and below the length judge" in same["claim1_verdict"]
     one_sided = report.claim1_reading(_stage3(n=(0, 40, 2)))  # 'sample:pairs': the longer always chosen
     assert one_sided["claim1_balanced"] == ("The length-balanced figures are undefined in this run (no pair in one of "
                                             "the length strata).")
