@@ -158,8 +158,10 @@ def plot_splits(metrics: dict, calibration: dict):
         acc = np.array([b["accuracy"] for b in bins])
         axes[2].errorbar([b["bin"] for b in bins], acc, capsize=3, marker="o", label=s,
                          yerr=[acc - [b["ci95"][0] for b in bins], [b["ci95"][1] for b in bins] - acc])
+    deciles = calibration[scorers[0]]  # every scorer's deciles hold as many pairs (ties aside)
+    axes[2].set_xticks([b["bin"] for b in deciles], [f"{b['bin']}\n(n={b['n']})" for b in deciles], fontsize=7)
     axes[2].axhline(0.5, color="black", lw=1, ls="--")
-    axes[2].set(ylim=(0, 1), xlabel="|score| decile (1 = least confident)", title="by confidence")
+    axes[2].set(ylim=(0, 1), ylabel="accuracy", xlabel="|score| decile (1 = least confident)", title="by confidence")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -196,15 +198,25 @@ def train_summary(summary: dict) -> pd.Series:
     return pd.Series({k: v for k, v in summary.items() if k not in TIMING_KEYS})
 
 
-def plot_train_curves(log: list[dict]):
+TRAIN_PANELS = {  # TRL's logged key: (panel title, y-axis label)
+    "loss": ("DLMA loss", "loss (mean over the step's pairs)"),
+    "rewards/margins": ("implicit reward margin", "beta x log-ratio, chosen - rejected"),
+    "rewards/accuracies": ("implicit reward accuracy", "share of pairs, chosen > rejected"),
+}
+
+
+def plot_train_curves(log: list[dict], step0_loss: float | None = None):
+    """The logged training curves; `step0_loss`, the loss expected at step 0 (step0_guard.json's `expected`:
+    ln 2 only where gamma = 0, the margin shifts it), drawn on the loss panel."""
     df = pd.DataFrame(log)
-    cols = [c for c in ("loss", "rewards/margins", "rewards/accuracies") if c in df]
+    cols = [c for c in TRAIN_PANELS if c in df]
     fig, axes = plt.subplots(1, len(cols), figsize=(4 * len(cols), 3.4))
     for ax, c in zip(np.atleast_1d(axes), cols, strict=True):
         ax.plot(df["step"], df[c], marker="o")
-        ax.set(title=c, xlabel="step")
-        if c == "loss":
-            ax.axhline(np.log(2), color="black", lw=1, ls="--", label="ln 2")
+        title, ylabel = TRAIN_PANELS[c]
+        ax.set(title=title, xlabel="optimizer step", ylabel=ylabel)
+        if c == "loss" and step0_loss is not None:
+            ax.axhline(step0_loss, color="black", lw=1, ls="--", label=f"step-0 loss {step0_loss:.4f}")
             ax.legend()
     fig.tight_layout()
     return fig
@@ -226,15 +238,20 @@ def responses_side_by_side(responses: list[dict]) -> pd.DataFrame:
 
 
 def plot_alignment(responses: list[dict]):
+    from matplotlib.ticker import MaxNLocator
+
     df = pd.DataFrame(responses)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for name, color in (("base", "tab:gray"), ("dlma", "tab:green")):
-        part = df[df["model"] == name]
-        axes[0].hist(part["contrastive_score"], bins=15, alpha=0.6, color=color, label=name)
-        axes[1].hist(np.log(part["perplexity"]), bins=15, alpha=0.6, color=color, label=name)
+    for k, values in enumerate((df["contrastive_score"], np.log(df["perplexity"]))):
+        edges = np.histogram_bin_edges(values, bins=15)  # one set of bins for both models: bars comparable
+        for name, color in (("base", "tab:gray"), ("dlma", "tab:green")):
+            part = values[df["model"] == name]
+            axes[k].hist(part, bins=edges, alpha=0.6, color=color, label=f"{name} (n={len(part)})")
     axes[0].set(title="Base model's contrastive score C(o)", xlabel="S(o|p+) - S(o|p-)")
     axes[1].set(title="log perplexity under the base", xlabel="log ppl")
     for ax in axes:
+        ax.set_ylabel("answers")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: whole numbers
         ax.legend()
     fig.tight_layout()
     return fig
@@ -256,11 +273,15 @@ def plot_study(study: dict):
     err = [acc - [sel[n]["ci95"][0] for n in names], [sel[n]["ci95"][1] for n in names] - acc]
     colours = ["tab:green" if n == study["selected"] else "tab:blue" if n == study["reference"] else "tab:gray"
                for n in names]
+    from matplotlib.patches import Patch
+
     fig, ax = plt.subplots(figsize=(7, 0.32 * len(names) + 1.2))
     ax.barh(names, acc, xerr=err, capsize=3, color=colours)
     ax.axvline(0.5, color="black", lw=1, ls="--")
     ax.set(xlim=(0.3, 0.7), xlabel=f"accuracy on the selection slice (n={study['split']['n_select']}, 95% CI)",
-           title="Prompt-pair study: blue = the paper's pair, green = selected")
+           title="Prompt-pair study: each candidate on the selection slice")
+    ax.legend(handles=[Patch(color="tab:blue", label="the paper's pair"), Patch(color="tab:green", label="selected"),
+                       Patch(color="tab:gray", label="other candidates")], fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
 
@@ -368,7 +389,7 @@ def plot_win_tie_lose(result: dict):
     """Win / tie / lose bars per method, one panel per (judge, opponent), as the paper's Figure 3."""
     panels = [(j, o) for o in ("base", "dlma") for j in ("rlaif", "contrast", "http")
               if any(f"{j}_vs_{o}" in e for e in result.values())]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.45 * len(result) + 1.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 0.45 * len(result) + 1.4), squeeze=False)
     for ax, (judge, opponent) in zip(axes[0], panels, strict=True):
         names = [m for m, e in result.items() if f"{judge}_vs_{opponent}" in e][::-1]
         left = np.zeros(len(names))
@@ -378,8 +399,14 @@ def plot_win_tie_lose(result: dict):
                                for m in names])
             ax.barh(names, share, left=left, color=color, label=verdict)
             left += share
+        for y, m in enumerate(names):  # the counts and the win rate's interval (ties count half), at the right
+            v = result[m][f"{judge}_vs_{opponent}"]
+            lo, hi = v["win_rate"]["ci95"]
+            ax.text(1.02, y, f"{v['win']}/{v['tie']}/{v['lose']}  {v['win_rate']['value']:.2f} [{lo:.2f}, {hi:.2f}]",
+                    va="center", fontsize=7, transform=ax.get_yaxis_transform())
         ax.axvline(0.5, color="black", lw=0.6, ls=":")
-        ax.set(title=f"{judge} judge, against {opponent}", xlim=(0, 1), xlabel="share of prompts")
+        ax.set(title=f"{judge} judge, against {opponent}", xlim=(0, 1),
+               xlabel="share of prompts (right: win/tie/lose, win rate [95% CI])")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.legend(handles, labels, loc="upper center", ncol=3, frameon=False)  # above the panels, on no bar

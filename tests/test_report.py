@@ -3,6 +3,8 @@ no logic of its own."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from dlma import report
 
 
@@ -352,3 +354,31 @@ def test_reading_of_a_summarized_stage6():
     assert read["baselines_rlaif_consistency"] == "50%"
     assert read["baselines_claim2"].endswith("with 8 training pairs and 8 prompts, no method is distinguishable from "
                                              "another by a base-model judge.")
+
+
+def test_figures_carry_their_labels_counts_and_the_right_reference():
+    """What a reader needs on the figure itself: the step-0 loss the run expects (ln 2 only at gamma = 0), axis
+    labels rather than TRL's keys, n per confidence decile, whole-number counts, a colour key in a legend."""
+    log = [{"step": s, "loss": 0.78 - 0.01 * s, "rewards/margins": 0.01 * s, "rewards/accuracies": 0.5} for s in (1, 2)]
+    fig = report.plot_train_curves(log, 0.7838)
+    loss_ax = fig.axes[0]
+    assert loss_ax.get_title() == "DLMA loss" and loss_ax.get_ylabel() and loss_ax.get_xlabel() == "optimizer step"
+    assert [line.get_ydata()[0] for line in loss_ax.lines[1:]] == [0.7838]  # the reference is the run's step-0 loss
+    assert "rewards/" not in " ".join(ax.get_title() for ax in fig.axes)
+    metrics = _stage3(n=(60, 40, 0))
+    from dlma.preference import accuracy_by_confidence
+
+    calibration = {s: accuracy_by_confidence(np.random.default_rng(0).normal(size=100)) for s in metrics["accuracy"]}
+    fig = report.plot_splits(metrics, calibration)
+    assert [t.get_text() for t in fig.axes[2].get_xticklabels()][0] == "1\n(n=10)"
+    responses = [{"model": m, "contrastive_score": c, "perplexity": p} for m in ("base", "dlma")
+                 for c, p in ((0.1, 10.0), (-0.3, 12.0), (0.5, 9.0))]
+    fig = report.plot_alignment(responses)
+    assert all(ax.get_ylabel() == "answers" for ax in fig.axes)
+    assert all(float(t).is_integer() for ax in fig.axes for t in ax.get_yticks())
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["base (n=3)", "dlma (n=3)"]
+    study = {"selection": {"harmless": {"accuracy": 0.5, "ci95": [0.4, 0.6]}, "hhh": {"accuracy": 0.55,
+                                                                                     "ci95": [0.45, 0.65]}},
+             "selected": "hhh", "reference": "harmless", "split": {"n_select": 40}}
+    legend = report.plot_study(study).axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["the paper's pair", "selected", "other candidates"]
