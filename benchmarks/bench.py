@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from dlma.artifacts import machine
 from dlma.data import load_examples
 from dlma.generate import GenerateConfig, sample
 from dlma.logprobs import buckets, packed_inputs, packed_mask, pad, response_ids, sequence_logprobs
@@ -137,11 +137,12 @@ def main() -> None:
                  "static (`static_cache`)", f"{n_st / t_st2:.0f} new tok/s on a second call, {n_st / t_st1:.0f} "
                  f"on the first (same kept tokens: {st == dyn})", t_dyn / t_st2 * n_st / n_dyn))
 
+    cpu = machine()
     lines = [
         "# Performance",
         "",
         "Measured by `python benchmarks/bench.py` on "
-        f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"{cpu['arch']} ({cpu['processor']}), {cpu['cores']} CPU cores, torch {torch.__version__}, "
         f"{time.strftime('%Y-%m-%d')}. Each figure is set against a baseline measured in the same run; "
         "the ratio is what to read (the machines are shared and noisy).",
         "",

@@ -296,6 +296,23 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def machine() -> dict:
+    """The processor a result was computed on: its architecture, model name, cores, and whether it has
+    AVX512-BF16 (the instruction set that would move 4-bit sampling, were models.portable_4bit not applied)."""
+    model, flags = "", ""
+    try:  # Linux names the model here; platform.processor() often gives the architecture again
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            if key.strip() in ("flags", "Features") and not flags:
+                flags = value
+    except OSError:  # not Linux
+        pass
+    return {"arch": platform.machine(), "processor": model or platform.processor() or "unknown",
+            "cores": os.cpu_count(), "avx512_bf16": "avx512_bf16" in flags.split()}
+
+
 def git_commit() -> str | None:
     try:
         here = Path(__file__).resolve().parent
@@ -317,6 +334,7 @@ def write_manifest(out_dir: str | Path, stage: str, params: dict, started: float
         "stage": stage,
         "params": params,
         "versions": package_versions(),
+        "machine": machine(),
         "git_commit": git_commit(),
         "argv": sys.argv,
         "wall_time_s": round(time.time() - started, 2),

@@ -104,6 +104,9 @@ def test_write_manifest_lists_file_hashes(tmp_path):
     }
     assert m["stage"] == "generate" and m["params"] == {"seed": 3} and m["extra_field"] == 7
     assert {"python", "torch", "transformers", "dlma"} <= set(m["versions"])
+    # the processor: 4-bit results depended on it before models.portable_4bit, and its speed always does
+    assert m["machine"]["arch"] and m["machine"]["processor"] not in ("", "unknown") and m["machine"]["cores"] >= 1
+    assert isinstance(m["machine"]["avx512_bf16"], bool)
     assert m["wall_time_s"] > 0 and m["finished_at"].endswith("Z")
     # a rewrite does not hash the manifest itself
     write_manifest(tmp_path, "generate", {"seed": 3}, started=0.0)
