@@ -748,9 +748,37 @@ def training_reading(result: dict) -> str:
     return text
 
 
+def budget_reading(result: dict) -> str:
+    """What this run's budget could separate at all: the methods right and wrong on exactly the human pairs
+    DLMA is (no implicit-reward comparison with DLMA can differ), and how many prompts each judge tied."""
+    same = [m for m, e in result.items()
+            if "implicit_vs_dlma" in e and e["implicit_vs_dlma"]["a_only"] == 0 == e["implicit_vs_dlma"]["b_only"]]
+    parts = []
+    if same:
+        n = result[same[0]]["implicit_vs_dlma"]["n"]
+        parts.append(f"{_join(same)} {'is' if len(same) == 1 else 'are'} right and wrong on exactly the {n} human "
+                     "pairs DLMA is, so no implicit-reward comparison of them with DLMA could differ")
+    for judge in ("rlaif", "contrast", "http"):
+        ties = [(v["tie"], v["win"] + v["tie"] + v["lose"]) for e in result.values()
+                for v in [e.get(f"{judge}_vs_base")] if v]
+        if ties and max(t for t, _ in ties) >= 0.5 * ties[0][1]:
+            lo, hi = min(t for t, _ in ties), max(t for t, _ in ties)
+            name = {"rlaif": "RLAIF", "http": "HTTP"}.get(judge, judge)
+            parts.append(f"the {name} judge ties {_range(str(lo), str(hi))} of the {ties[0][1]} prompts against the "
+                         "base model, leaving few verdicts for a sign test")
+    if not parts:
+        return ""
+    return ("At this budget " + "; ".join(parts) + ": a difference not found here is no evidence against one "
+            "at the paper's scale.")
+
+
 def claim2_reading(result: dict, alpha: float = ALPHA) -> str:
     """The conclusion on the paper's claim 2 that this run supports, chosen by whether any comparison
-    separates after Holm's correction and by which judges."""
+    separates after Holm's correction and by which judges, then what the budget could separate."""
+    return " ".join(filter(None, (_claim2_verdict(result, alpha), budget_reading(result))))
+
+
+def _claim2_verdict(result: dict, alpha: float) -> str:
     comps = baseline_comparisons(result)
     holm = [c for c, r in zip(comps, holm_rejected([c["sign_test_p"] for c in comps], alpha), strict=True) if r]
     budget = (result.get("dlma") or {}).get("training") or {}
