@@ -260,7 +260,23 @@ def argument_parser(types: list[type], prog: str | None = None, description: str
     for action in parser._actions:  # argparse reads help as a %-format string: a literal % must be doubled
         if action.help and action.help is not argparse.SUPPRESS:
             action.help = action.help.replace("%", "%%")
+        if action.type is float:  # inf and nan are no setting: refused where given, before anything is written
+            action.type = finite_float
     return parser
+
+
+def finite_float(text: str) -> float:
+    """A float option's type: a finite number (inf and nan break the loss, the schedule and params.json)."""
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def option_text(value) -> str:
@@ -307,7 +323,7 @@ def read_values(types: list[type], values: dict, where=lambda key: f"parameter '
                 raise ValueError
             read[key] = action.type(option_text(value)) if action.type else option_text(value)
         except (ValueError, TypeError, argparse.ArgumentTypeError):
-            kind = {"int": "an integer", "float": "a number", "string_to_bool": "true or false"}.get(
+            kind = {"int": "an integer", "finite_float": "a finite number", "string_to_bool": "true or false"}.get(
                 getattr(action.type, "__name__", ""), "text")
             raise DLMAError(f"{where(key)}: expected {kind}, got {value!r}") from None
         if action.choices and read[key] not in action.choices:

@@ -62,43 +62,62 @@ def preset_path(name: str) -> Path:
     return Path(name) if name.endswith((".yaml", ".yml")) else ROOT / "params" / f"{name}.yaml"
 
 
-def load_preset(name: str) -> dict:
+NULL = ("null", "~")  # "all" or "none" for a parameter whose default is None (`--set n_queries=null`)
+
+
+def preset_nodes(name: str) -> list[tuple[yaml.ScalarNode, yaml.ScalarNode]]:
+    """A preset's (key, value) nodes, checked: a mapping of parameter names to single values, each name once."""
     path = preset_path(name)
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in (ROOT / "params").glob("*.yaml")))
         raise DLMAError(f"preset '{name}': {path} not found (known: {known})")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
+        root = yaml.compose(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
         why = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise DLMAError(f"{path}{line}: not valid YAML ({why})") from None
-    if not isinstance(data, dict):
+    if root is None:
+        return []
+    if not isinstance(root, yaml.MappingNode):
         raise DLMAError(f"{path}: a preset is a mapping of parameter: value")
-    name = next((k for k in data if not isinstance(k, str)), None)
-    if name is not None:
-        raise DLMAError(f"{path}: parameter name {name!r} is not text (a preset is a mapping of parameter: value)")
-    return data
+    first: dict[str, int] = {}
+    for key, value in root.value:
+        line = key.start_mark.line + 1
+        if not isinstance(key, yaml.ScalarNode) or not isinstance(key.value, str) or not key.value.strip():
+            raise DLMAError(f"{path}:{line}: a parameter name must be text (a preset is a mapping of parameter: "
+                            "value)")
+        if key.value in first:
+            raise DLMAError(f"{path}:{line}: field '{key.value}': given twice (first at line {first[key.value]})")
+        first[key.value] = line
+        if not isinstance(value, yaml.ScalarNode):
+            raise DLMAError(f"{path}:{line}: field '{key.value}': expected a single value, as typed after its option")
+    return root.value
+
+
+def load_preset(name: str) -> dict:
+    """{parameter: the text typed in the preset}, read as the CLI reads text: no YAML 1.1 typing first (010 is
+    10, not octal 8; `no` is text for a text option and false for a flag, as `--option no` is); null and ~ are
+    None. Each value is then read by its option's type (`resolve_params`)."""
+    return {k.value: None if (v.tag.endswith(":null") and v.style is None) else v.value
+            for k, v in preset_nodes(name)}
 
 
 def preset_lines(name: str) -> dict[str, int]:
     """{key: line (from 1)} of a preset's top-level keys, for error messages."""
-    node = yaml.compose(preset_path(name).read_text(encoding="utf-8"))
-    return {k.value: k.start_mark.line + 1 for k, _ in node.value} if isinstance(node, yaml.MappingNode) else {}
+    return {k.value: k.start_mark.line + 1 for k, _ in preset_nodes(name)}
 
 
 def parse_overrides(items: list[str]) -> dict:
+    """`--set KEY=VALUE` items as {key: the text typed}, read by the option's type as `--key VALUE` is; `null`
+    or `~` is None, for a parameter whose default is None."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise DLMAError(f"--set {item!r}: expected KEY=VALUE")
-        try:  # numbers, booleans, null as YAML reads them; anything else as the text typed
-            parsed = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError:
-            parsed = value
-        out[key.strip()] = value if isinstance(parsed, (list, dict)) else parsed
+        out[key.strip()] = None if value.strip() in NULL else value
     return out
 
 
@@ -480,7 +499,7 @@ NOTEBOOK_RUN_DIR = "../runs/nbval"  # nbval runs the notebooks in notebooks/
 
 def parameters_source(stage: str) -> str:
     """The source of a notebook's `parameters` cell: run_dir, then each parameter its commands take."""
-    smoke = load_preset("smoke")
+    smoke = resolve_params("smoke", [])  # each value as its option reads it
 
     def literal(value) -> str:
         return json.dumps(value) if isinstance(value, str) else repr(value)

@@ -26,9 +26,9 @@ from tiny_llama import save_tiny_llama
 
 from dlma.artifacts import read_json, read_jsonl
 from dlma.baselines import METHODS
-from dlma.pipeline import STAGES, load_preset, run_pipeline
+from dlma.pipeline import STAGES, resolve_params, run_pipeline
 
-PRESET = load_preset("paper")
+PRESET = resolve_params("paper", [])  # each value as its option reads it
 # the sizes, and nothing else: each a count, a token length or a batch size
 SIZES = {"n_queries": 12, "max_new_tokens": 8, "gen_batch_size": 4, "max_batch_tokens": 512, "score_batch_size": 8,
          "pref_limit": 8, "pref_max_length": 128, "study_select": 4, "per_device_train_batch_size": 2,

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import papermill as pm
@@ -74,11 +77,9 @@ def test_resolve_params_refuses_unknown_keys():
     assert resolve_params("smoke", ["max_new_tokens=8"])["max_new_tokens"] == 8
 
 
-def test_parse_overrides_types_values_as_yaml():
-    got = parse_overrides(["a=1", "b=0.5", "c=true", "d=[1, 2]", "e=hello", "f=null", "g=5.0e-5", "h=a=b", " i =2"])
-    assert got == {"a": 1, "b": 0.5, "c": True, "d": "[1, 2]", "e": "hello", "f": None, "g": 5e-5, "h": "a=b",
-                   "i": 2}  # a list stays text: no option takes one
-    assert isinstance(got["a"], int) and isinstance(got["b"], float)
+def test_parse_overrides_keeps_the_text_typed():
+    got = parse_overrides(["a=1", "c=true", "d=[1, 2]", "f=null", "g=~", "h=a=b", " i =2", "j="])
+    assert got == {"a": "1", "c": "true", "d": "[1, 2]", "f": None, "g": None, "h": "a=b", "i": "2", "j": ""}
     for bad in ("novalue", "=3"):
         with pytest.raises(DLMAError, match="KEY=VALUE"):
             parse_overrides([bad])
@@ -86,7 +87,7 @@ def test_parse_overrides_types_values_as_yaml():
 
 def test_rerun_with_other_parameters_of_a_finished_stage_is_refused(tmp_path):
     run_dir = run_pipeline("smoke", ["max_new_tokens=8"], run_id="r1", runs_root=tmp_path, stages=())
-    preset = {k: v for k, v in load_preset("smoke").items() if k != "description"}
+    preset = {k: v for k, v in resolve_params("smoke", []).items() if k != "description"}
     assert json.loads((run_dir / "params.json").read_text()) == {**preset, "max_new_tokens": 8}
     (run_dir / "01_generate").mkdir()
     (run_dir / "01_generate" / ".done").write_text("1.0\n")  # stage 1 finished with max_new_tokens=8
@@ -110,7 +111,7 @@ def test_set_values_are_read_as_the_cli_reads_them():
     assert params["learning_rate"] == 1e-4 and params["gamma"] == 0.0 and isinstance(params["gamma"], float)
     for bad, match in [("n_queries=abc", "--set n_queries=...: expected an integer"),
                        ("n_queries=2.5", "expected an integer"), ("load_in_4bit=maybe", "expected true or false"),
-                       ("pair=3", "unknown prompt pair '3'"), ("beta=high", "expected a number"),
+                       ("pair=3", "unknown prompt pair '3'"), ("beta=high", "expected a finite number"),
                        ("scorers=[dlma]", "scorers")]:
         with pytest.raises(DLMAError, match=match):
             resolve_params("smoke", [bad])
@@ -209,3 +210,46 @@ def test_a_runs_book_shows_its_notebooks_and_leaves_the_published_book_alone(tmp
 
     assert main(["run", "--preset", "smoke", "--run-id", "never-made", "--book", str(mine)]) == 2  # before any stage
     assert not (ROOT / "runs" / "never-made").exists()
+
+
+@pytest.mark.parametrize(("item", "read"), [
+    ("n_queries=010", 10),  # as --n-queries 010 reads it (YAML 1.1 would make it octal 8)
+    ("judge_model=no", "no"), ("model=yes", "yes"), ("judge_model=1:30", "1:30"),  # text stays text
+    ("model=123", "123"), ("qlora=no", False),  # a flag reads no as --qlora no does
+])
+def test_set_texts_are_read_as_the_cli_reads_them(item, read):
+    key = item.split("=")[0]
+    assert resolve_params("smoke", [item])[key] == read
+
+
+@pytest.mark.parametrize("item", ["n_queries=0x10", "beta=inf", "beta=.inf", "learning_rate=nan", "margin_high=-inf",
+                                  "warmup_steps=inf", "temperature=inf"])
+def test_values_the_cli_refuses_are_refused_from_set(item):
+    with pytest.raises(DLMAError, match=rf"^--set {item.split('=')[0]}=\.\.\.: expected an? (integer|finite number)"):
+        resolve_params("smoke", [item])
+
+
+def test_a_preset_read_as_typed_with_each_key_once(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("n_queries: 010\njudge_model: no\nbeta: 0.2\nn_queries: 4\n")
+    with pytest.raises(DLMAError, match=r"p\.yaml:4: field 'n_queries': given twice \(first at line 1\)"):
+        resolve_params(str(preset), [])
+    preset.write_text("n_queries: 010\njudge_model: no\nbeta: 0.2\npref_limit: null\n")
+    got = resolve_params(str(preset), [])
+    assert got["n_queries"] == 10 and got["judge_model"] == "no" and got["beta"] == 0.2 and got["pref_limit"] is None
+    preset.write_text("beta: .inf\n")
+    with pytest.raises(DLMAError, match=r"p\.yaml:1: field 'beta': expected a finite number"):
+        resolve_params(str(preset), [])
+    preset.write_text("beta: [1, 2]\n")
+    with pytest.raises(DLMAError, match=r"p\.yaml:1: field 'beta': expected a single value"):
+        resolve_params(str(preset), [])
+
+
+@pytest.mark.parametrize("argv", [["train", "--pairs", "x.jsonl", "--beta", "inf"],
+                                  ["generate", "--temperature", "nan"]])
+def test_a_non_finite_float_option_is_one_line_and_exit_2(tmp_path, argv):
+    res = subprocess.run([sys.executable, "-m", "dlma", *argv, "--out", str(tmp_path / "out")], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 2 and not (tmp_path / "out").exists()
+    assert [line for line in res.stderr.splitlines() if "error:" in line] == [
+        next(line for line in res.stderr.splitlines() if "expected a finite number, got" in line)]
