@@ -67,7 +67,17 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """A JSON file dlma wrote (params.json, a manifest, metrics): one error naming the file and line when it is
+    not JSON any more (hand-edited, truncated by a full disk)."""
+    from .errors import DLMAError
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DLMAError(f"{path}:{e.lineno}: not JSON ({e.msg}); restore it, or delete the folder to redo the "
+                        "stage") from None
+    except UnicodeDecodeError:
+        raise DLMAError(f"{path}: not UTF-8 text; restore it, or delete the folder to redo the stage") from None
 
 
 def read_jsonl(path: str | Path, text: str | None = None) -> list[dict]:

@@ -179,6 +179,9 @@ def check_model(cfg: ModelConfig) -> None:
     if cfg.adapter:
         if not (Path(cfg.adapter) / "adapter_config.json").exists():
             raise DLMAError(f"{cfg.adapter}: not a LoRA adapter folder (no adapter_config.json)")
+        if not any((Path(cfg.adapter) / name).is_file() for name in ADAPTER_WEIGHTS):
+            raise DLMAError(f"{cfg.adapter}: a LoRA adapter folder without its weights ({' or '.join(ADAPTER_WEIGHTS)}"
+                            "): the training that wrote it did not finish; train again")
         problem = adapter_misfit(Path(cfg.adapter), path)
         if problem:
             base = read_adapter_base(Path(cfg.adapter))
@@ -194,15 +197,25 @@ def read_adapter_base(adapter: Path) -> str:
                         "base_model_name_or_path)") from None
 
 
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
 def safetensors_shapes(path: Path) -> dict[str, tuple[list[int], str]]:
-    """{tensor: (shape, dtype)} from a safetensors file's header, its data left unread."""
+    """{tensor: (shape, dtype)} from a safetensors file's header, its data left unread; a file shorter than its
+    header says (a copy or a save cut off) is one error, not the loader's traceback."""
     try:
         with open(path, "rb") as f:
             size = int.from_bytes(f.read(8), "little")
             header = json.loads(f.read(size)) if 0 < size < 1 << 28 else None
-        return {k: (v["shape"], v["dtype"]) for k, v in header.items() if k != "__metadata__"}
+        tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+        end = 8 + size + max((v["data_offsets"][1] for v in tensors.values()), default=0)
+        shapes = {k: (v["shape"], v["dtype"]) for k, v in tensors.items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise DLMAError(f"{path}: not a readable safetensors file") from None
+    if path.stat().st_size < end:
+        raise DLMAError(f"{path}: truncated ({path.stat().st_size:,} bytes, its header describes {end:,}): "
+                        "the file was cut off; write it again")
+    return shapes
 
 
 def adapter_misfit(adapter: Path, model_path: Path) -> str | None:
@@ -211,6 +224,8 @@ def adapter_misfit(adapter: Path, model_path: Path) -> str | None:
     safetensors (a hub id, .bin files), where loading tells."""
     weights = sorted(model_path.glob("*.safetensors")) if model_path.is_dir() else []
     lora = adapter / "adapter_model.safetensors"
+    if lora.is_file():
+        safetensors_shapes(lora)  # a truncated adapter is one error, whatever the model
     if not weights or not lora.is_file():
         return None
     base = {k: v for f in weights for k, v in safetensors_shapes(f).items()}

@@ -170,7 +170,9 @@ def plot_splits(metrics: dict, calibration: dict):
 def agreement(paired: list[dict], a: str = "dlma", b: str = "rlaif") -> pd.DataFrame:
     """2x2 counts of pairs each of two judges got right or not, from their paired comparison: where they
     disagree."""
-    p = next(p for p in paired if {p["a"], p["b"]} == {a, b})
+    p = next((p for p in paired if {p["a"], p["b"]} == {a, b}), None)
+    if p is None:  # a run whose scorers leave out one of the two: nothing to cross
+        return pd.DataFrame({"note": [f"this run did not score both {a} and {b}"]})
     a_only, b_only = (p["a_only"], p["b_only"]) if p["a"] == a else (p["b_only"], p["a_only"])
     return pd.DataFrame([[p["n"] - p["both"] - a_only - b_only, b_only], [a_only, p["both"]]],
                         index=pd.Index([False, True], name=f"{a} correct"),

@@ -1,0 +1,55 @@
+"""What a hostile user types (issue 30): each case ends in one line naming the file and what is wrong, nothing
+lost, never a traceback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dlma import report
+from dlma.artifacts import read_json
+from dlma.errors import DLMAError
+from dlma.models import ModelConfig, check_model
+
+
+def adapter_folder(tmp_path, base: str):
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base}))
+    save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(8, 64)},
+              str(folder / "adapter_model.safetensors"))
+    return folder
+
+
+def test_a_truncated_adapter_is_one_line(tmp_path, tiny_model_dir):
+    folder = adapter_folder(tmp_path, tiny_model_dir)
+    weights = folder / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # a copy cut off
+    with pytest.raises(DLMAError, match=r"adapter_model\.safetensors: truncated \([\d,]+ bytes, its header describes"):
+        check_model(ModelConfig(tiny_model_dir, adapter=str(folder)))
+
+
+def test_an_adapter_folder_without_weights_names_the_file(tmp_path, tiny_model_dir):
+    folder = adapter_folder(tmp_path, tiny_model_dir)
+    (folder / "adapter_model.safetensors").unlink()
+    with pytest.raises(DLMAError, match=r"adapter: a LoRA adapter folder without its weights \(adapter_model\."
+                                        r"safetensors or adapter_model\.bin\)"):
+        check_model(ModelConfig(tiny_model_dir, adapter=str(folder)))
+
+
+def test_a_params_json_that_is_not_json_is_one_line(tmp_path):
+    path = tmp_path / "params.json"
+    path.write_text('{"seed": 0,\n "beta": ')
+    with pytest.raises(DLMAError, match=r"params\.json:2: not JSON \(.*\); restore it, or delete the folder"):
+        read_json(path)
+
+
+def test_stage_3_without_both_judges_of_claim_1_reports_what_it_has():
+    """`-p scorers length,random`: the notebook's agreement table says what is missing (it raised StopIteration)."""
+    paired = [{"a": "length", "b": "random", "n": 4, "both": 1, "a_only": 1, "b_only": 1}]
+    table = report.agreement(paired, "dlma", "rlaif")
+    assert table.iloc[0, 0] == "this run did not score both dlma and rlaif"
