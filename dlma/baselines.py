@@ -133,10 +133,11 @@ def human_rows(examples: list[Example], evaluated_ids) -> list[dict]:
             for ex in examples]
 
 
-def distinct_n(texts: list[str], n: int = 2) -> float:
-    """Distinct-n: unique word n-grams over all n-grams of the responses (Li et al. 2016)."""
+def distinct_n(texts: list[str], n: int = 2) -> float | None:
+    """Distinct-n: unique word n-grams over all n-grams of the responses (Li et al. 2016); None (undefined, as
+    `distinct_2` says) when no response has n words."""
     grams = [tuple(words[k : k + n]) for t in texts for words in [t.split()] for k in range(len(words) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
+    return len(set(grams)) / len(grams) if grams else None
 
 
 def _interval(values, statistic=np.mean, n_boot: int = 1000, seed: int = 0, undefined: str = "no item") -> dict:

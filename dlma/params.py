@@ -45,7 +45,8 @@ HELP = {
     "max_query_words": "longer queries are left out and counted, as in the released code",
     "gen_batch_size": "queries per generation batch (2 sequences each)",
     # 2 self-reward
-    "score_batch_size": "sequences per forward pass (results do not depend on it)",
+    "score_batch_size": "sequences per forward pass (scores agree across batch sizes to float32 rounding, up to "
+                        "about 3e-5, far inside the tie tolerance of 1e-3: no verdict or sign depends on it)",
     "share_prompts": "read each prompt once with all its responses behind it (the same scores, less work)",
     "score_max_length": "prompt + response tokens when scoring pairs: a longer prompt is cut from the left, or in its "
                         "middle where that would cut what tells p+ from p- (a chat system message); a pair whose "

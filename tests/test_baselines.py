@@ -48,7 +48,7 @@ def test_every_method_shares_the_budget_and_sets_only_its_loss():
 def test_distinct_2_counts_unique_word_bigrams():
     assert distinct_n(["a b c", "a b d"]) == 3 / 4  # (a b) twice, (b c), (b d)
     assert distinct_n(["same same same"]) == 1 / 2
-    assert distinct_n(["one", ""]) == 0.0
+    assert distinct_n(["one", ""]) is None  # no bigram: undefined, not 0 (no repetition would be 1)
 
 
 def test_verdict_summary_counts_ties_half_and_controls_for_length():
