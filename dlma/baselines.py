@@ -23,6 +23,7 @@ length: each with a 95% bootstrap interval over prompts (or pairs).
 
 from __future__ import annotations
 
+import urllib.parse
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -79,6 +80,11 @@ class BaselineConfig:
         if self.judge_url and not self.judge_url.startswith(("http://", "https://")):
             raise DLMAError(f"BaselineConfig: judge_url={self.judge_url!r}: expected an http:// or https:// URL "
                             "(the endpoint's base, before /chat/completions)")
+        if self.judge_url and "@" in urllib.parse.urlsplit(self.judge_url).netloc:
+            # the URL is recorded in params.json and shown in messages: a credential in it would be written out
+            raise DLMAError(f"BaselineConfig: judge_url: holds credentials (user:password@host), which would be "
+                            f"recorded in params.json: give the URL without them and the key in the environment "
+                            f"variable judge_key_env ({self.judge_key_env})")
 
     def rlhf_source(self, cfg: EvalConfig) -> Source:
         """The rlhf baseline's human pairs: rlhf_data, else stage 5's pref_data at its revision, at rlhf_split."""

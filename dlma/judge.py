@@ -228,8 +228,13 @@ class HttpJudge:
                                 f"${self.api_key_env} for a line break") from None
             except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as e:
                 problem = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+                if "timed out" in str(problem).lower():
+                    problem = f"no answer within {self.timeout_s:g} s"
             if attempt < self.retries:
-                time.sleep(self.backoff_s * 2**attempt)
+                wait = self.backoff_s * 2**attempt  # said as it happens: a silent wait of minutes looks like a hang
+                print(f"dlma: judge {url}: {problem}; retrying in {wait:g} s ({attempt + 1} of {self.retries})",
+                      file=sys.stderr, flush=True)
+                time.sleep(wait)
         raise DLMAError(f"judge {url} (model {self.model}): {problem} after {attempt + 1} attempt(s); answers so "
                         f"far are cached in {self.cache}, a rerun asks only the rest")
 

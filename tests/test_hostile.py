@@ -53,3 +53,21 @@ def test_stage_3_without_both_judges_of_claim_1_reports_what_it_has():
     paired = [{"a": "length", "b": "random", "n": 4, "both": 1, "a_only": 1, "b_only": 1}]
     table = report.agreement(paired, "dlma", "rlaif")
     assert table.iloc[0, 0] == "this run did not score both dlma and rlaif"
+
+
+def test_a_judge_url_with_credentials_is_refused_before_anything_is_written():
+    from dlma.baselines import BaselineConfig
+
+    with pytest.raises(DLMAError) as e:
+        BaselineConfig(judge_url="https://alice:s3cret@judge.example/v1")
+    assert "holds credentials" in str(e.value) and "s3cret" not in str(e.value) and "alice" not in str(e.value)
+
+
+def test_a_judge_that_does_not_answer_says_so_while_it_retries(tmp_path, capsys):
+    from dlma.judge import HttpJudge
+
+    judge = HttpJudge("http://127.0.0.1:9/v1", "m", tmp_path / "cache.jsonl", retries=2, backoff_s=0.01, timeout_s=2)
+    with pytest.raises(DLMAError, match=r"after 3 attempt\(s\); answers so far are cached"):
+        judge.ask("which is better?")
+    lines = [line for line in capsys.readouterr().err.splitlines() if "retrying" in line]
+    assert len(lines) == 2 and lines[0].endswith("(1 of 2)") and "127.0.0.1:9" in lines[0]
