@@ -247,24 +247,22 @@ def record_params(folder: str | Path, params: dict, hint: str, inputs: dict | No
                                    default=str))  # as it will read back
     path = folder / "params.json"
     entries = [p for p in folder.iterdir() if not p.name.startswith(".")] if folder.is_dir() else []
-    if not path.exists() and entries:
+    if entries and not (path.exists() and written_by_a_stage(path)):
         names = ", ".join(sorted(p.name for p in entries)[:5])
         raise DLMAError(f"{folder}: holds files that no dlma stage recorded here ({names}); "
                         "choose an empty or new folder")
     if path.exists() and force:  # only what a stage wrote here: its manifest's files and its own bookkeeping
         manifest = folder / "manifest.json"
-        listed = set(json.loads(manifest.read_text(encoding="utf-8")).get("files", {})) if manifest.exists() else set()
+        listed = set(read_json(manifest).get("files", {})) if manifest.exists() else set()
         ours = listed | set(outputs) | {"params.json", "manifest.json"}
-        for p in entries:
-            if p.is_file() and (p.name in ours or p.name.endswith(".partial.jsonl")):
-                p.unlink()
-        for p in folder.glob(".*.partial*"):
+        mine = [p for p in entries if p.is_file() and (p.name in ours or p.name.endswith(".partial.jsonl"))]
+        others = sorted(p.name for p in entries if p not in mine)
+        if others:  # checked before anything is removed: the folder stays as it was
+            raise DLMAError(f"{folder}: holds {', '.join(others[:5])}, which this stage did not write: --force "
+                            "removes nothing here; move them, or write to another folder")
+        for p in [*mine, *folder.glob(".*.partial*")]:
             p.unlink()
-        others = sorted(p.name for p in entries if p.is_file() and p.exists())
-        if others:
-            raise DLMAError(f"{folder}: --force removed this stage's files; {', '.join(others[:5])} "
-                            "were not written by it and are left as they are: move them, or write to another folder")
-        entries = [p for p in entries if p.exists()]
+        entries = []
     if path.exists() and [p.name for p in entries] != ["params.json"]:
         before = json.loads(path.read_text(encoding="utf-8"))
         before = with_added_later(before, record)
@@ -286,6 +284,16 @@ def record_params(folder: str | Path, params: dict, hint: str, inputs: dict | No
             raise DLMAError(f"{folder} holds results made with other parameters ({', '.join(changed)}): {hint}")
         return
     write_json(path, record)
+
+
+def written_by_a_stage(path: Path) -> bool:
+    """Whether a params.json is one `record_params` wrote (a JSON object with its `inputs` record), not a file of
+    the user's that happens to have the name."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(record, dict) and isinstance(record.get("inputs"), dict)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

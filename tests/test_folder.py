@@ -28,8 +28,10 @@ def test_force_removes_only_what_the_stage_wrote(tmp_path, capsys):
     (out / "mynotes.txt").write_text("mine")
     assert split(tmp_path, out, "--holdout-fraction", "0.5", "--force") == 2
     err = capsys.readouterr().err
-    assert "mynotes.txt were not written by it" in err and len(err.strip().splitlines()) == 1
+    assert "holds mynotes.txt, which this stage did not write: --force removes nothing" in err
+    assert len(err.strip().splitlines()) == 1
     assert (out / "mynotes.txt").read_text() == "mine"  # the user's file is never deleted
+    assert (out / "manifest.json").exists()  # nor the stage's own: the folder is as it was
     (out / "mynotes.txt").unlink()
     assert split(tmp_path, out, "--holdout-fraction", "0.5", "--force") == 0
     assert json.loads((out / "manifest.json").read_text())["n_heldout"] == 4

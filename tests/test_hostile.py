@@ -71,3 +71,27 @@ def test_a_judge_that_does_not_answer_says_so_while_it_retries(tmp_path, capsys)
         judge.ask("which is better?")
     lines = [line for line in capsys.readouterr().err.splitlines() if "retrying" in line]
     assert len(lines) == 2 and lines[0].endswith("(1 of 2)") and "127.0.0.1:9" in lines[0]
+
+
+def test_a_folder_holding_a_users_params_json_is_never_written_into(tmp_path):
+    from dlma.artifacts import record_params
+
+    folder = tmp_path / "userproj"
+    folder.mkdir()
+    (folder / "params.json").write_text('{"my": "own settings"}\n')
+    for force in (False, True):
+        with pytest.raises(DLMAError, match=r"userproj: holds files that no dlma stage recorded here \(params\.json\)"):
+            record_params(folder, {"seed": 0}, "hint", force=force)
+    assert (folder / "params.json").read_text() == '{"my": "own settings"}\n'
+
+
+def test_force_removes_nothing_when_the_folder_also_holds_a_users_file(tmp_path):
+    from dlma.artifacts import record_params
+
+    folder = tmp_path / "stage"
+    record_params(folder.mkdir() or folder, {"seed": 0}, "hint")
+    (folder / "results.txt").write_text("mine")
+    before = (folder / "params.json").read_text()
+    with pytest.raises(DLMAError, match=r"holds results\.txt, which this stage did not write: --force removes nothing"):
+        record_params(folder, {"seed": 1}, "hint", force=True)
+    assert (folder / "params.json").read_text() == before and (folder / "results.txt").read_text() == "mine"
