@@ -36,7 +36,7 @@ from pathlib import Path
 
 import yaml
 
-from .artifacts import atomic_write, check_out, read_json, write_json
+from .artifacts import atomic_write, check_out, read_json, sha256_file, write_json
 from .commands import COMMANDS, NOTEBOOKS, STAGES, notebook_fields, step_values
 from .errors import DLMAError, did_you_mean
 from .params import PATHS, fields_of, option_text, parse, read_values
@@ -388,33 +388,48 @@ def publish_notebooks(run_dir: Path, stages: tuple[str, ...] = STAGES, book_dir:
     print(f"[dlma run] published {len(stages)} notebooks to {book_dir}")
 
 
+BOOK_MARK = ".dlma-book.json"  # what --book wrote into its folder, file by file: all it may replace
+
+
+def book_files(dest: Path) -> list[str]:
+    """The files under `dest` (relative, sorted), jupyter-book's output folder `_build` aside."""
+    return sorted(str(p.relative_to(dest)) for p in dest.rglob("*")
+                  if p.is_file() and p.name != BOOK_MARK and p.relative_to(dest).parts[0] != "_build")
+
+
 def check_book_dest(dest: Path) -> None:
-    """--book DIR is replaced: refused unless it is new, empty, or holds only what an earlier --book (and
-    `jupyter-book build`) wrote there, so a folder of the user's is never removed."""
+    """--book DIR is rewritten: refused unless it is new, empty, or holds only files an earlier --book wrote
+    (listed, with their hashes, in its BOOK_MARK) besides jupyter-book's `_build`, which is left alone; so a
+    file of the user's, wherever it lies, is never removed or overwritten."""
     if dest.resolve() == ROOT.resolve() or ROOT.resolve().is_relative_to(dest.resolve()):
         raise DLMAError(f"--book {dest}: give a folder of its own (it is replaced)")
     if not dest.exists():
         return
     if not dest.is_dir():
         raise DLMAError(f"--book {dest}: is a file; give a new or empty folder (it is replaced)")
-    foreign = sorted(p.name for p in dest.iterdir() if p.name not in {*BOOK_SOURCES, "_build"})
+    written = read_json(dest / BOOK_MARK) if (dest / BOOK_MARK).is_file() else {}
+    foreign = [f for f in book_files(dest) if written.get(f) != sha256_file(dest / f)]
     if foreign:
-        raise DLMAError(f"--book {dest}: holds files a book's sources do not ({', '.join(foreign[:3])}"
-                        f"{', ...' if len(foreign) > 3 else ''}); give a new or empty folder (it is replaced)")
+        raise DLMAError(f"--book {dest}: holds files an earlier --book did not write, or that were changed since "
+                        f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); give a new or empty folder")
 
 
 def book_sources(run_dir: Path, dest: Path) -> Path:
     """The book's sources in `dest`, showing this run's executed notebooks instead of the published ones:
     `jupyter-book build DEST` then builds the run's own book, and book/ is left as it is."""
     check_book_dest(dest)
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
+    for name in book_files(dest) if dest.exists() else []:  # only what an earlier --book wrote (checked)
+        (dest / name).unlink()
+    dest.mkdir(parents=True, exist_ok=True)
     for name in BOOK_SOURCES:
         source = ROOT / name
-        (shutil.copytree if source.is_dir() else shutil.copyfile)(source, dest / name)
+        if source.is_dir():
+            shutil.copytree(source, dest / name, dirs_exist_ok=True)
+        else:
+            shutil.copyfile(source, dest / name)
     publish_notebooks(run_dir, tuple(s for s in STAGES if (run_dir / f"{s}.ipynb").exists()),
                       dest / "book" / "results")
+    write_json(dest / BOOK_MARK, {f: sha256_file(dest / f) for f in book_files(dest)})
     return dest
 
 

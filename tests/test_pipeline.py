@@ -198,12 +198,22 @@ def test_a_runs_book_shows_its_notebooks_and_leaves_the_published_book_alone(tmp
     assert {p.name: p.read_bytes() for p in (ROOT / "book" / "results").glob("*.ipynb")} == published
     with pytest.raises(DLMAError, match="give a folder of its own"):
         book_sources(run, ROOT)
-    assert book_sources(run, dest) == dest  # its own earlier book (built or not) is replaced
+    (dest / "_build" / "html").mkdir(parents=True)
+    (dest / "_build" / "html" / "index.html").write_text("built")  # jupyter-book's output: left alone
+    assert book_sources(run, dest) == dest  # its own earlier book (built or not) is rewritten
+    assert (dest / "_build" / "html" / "index.html").read_text() == "built"
+    for mine in ("book/mynotes.md", "_static/logo.svg", "notes.txt", "book/results/01_generate.ipynb"):
+        (dest / mine).parent.mkdir(parents=True, exist_ok=True)
+        (dest / mine).write_text("keep")  # a user's file in any subfolder, or a written file the user changed
+        with pytest.raises(DLMAError, match=rf"--book .*holds files an earlier --book did not write.*{mine}"):
+            book_sources(run, dest)
+        assert (dest / mine).read_text() == "keep"
+        (dest / mine).unlink()
     mine = tmp_path / "mine"
     (mine / "book").mkdir(parents=True)
     (mine / "notes.txt").write_text("keep")
     for folder in (mine, ROOT / "book", mine / "notes.txt"):  # a folder of the user's, the book's sources, a file
-        with pytest.raises(DLMAError, match=r"--book .*(holds files a book's sources do not|is a file)"):
+        with pytest.raises(DLMAError, match=r"--book .*(holds files an earlier --book did not write|is a file)"):
             book_sources(run, folder)
     assert (mine / "notes.txt").read_text() == "keep" and (ROOT / "book" / "results").is_dir()
     from dlma.cli import main
