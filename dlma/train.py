@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import PrinterCallback
 
-from .artifacts import json_text, read_json, read_jsonl, write_json, write_jsonl
+from .artifacts import UMASK, json_text, read_json, read_jsonl, write_json, write_jsonl
 from .data import pairs_file, read_pairs
 from .distributed import rank
 from .errors import DLMAError, check_fields
@@ -237,9 +237,7 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
         trainer.accelerator.wait_for_everyone()
         return summary
     with scratch(out_dir / ".saving") as tmp:
-        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(tmp, safe_serialization=True)
-        sort_target_modules(tmp / "adapter_config.json")
-        tokenizer.save_pretrained(tmp)
+        save_adapter(trainer.accelerator.unwrap_model(trainer.model), tokenizer, tmp)
         write_jsonl(tmp / "train_log.jsonl", log_rows)
         if not sft:
             write_json(tmp / "step0_guard.json", trainer.step0_guard)
@@ -252,9 +250,25 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
             if path.is_dir():
                 target.mkdir(exist_ok=True)
             else:
+                os.chmod(path, 0o666 & ~UMASK)  # as the rest of the folder (safetensors writes 0600)
                 os.replace(path, target)
     trainer.accelerator.wait_for_everyone()
     return summary
+
+
+def save_adapter(model, tokenizer, folder: Path) -> None:
+    """The adapter and the tokenizer into `folder`. A full disk is one error: the tokenizers library reports
+    it as a bare Exception, not an OSError."""
+    try:
+        model.save_pretrained(folder, safe_serialization=True)
+        sort_target_modules(folder / "adapter_config.json")
+        tokenizer.save_pretrained(folder)
+    except Exception as e:  # noqa: BLE001 - any library's failure to write is the same to the user
+        if isinstance(e, DLMAError):
+            raise
+        raise DLMAError(f"{folder.parent}: the trained adapter could not be saved ({type(e).__name__}: "
+                        f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); free some space and rerun: "
+                        "the training is redone") from None
 
 
 @contextmanager

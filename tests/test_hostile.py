@@ -95,3 +95,19 @@ def test_force_removes_nothing_when_the_folder_also_holds_a_users_file(tmp_path)
     with pytest.raises(DLMAError, match=r"holds results\.txt, which this stage did not write: --force removes nothing"):
         record_params(folder, {"seed": 1}, "hint", force=True)
     assert (folder / "params.json").read_text() == before and (folder / "results.txt").read_text() == "mine"
+
+
+def test_a_full_disk_while_saving_the_adapter_is_one_line(tmp_path):
+    from dlma.train import save_adapter
+
+    class Saves:
+        def save_pretrained(self, folder, **kw):
+            (folder / "adapter_config.json").write_text('{"target_modules": ["q_proj"]}')
+
+    class FullDisk:
+        def save_pretrained(self, folder):
+            raise Exception("No space left on device (os error 28)")  # as the tokenizers library raises it
+
+    with pytest.raises(DLMAError, match=r"the trained adapter could not be saved \(Exception: No space left on "
+                                        r"device \(os error 28\)\); free some space and rerun"):
+        save_adapter(Saves(), FullDisk(), tmp_path)

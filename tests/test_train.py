@@ -226,6 +226,10 @@ def test_train_dlma_qlora_tiny(tiny_model_dir, tmp_path):
     assert not any(n.startswith("checkpoint") for n in names)
     assert [p.name for p in tmp_path.iterdir()] == ["adapter"]  # the temp folder's files were moved in
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no scratch folder stays, nor the killed one
+    from dlma.artifacts import UMASK
+
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir() if p.is_file()}
+    assert set(modes.values()) == {0o666 & ~UMASK}, modes  # the weights as readable as the rest (were 0600)
 
     weights = load_file(out / "adapter_model.safetensors")
     assert len(weights) == summary["trainable_tensors"]
