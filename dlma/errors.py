@@ -8,6 +8,11 @@ class DLMAError(Exception):
     def __str__(self) -> str:
         return super().__str__().replace("\r", "\\r").replace("\n", "\\n")
 
+    def _render_traceback_(self) -> list[str]:
+        """How IPython (a notebook's kernel, hence papermill) shows it: the one line, not a traceback of dlma's
+        internals in front of it."""
+        return [f"DLMAError: {self}"]
+
 
 def did_you_mean(word: str, names, quote: str = "'", cutoff: float = 0.6) -> str:
     """` (did you mean 'x'?)` for the name of `names` nearest to a misspelt `word`; "" when none is near."""

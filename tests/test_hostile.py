@@ -111,3 +111,16 @@ def test_a_full_disk_while_saving_the_adapter_is_one_line(tmp_path):
     with pytest.raises(DLMAError, match=r"the trained adapter could not be saved \(Exception: No space left on "
                                         r"device \(os error 28\)\); free some space and rerun"):
         save_adapter(Saves(), FullDisk(), tmp_path)
+
+
+def test_papermill_with_a_misspelt_parameter_shows_the_one_line_only(tmp_path):
+    import papermill as pm
+
+    from dlma.pipeline import ROOT
+
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        pm.execute_notebook(str(ROOT / "notebooks" / "01_generate.ipynb"), str(tmp_path / "out.ipynb"),
+                            parameters={"run_dir": str(tmp_path / "run"), "n_querie": 2}, cwd=str(ROOT),
+                            progress_bar=False, kernel_name="python3")
+    shown = [line for line in e.value.traceback if line.strip()]
+    assert len(shown) == 1 and shown[0].startswith("DLMAError: ") and "did you mean 'n_queries'" in shown[0], shown
