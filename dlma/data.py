@@ -177,11 +177,45 @@ def split_files(folder: Path, source: Source, label: str) -> list[Path]:
     missing = [f for f in files if not f.is_file()]
     if missing:
         raise DLMAError(f"{label}: split '{source.split}' names {missing[0]}, which is missing")
+    check_shards(files, source.split, label)
+    read = {f.absolute() for f in files}
+    unread = sorted(p for d in {f.parent for f in files} for p in d.iterdir()
+                    if p.is_file() and p.absolute() not in read and data_file(p)
+                    and p.name.split(".")[0].split("-")[0] == source.split)
+    if unread:  # datasets reads one format of a split: a file of another beside it would be silently passed over
+        raise DLMAError(f"{label}: split '{source.split}' is read from {files[0].name}"
+                        f"{' and others' if len(files) > 1 else ''}, and {unread[0]} beside it would be passed over: "
+                        "keep one format of the split")
     return files
 
 
-def _first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else ""
+_SHARD = re.compile(r"^(.*)-(\d+)-of-(\d+)(\..+)$")
+
+
+def check_shards(files: list[Path], split: str, label: str) -> None:
+    """A split in shards (test-00000-of-00002.parquet, ...) is read only when every shard is there: a partial
+    download would be read as the whole split."""
+    groups: dict[tuple, set[int]] = {}
+    for f in files:
+        m = _SHARD.match(f.name)
+        if m:
+            groups.setdefault((f.parent, m.group(1), int(m.group(3)), m.group(4)), set()).add(int(m.group(2)))
+    for (parent, stem, total, suffix), have in groups.items():
+        if have != set(range(total)):
+            lacking = min(set(range(total)) - have)
+            raise DLMAError(f"{label}: split '{split}' has {len(have)} of its {total} shards; "
+                            f"{parent / f'{stem}-{lacking:05d}-of-{total:05d}{suffix}'} is missing (a download cut "
+                            "short?): download the rest")
+
+
+def data_file(path: Path) -> bool:
+    return path.suffix in DATA_SUFFIXES or (path.suffix in COMPRESSED and Path(path.stem).suffix in DATA_SUFFIXES)
+
+
+def _first_line(e: BaseException, limit: int = 200) -> str:
+    """A library's message, its first line, cut to `limit` characters (datasets lists every extension it knows)."""
+    line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return line if len(line) <= limit else line[:limit] + "..."
 
 
 def resolve_hub(source: Source) -> Resolved:

@@ -124,3 +124,30 @@ def test_papermill_with_a_misspelt_parameter_shows_the_one_line_only(tmp_path):
                             progress_bar=False, kernel_name="python3")
     shown = [line for line in e.value.traceback if line.strip()]
     assert len(shown) == 1 and shown[0].startswith("DLMAError: ") and "did you mean 'n_queries'" in shown[0], shown
+
+
+def test_a_hub_folder_with_a_split_cut_short_or_two_formats_is_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dlma.data import load_examples
+
+    rows = [{"prompt": f"question {k}?"} for k in range(3)]
+    data = tmp_path / "ds" / "data"
+    data.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), data / "test-00000-of-00002.parquet")
+    with pytest.raises(DLMAError, match=r"split 'test' has 1 of its 2 shards; .*test-00001-of-00002\.parquet is "
+                                        r"missing"):
+        load_examples(str(tmp_path / "ds"), split="test")
+    pq.write_table(pa.Table.from_pylist(rows), data / "test-00001-of-00002.parquet")
+    assert len(load_examples(str(tmp_path / "ds"), split="test")) == 6
+    (data / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DLMAError, match=r"split 'test' is read from test-00000-of-00002\.parquet and others, and "
+                                        r".*test\.jsonl beside it would be passed over"):
+        load_examples(str(tmp_path / "ds"), split="test")
+
+
+def test_a_library_message_is_cut_to_one_short_line():
+    from dlma.data import _first_line
+
+    assert len(_first_line(ValueError("x" * 3000 + "\nmore"))) == 203
