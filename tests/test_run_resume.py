@@ -62,11 +62,18 @@ def test_killed_run_resumes_without_redoing_finished_stages(tmp_path):
 
 @pytest.mark.slow
 def test_failed_stage_keeps_its_notebook_and_says_so(tmp_path):
+    # a missing file is refused before any stage runs (dlma run checks every dataset first)
     proc = start(tmp_path, f"queries={tmp_path / 'missing.jsonl'}")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and re.search(r"^ERROR .*missing\.jsonl: no such file$", out, flags=re.M), out
+    assert not (tmp_path / "r").exists()
+    # a row the stage itself refuses: the stage fails, and its notebook is kept
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "a question"}\n{"prompt": 3}\n')
+    proc = start(tmp_path, f"queries={tmp_path / 'bad.jsonl'}")
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 2, out
     run = tmp_path / "r"
-    assert re.search(r"stage 01_generate failed \(DLMAError: .*missing\.jsonl: no such file\)", out), out
+    assert re.search(r"stage 01_generate failed \(DLMAError: .*bad\.jsonl:2: field 'prompt'", out), out
     assert (run / "01_generate.failed.ipynb").exists()
     assert not (run / "01_generate.ipynb").exists() and not (run / "01_generate" / ".done").exists()
 
