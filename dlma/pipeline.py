@@ -85,8 +85,9 @@ def preset_nodes(name: str) -> list[tuple[yaml.ScalarNode, yaml.ScalarNode]]:
     first: dict[str, int] = {}
     for key, value in root.value:
         line = key.start_mark.line + 1
-        if not isinstance(key, yaml.ScalarNode) or not isinstance(key.value, str) or not key.value.strip():
-            raise DLMAError(f"{path}:{line}: a parameter name must be text (a preset is a mapping of parameter: "
+        if not isinstance(key, yaml.ScalarNode) or not key.tag.endswith(":str") or not key.value.strip():
+            name = key.value if isinstance(key, yaml.ScalarNode) else "?"
+            raise DLMAError(f"{path}:{line}: parameter name {name} is not text (a preset is a mapping of parameter: "
                             "value)")
         if key.value in first:
             raise DLMAError(f"{path}:{line}: field '{key.value}': given twice (first at line {first[key.value]})")

@@ -181,9 +181,9 @@ CASES = [
     ("pairs-file-control-character", lambda t, m: gen(t, m, "--pairs-file", pairs_file(t, "\x1f")),
      ["pairs.yaml: not valid YAML or JSON (unacceptable character #x001f: special characters are not allowed)"]),
     ("run-set-unparsable-yaml", lambda t, m: ["run", "--preset", "smoke", "--set", "beta=[0.1", "--run-id", "x"],
-     ["--set beta=...: expected a number, got '[0.1'"]),
+     ["--set beta=...: expected a finite number, got '[0.1'"]),
     ("run-preset-number-as-name", lambda t, m: ["run", "--preset", preset_file(t, "seed: 0\n1: 2\n")],
-     ["preset.yaml: parameter name 1 is not text"]),
+     ["preset.yaml:2: parameter name 1 is not text"]),
     # generate: options
     ("gen-limit-0", lambda t, m: gen(t, m, "--n-queries", "0"), ["n_queries must be an integer >= 1", "got 0"]),
     ("gen-limit-negative", lambda t, m: gen(t, m, "--n-queries", "-3"),
@@ -320,7 +320,7 @@ CASES = [
     ("run-set-wrong-type", lambda t, m: ["run", "--preset", "smoke", "--set", "n_queries=abc", "--run-id", "x"],
      ["--set n_queries=...: expected an integer", "got 'abc'"]),
     ("run-set-bool-for-int", lambda t, m: ["run", "--preset", "smoke", "--set", "n_queries=true", "--run-id", "x"],
-     ["--set n_queries=...: expected an integer", "got True"]),
+     ["--set n_queries=...: expected an integer", "got 'true'"]),
     ("run-set-unknown-key", lambda t, m: ["run", "--preset", "smoke", "--set", "n_querys=4"],
      ["--set n_querys=...: unknown parameter 'n_querys'", "(did you mean 'n_queries'?)"]),
     ("run-set-no-value", lambda t, m: ["run", "--preset", "smoke", "--set", "n_queries"], ["expected KEY=VALUE"]),
@@ -328,7 +328,7 @@ CASES = [
     ("run-preset-bad-yaml", lambda t, m: ["run", "--preset", preset_file(t, "seed: 0\nbeta: [0.1\n")],
      ["preset.yaml:3: not valid YAML"]),
     ("run-preset-wrong-type", lambda t, m: ["run", "--preset", preset_file(t, "seed: 0\n\nbeta: high\n")],
-     ["preset.yaml:3: field 'beta': expected a number", "got 'high'"]),
+     ["preset.yaml:3: field 'beta': expected a finite number", "got 'high'"]),
 ]
 
 
