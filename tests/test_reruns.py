@@ -39,7 +39,7 @@ def test_a_typo_never_blocks_its_fix(tmp_path, tiny_model_dir, capsys):
     assert not Path(out).exists()  # checked before anything was written
     # a folder holding only the params.json of a run that stopped before its first result takes new parameters
     Path(out).mkdir()
-    (Path(out) / "params.json").write_text(json.dumps({"rendering": "chat"}))
+    (Path(out) / "params.json").write_text(json.dumps({"rendering": "chat", "inputs": {}}))  # as a stage writes it
     assert cli("score", "--model", tiny_model_dir, "--pairs", pairs, "--out", out) == 0, capsys.readouterr().err
     assert len((Path(out) / "scored.jsonl").read_text().splitlines()) == 3
 
