@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -215,7 +216,7 @@ ADDED_LATER = MappingProxyType({"max_batch_tokens": 0, "static_cache": False, "j
                                 "judge_key_env": "OPENAI_API_KEY", "on_invalid": "skip", "queries_split": "train",
                                 "queries_revision": "", "pref_split": "test", "pref_revision": "",
                                 "eval_queries_split": "test", "rlhf_data": "", "rlhf_split": "train",
-                                "rlhf_revision": ""})
+                                "rlhf_revision": "", "save_steps": 50})
 
 
 def with_added_later(before: dict, record: dict) -> dict:
@@ -255,13 +256,17 @@ def record_params(folder: str | Path, params: dict, hint: str, inputs: dict | No
         manifest = folder / "manifest.json"
         listed = set(read_json(manifest).get("files", {})) if manifest.exists() else set()
         ours = listed | set(outputs) | {"params.json", "manifest.json"}
-        mine = [p for p in entries if p.is_file() and (p.name in ours or p.name.endswith(".partial.jsonl"))]
+        mine = [p for p in entries if p.is_file() and (p.name in ours or p.name.endswith(".partial.jsonl"))
+                or p.is_dir() and not p.is_symlink() and p.name in outputs]  # a stage's own work folder
         others = sorted(p.name for p in entries if p not in mine)
         if others:  # checked before anything is removed: the folder stays as it was
             raise DLMAError(f"{folder}: holds {', '.join(others[:5])}, which this stage did not write: --force "
                             "removes nothing here; move them, or write to another folder")
         for p in [*mine, *folder.glob(".*.partial*")]:
-            p.unlink()
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
         entries = []
     if path.exists() and [p.name for p in entries] != ["params.json"]:
         before = json.loads(path.read_text(encoding="utf-8"))

@@ -96,6 +96,8 @@ HELP = {
     "gradient_checkpointing": "recompute activations in the backward pass (TRL's default; what fits 7B)",
     "logging_steps": "log the loss and reward metrics every N steps",
     "report_to": "none, or tensorboard (offline event files in the adapter's runs/ folder)",
+    "save_steps": "save a checkpoint every N steps in the adapter folder's checkpoints/ (removed once the adapter "
+                  "is written): a training killed or stopped resumes from it, to the same adapter; 0: none",
     # 5 evaluate
     "eval_n_prompts": "held-out queries answered by base and DLMA",
     "eval_queries_split": "the split of stage 1's query set (at its revision) stage 5 answers; from a file, or the "

@@ -11,6 +11,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from transformers import PrinterCallback
+from transformers import PrinterCallback, TrainerCallback
 
 from .artifacts import UMASK, json_text, read_json, read_jsonl, write_json, write_jsonl
 from .data import pairs_file, read_pairs
@@ -67,6 +68,7 @@ class TrainConfig:
     seed: int = 0
     logging_steps: int = 1
     report_to: str = "none"
+    save_steps: int = 50
 
     @property
     def margin_clip(self) -> tuple[float, float]:
@@ -96,6 +98,7 @@ class TrainConfig:
             (self.lora_alpha > 0, ("lora_alpha",), "must be > 0"),
             (0 <= self.lora_dropout < 1, ("lora_dropout",), "must be in [0, 1)"),
             (self.logging_steps >= 1, ("logging_steps",), "must be >= 1"),
+            (self.save_steps >= 0, ("save_steps",), "must be >= 0 (0: no checkpoints)"),
             (self.report_to in ("none", "tensorboard"), ("report_to",), "must be none or tensorboard"),
         ]
         check_fields(self, checks)
@@ -174,47 +177,59 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
     dataset, n_cut = build_dataset(rows, tokenizer, cfg.max_prompt_length)
     peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                              target_modules="all-linear", task_type="CAUSAL_LM")
-    with scratch(out_dir / f".trl-rank{rank()}") as trl_dir:  # TRL's output_dir: nothing kept
-        loss_args = ({"completion_only_loss": True} if sft else
-                     {"beta": cfg.beta, "gamma": cfg.gamma, "margin_clip": cfg.margin_clip, "weighting": cfg.weighting,
-                      "disable_dropout": False})
-        args = (SFTConfig if sft else DLMAConfig)(
-            output_dir=str(trl_dir), **loss_args, **{f: getattr(cfg, f) for f in TRL_FIELDS},
-            save_strategy="no", disable_tqdm=not progress(),
-            bf16=compute_dtype == torch.bfloat16, fp16=False,
-            # under DDP: only LoRA weights train, and every one of them gets a gradient at every step
-            ddp_find_unused_parameters=False, gradient_checkpointing_kwargs={"use_reentrant": False},
-            use_cpu=device == "cpu",  # also what lets `accelerate launch` run processes on CPUs (gloo)
-        )
-        trainer = (SFTTrainer if sft else DLMATrainer)(model=model, args=args, processing_class=tokenizer,
-                                                       train_dataset=sft_dataset(dataset) if sft else dataset,
-                                                       peft_config=peft_config)
-        if not progress():  # without bars, transformers prints every log dict instead (timings included)
-            trainer.remove_callback(PrinterCallback)
-        # TRL 1.16 casts QLoRA adapters to bf16. There an Adam step of ~lr (5e-5) is below bf16's spacing for
-        # most entries of A (~5e-4 near |a| = 0.1) and is lost; peft's default keeps adapters in float32.
-        trainable = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
-        for p in trainable.values():
-            p.data = p.data.float()
-        before = {n: p.detach().clone() for n, p in trainable.items()}
-        n_trainable = sum(p.numel() for p in trainable.values())
-        if progress():  # console lines; a notebook shows the summary, the same whether it trained or resumed
-            print(f"train{' (SFT on o1)' if sft else ''}: {len(dataset)} pairs, {n_trainable:,} LoRA parameters, "
-                  f"{device}, {'4-bit NF4' if cfg.qlora else str(compute_dtype)} base")
-        result = trainer.train()
-        changed = sum(not torch.equal(before[n], p.detach()) for n, p in trainable.items())
-        events = _read_events(Path(trl_dir) / "runs")  # TensorBoard's, when asked for; the folder goes now
+    # transformers' output_dir: its checkpoints (and TensorBoard's event files), kept until the adapter is written
+    checkpoints = out_dir / CHECKPOINTS
+    resume = last_checkpoint(checkpoints)
+    if resume is None and rank() == 0:  # what a run killed before its first checkpoint left
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    for old in out_dir.glob(".trl-rank*"):  # TRL's scratch folders of earlier versions, as a killed run left them
+        shutil.rmtree(old, ignore_errors=True)
+    loss_args = ({"completion_only_loss": True} if sft else
+                 {"beta": cfg.beta, "gamma": cfg.gamma, "margin_clip": cfg.margin_clip, "weighting": cfg.weighting,
+                  "disable_dropout": False})
+    args = (SFTConfig if sft else DLMAConfig)(
+        output_dir=str(checkpoints), **loss_args,
+        **{f: getattr(cfg, f) for f in TRL_FIELDS}, disable_tqdm=not progress(),
+        save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 1,
+        bf16=compute_dtype == torch.bfloat16, fp16=False,
+        # under DDP: only LoRA weights train, and every one of them gets a gradient at every step
+        ddp_find_unused_parameters=False, gradient_checkpointing_kwargs={"use_reentrant": False},
+        use_cpu=device == "cpu",  # also what lets `accelerate launch` run processes on CPUs (gloo)
+    )
+    trainer = (SFTTrainer if sft else DLMATrainer)(model=model, args=args, processing_class=tokenizer,
+                                                   train_dataset=sft_dataset(dataset) if sft else dataset,
+                                                   peft_config=peft_config)
+    if not progress():  # without bars, transformers prints every log dict instead (timings included)
+        trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(Checkpoints(lambda: getattr(trainer, "step0_guard", None)))
+    # TRL 1.16 casts QLoRA adapters to bf16. There an Adam step of ~lr (5e-5) is below bf16's spacing for
+    # most entries of A (~5e-4 near |a| = 0.1) and is lost; peft's default keeps adapters in float32.
+    trainable = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
+    for p in trainable.values():
+        p.data = p.data.float()
+    before = {n: p.detach().clone() for n, p in trainable.items()}
+    n_trainable = sum(p.numel() for p in trainable.values())
+    if progress():  # console lines; a notebook shows the summary, the same whether it trained or resumed
+        print(f"train{' (SFT on o1)' if sft else ''}: {len(dataset)} pairs, {n_trainable:,} LoRA parameters, "
+              f"{device}, {'4-bit NF4' if cfg.qlora else str(compute_dtype)} base")
+    if resume is not None:  # the step-0 guard ran before the kill: a resumed run cannot see step 0 again
+        trainer.step0_guard = read_json(resume / RESUME_STATE)["step0_guard"]
+        print(f"train: resuming from step {checkpoint_step(resume)} ({resume})", flush=True)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    changed = sum(not torch.equal(before[n], p.detach()) for n, p in trainable.items())
+    events = _read_events(checkpoints / "runs")  # TensorBoard's, when asked for, resumed runs' included
 
     wall = time.time() - started
     log_rows = [{"step": h["step"], **{k: v for k, v in h.items() if k != "step"}}
                 for h in trainer.state.log_history if "loss" in h]
     n_steps = trainer.state.global_step
+    n_run = n_steps - (checkpoint_step(resume) if resume is not None else 0)  # the steps of this call
     summary = {
         "config": asdict(cfg),
         "step0": getattr(trainer, "step0_guard", None),
         "objective": "sft" if sft else "dlma",
         "final_loss": log_rows[-1]["loss"] if log_rows else None,
-        "train_loss": result.training_loss,
+        "train_loss": mean_logged_loss(log_rows),
         "n_steps": n_steps,
         "n_pairs": len(dataset),
         "n_prompts_truncated": n_cut,
@@ -222,8 +237,9 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
         "trainable_tensors": len(trainable),
         "trainable_tensors_changed": changed,
         "train_runtime_s": round(result.metrics.get("train_runtime", float("nan")), 2),
-        "s_per_step": round(result.metrics.get("train_runtime", float("nan")) / max(n_steps, 1), 3),
+        "s_per_step": round(result.metrics.get("train_runtime", float("nan")) / max(n_run, 1), 3),
         "wall_time_s": round(wall, 2),
+        **({"resumed_from_step": n_steps - n_run} if resume is not None else {}),
         "device": device,
     }
     summary = json.loads(json_text(summary))  # the object a rerun reads back from disk: tuples as lists, keys sorted
@@ -252,8 +268,60 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
             else:
                 os.chmod(path, 0o666 & ~UMASK)  # as the rest of the folder (safetensors writes 0600)
                 os.replace(path, target)
+    shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)  # the adapter is whole: optimizer states go
     trainer.accelerator.wait_for_everyone()
     return summary
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoints: a killed or stopped training resumes from the last one, to the same adapter
+
+CHECKPOINTS = "checkpoints"  # in the stage's folder, beside the adapter it becomes; removed once that is written
+RESUME_STATE = "dlma_resume.json"  # what resuming needs besides transformers' own files; marks a whole checkpoint
+
+
+class Checkpoints(TrainerCallback):
+    """transformers writes `checkpoint-N/` (adapter, optimizer, scheduler, RNG states, trainer state) and then
+    calls `on_save`: only then is the checkpoint marked whole (with the step-0 guard, which a resumed run cannot
+    recompute) and the earlier ones removed, so a run killed at any moment leaves a whole checkpoint or none.
+    No checkpoint at the last step: the adapter is saved right after."""
+
+    def __init__(self, step0_guard):
+        self.step0_guard = step0_guard
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_save = False
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            write_json(folder / RESUME_STATE, {"step": state.global_step, "step0_guard": self.step0_guard()})
+            for old in Path(args.output_dir).glob("checkpoint-*"):
+                if old != folder:
+                    shutil.rmtree(old, ignore_errors=True)
+        return control
+
+
+def checkpoint_step(folder: Path) -> int:
+    return int(folder.name.removeprefix("checkpoint-"))
+
+
+def last_checkpoint(root: Path) -> Path | None:
+    """The newest whole checkpoint under `root` (one marked by `Checkpoints.on_save`), or None."""
+    whole = [p for p in root.glob("checkpoint-*")
+             if p.name.removeprefix("checkpoint-").isdigit() and (p / RESUME_STATE).is_file()]
+    return max(whole, key=checkpoint_step, default=None)
+
+
+def mean_logged_loss(log_rows: list[dict]) -> float | None:
+    """The mean training loss over all steps, from the logged losses (each the mean since the previous log):
+    the same whether the run was resumed or not (transformers' own figure covers only the steps of its call)."""
+    total, last = 0.0, 0
+    for row in log_rows:
+        total, last = total + row["loss"] * (row["step"] - last), row["step"]
+    return total / last if last else None
 
 
 def save_adapter(model, tokenizer, folder: Path) -> None:
@@ -342,7 +410,7 @@ def run_train(model_cfg: ModelConfig, pairs, cfg: TrainConfig, out, sft: bool = 
     rows = read_pairs(pairs.pairs, need_self_reward=True, dropped=empty)
     params = {"pairs": str(pairs.pairs), **asdict(cfg), **({"objective": "sft"} if sft else {})}
     # under `accelerate launch`, the main process checks and writes; the others train beside it
-    at = folder.begin(params, {"pairs": pairs_file(pairs.pairs)}, out.force, launched=True)
+    at = folder.begin(params, {"pairs": pairs_file(pairs.pairs)}, out.force, launched=True, outputs=(CHECKPOINTS,))
     if folder.done:
         if progress():  # console only: a notebook shows the same whether it trained or found the adapter
             print(f"train: {folder.path} already holds this run; not retraining")
@@ -353,6 +421,10 @@ def run_train(model_cfg: ModelConfig, pairs, cfg: TrainConfig, out, sft: bool = 
         summary = train_dlma(rows, model_cfg, cfg, folder.path, sft=sft)
     except BaseException:  # nothing is written before the adapter, whole: a model that fails to load leaves nothing
         folder.abandon()
+        last = last_checkpoint(folder.path / CHECKPOINTS)
+        if last is not None and at.main:
+            print(f"dlma train: stopped; the same command resumes from step {checkpoint_step(last)} ({last})",
+                  file=sys.stderr)
         raise
     folder.finish(summary=summary, dropped={"empty_response": empty}, processes=at.world)
     return summary

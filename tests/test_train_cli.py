@@ -60,3 +60,54 @@ def test_train_cli_names_a_row_without_self_reward(tmp_path):
     assert ours == [f"dlma train: error: {pairs}:2: field 'self_reward': missing or not a finite number (got None); "
                     "run `dlma score`"]
     assert not (tmp_path / "a").exists()
+
+
+KILLED_AT_STEP_3 = """
+import os, signal, sys
+from dlma import train
+from dlma.cli import main
+
+def on_step_end(self, args, state, control, **kwargs):  # as `kill -9` would, after checkpoint-2 and mid-step 3
+    if state.global_step == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return control
+
+train.Checkpoints.on_step_end = on_step_end
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_train_killed_resumes_from_its_last_checkpoint_to_the_same_adapter(tiny_model_dir, tmp_path):
+    pairs = tmp_path / "scored.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in scored_rows(16)))
+    args = ["--model", tiny_model_dir, "--pairs", str(pairs), "--per-device-train-batch-size", "4",
+            "--max-length", "64", "--max-prompt-length", "32", "--learning-rate", "1e-3", "--device", "cpu",
+            "--save-steps", "2", "--lora-dropout", "0.1"]  # dropout: the RNG state must resume too
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert cli("train", *args, "--out", str(whole)).returncode == 0
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT_STEP_3, "train", *args, "--out", str(cut)],
+                            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    left = sorted(p.name for p in (cut / "checkpoints").iterdir() if p.name.startswith("checkpoint-"))
+    assert left == ["checkpoint-2"] and not (cut / "manifest.json").exists()
+    resumed = cli("train", *args, "--out", str(cut))  # the same command: resumed, not refused or restarted
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "train: resuming from step 2" in resumed.stdout
+    # the adapter of the run that was killed and resumed is the uninterrupted run's, byte for byte
+    assert (cut / "adapter_model.safetensors").read_bytes() == (whole / "adapter_model.safetensors").read_bytes()
+    logs = [[json.loads(line) for line in (d / "train_log.jsonl").read_text().splitlines()] for d in (whole, cut)]
+    assert [(r["step"], r["loss"]) for r in logs[0]] == [(r["step"], r["loss"]) for r in logs[1]] and len(logs[0]) == 4
+    summaries = [json.loads((d / "train_summary.json").read_text()) for d in (whole, cut)]
+    assert summaries[1]["resumed_from_step"] == 2 and "resumed_from_step" not in summaries[0]
+    for key in ("step0", "train_loss", "final_loss", "n_steps", "trainable_tensors_changed"):
+        assert summaries[0][key] == summaries[1][key], key
+    assert not (cut / "checkpoints").exists() and not (whole / "checkpoints").exists()  # optimizer states gone
+
+    # killed again, then --force: the checkpoints are the stage's own, removed with the rest; trained anew
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT_STEP_3, "train", *args, "--out", str(cut), "--force"],
+                            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert killed.returncode == -9 and (cut / "checkpoints" / "checkpoint-2").is_dir()
+    forced = cli("train", *args, "--out", str(cut), "--force")
+    assert forced.returncode == 0 and "resuming" not in forced.stdout, forced.stderr[-2000:]
+    assert (cut / "adapter_model.safetensors").read_bytes() == (whole / "adapter_model.safetensors").read_bytes()
