@@ -939,3 +939,75 @@ def claim1_reading(metrics: dict, a: str = "dlma", b: str = "rlaif", alpha: floa
         chance = f"Once length is balanced, {A} is {_chance(acc[a])} and {B} is {_chance(acc[b])}."
     return {"claim1_raw": raw, "claim1_length": length, "claim1_balanced": balanced, "claim1_verdict": verdict,
             "claim1_chance": chance}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Stage 3b's and stage 5's readings: each generated from the numbers, by the rule its page states
+
+
+def _apart(ci: list | None, p: float | None, alpha: float) -> int:
+    """+1 or -1 where a paired difference is established (its interval excludes 0 and the exact test agrees,
+    p below alpha), else 0."""
+    if ci is None or p is None or p >= alpha:
+        return 0
+    return 1 if ci[0] > 0 else -1 if ci[1] < 0 else 0
+
+
+def study_reading(study: dict, alpha: float = ALPHA) -> str:
+    """Stage 3b's verdict by the rule its page states: the selected candidate judges better than the paper's
+    pair only where, on the pairs the selection never saw, the paired interval excludes 0 and the exact test
+    agrees (p below alpha), both raw and length-balanced."""
+    sel, ref, n = study["selected"], study["reference"], study["split"]["n_rest"]
+    if sel == ref:
+        return (f"The selection kept the paper's pair (`{ref}`): no other candidate was more accurate on the "
+                f"{study['split']['n_select']:,} selection pairs, so there is nothing to confirm.")
+    p = study["confirmation"]["paired"]
+    raw = _apart(p["ci95"], p["mcnemar_p"], alpha)
+    balanced = _apart(p["balanced_ci95"], p["stratified_p"], alpha)
+    figures = (f"on the {n:,} pairs the selection never saw, `{sel}` minus `{ref}` is "
+               f"{fmt_difference(p['difference'], p['ci95'])} raw (exact McNemar {_p(p['mcnemar_p'])}) and "
+               f"{fmt_difference(p['balanced_difference'], p['balanced_ci95'])} length-balanced (stratified test "
+               + (_p(p["stratified_p"]) if p["stratified_p"] is not None else "undefined") + ")")
+    if raw == balanced == 1:
+        return (f"The selected candidate `{sel}` judges better than the paper's pair: {figures}. Both conditions "
+                "of the rule hold, raw and length-balanced; at this scale, on this data.")
+    if raw == balanced == -1:
+        return f"The selected candidate `{sel}` judges worse than the paper's pair: {figures}."
+    failed = [what for what, d in (("raw", raw), ("length-balanced", balanced)) if d != 1]
+    return (f"No candidate is shown to judge better than the paper's pair `{ref}`: {figures}. The rule needs "
+            f"both comparisons established, and the {_join(failed)} one{'s are' if len(failed) > 1 else ' is'} "
+            "not (its interval contains 0 or its p-value is not below "
+            f"{alpha:g}); the selection points at most to a pair worth testing on other data.")
+
+
+def alignment_reading(summary: dict, responses: list[dict], seed: int = 0, alpha: float = ALPHA) -> str:
+    """Stage 5's reading: what the adapter changed on the held-out prompts, paired on the same prompts (the
+    adapter's answer against the base's: how many differ, and the mean change of the base model's contrastive
+    score C(o) and of the log perplexity, with paired bootstrap intervals), then the implicit-reward accuracy
+    against chance (0.5)."""
+    from .stats import bootstrap_ci
+
+    by_id = {(r["id"], r["model"]): r for r in responses}
+    ids = [i for i, m in by_id if m == "base" and (i, "dlma") in by_id]
+    imp = summary["implicit"]
+    lo, hi = imp["ci95"]
+    chance = "above chance" if lo > 0.5 else "below chance" if hi < 0.5 else "not distinguishable from chance"
+    implicit = (f"The adapter's implicit reward agrees with the human label on {fmt_acc(imp)} of the {imp['n']:,} "
+                f"held-out human pairs: {chance} (0.5).")
+    if not ids:
+        return f"No held-out prompt was answered by both models. {implicit}"
+    changed = sum(by_id[i, "dlma"]["response"] != by_id[i, "base"]["response"] for i in ids)
+    parts = []
+    for key, label, transform in (("contrastive_score", "the base model's contrastive score C(o)", float),
+                                  ("perplexity", "the log perplexity", np.log)):
+        d = np.array([transform(by_id[i, "dlma"][key]) - transform(by_id[i, "base"][key]) for i in ids])
+        ci = bootstrap_ci(d, seed=seed)
+        moved = ("up" if ci[0] > 0 else "down") if (ci[0] > 0 or ci[1] < 0) else "within noise"
+        parts.append(f"{label} moved by {fmt_difference(float(d.mean()), ci)} ({moved})")
+    answers = (f"The adapter changed {changed} of the {len(ids)} held-out answers"
+               + (" (every other one is the base model's, word for word)" if changed < len(ids) else ""))
+    if changed == 0:
+        return f"{answers}: at this training budget it left the sampled answers as they were. {implicit}"
+    return (f"{answers}; on the same prompts, paired (adapter minus base, 95% paired bootstrap), "
+            f"{_join(parts)}. Higher C(o) is more harmless by the base model's own judgement, lower perplexity "
+            f"more fluent; a change within noise is not a change this run can show. {implicit}")

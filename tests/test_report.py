@@ -388,3 +388,65 @@ def test_figures_carry_their_labels_counts_and_the_right_reference():
              "selected": "hhh", "reference": "harmless", "split": {"n_select": 40}}
     legend = report.plot_study(study).axes[0].get_legend()
     assert [t.get_text() for t in legend.get_texts()] == ["the paper's pair", "selected", "other candidates"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# stage 3b's verdict and stage 5's reading
+
+
+def study(selected="long_system/norm", difference=0.046, ci=(0.003, 0.092), p=0.054, balanced=0.04,
+          balanced_ci=(-0.01, 0.09), stratified_p=0.088):
+    return {"selected": selected, "reference": "harmless", "split": {"n_select": 397, "n_rest": 905, "seed": 0},
+            "confirmation": {"paired": {"difference": difference, "ci95": list(ci), "mcnemar_p": p,
+                                        "balanced_difference": balanced,
+                                        "balanced_ci95": list(balanced_ci) if balanced_ci else None,
+                                        "stratified_p": stratified_p}}}
+
+
+def test_study_reading_applies_the_pages_rule():
+    # the published run's figures: the interval just excludes 0 but the exact test does not agree
+    text = report.study_reading(study())
+    assert text.startswith("No candidate is shown to judge better than the paper's pair `harmless`")
+    assert "+0.046 [+0.003, +0.092] raw (exact McNemar p = 0.054)" in text and "905 pairs" in text
+    assert "the raw and length-balanced ones are not" in text
+    # only the balanced comparison fails
+    text = report.study_reading(study(p=0.01))
+    assert text.startswith("No candidate") and "the length-balanced one is not" in text
+    # both established, either way
+    better = report.study_reading(study(p=0.01, balanced_ci=(0.01, 0.08), stratified_p=0.02))
+    assert better.startswith("The selected candidate `long_system/norm` judges better")
+    worse = report.study_reading(study(difference=-0.05, ci=(-0.09, -0.01), p=0.01, balanced=-0.05,
+                                       balanced_ci=(-0.09, -0.02), stratified_p=0.01))
+    assert worse.startswith("The selected candidate `long_system/norm` judges worse")
+    assert report.study_reading(study(selected="harmless")).startswith("The selection kept the paper's pair")
+    undefined = report.study_reading(study(p=0.01, balanced=None, balanced_ci=None, stratified_p=None))
+    assert "undefined length-balanced (stratified test undefined)" in undefined and undefined.startswith("No ")
+
+
+def answers(base_c, dlma_c, same=()):
+    rows = []
+    for k, (b, d) in enumerate(zip(base_c, dlma_c, strict=True)):
+        rows.append({"id": f"q{k}", "model": "base", "response": f"base {k}", "contrastive_score": b,
+                     "perplexity": 10.0})
+        rows.append({"id": f"q{k}", "model": "dlma", "response": f"base {k}" if k in same else f"dlma {k}",
+                     "contrastive_score": d, "perplexity": 10.0 if k in same else 12.0})
+    return rows
+
+
+def test_alignment_reading_pairs_the_answers_and_reads_chance():
+    summary = {"implicit": {"accuracy": 0.565, "ci95": [0.484, 0.661], "n": 124, "ties": 0}}
+    # nothing changed: said so, and no interval is read into it
+    text = report.alignment_reading(summary, answers([-1.0, -2.0], [-1.0, -2.0], same=(0, 1)))
+    assert text.startswith("The adapter changed 0 of the 2 held-out answers")
+    assert "left the sampled answers as they were" in text
+    assert "0.565 [0.484, 0.661] of the 124 held-out human pairs: not distinguishable from chance" in text
+    # every answer changed, C(o) up on each prompt by 1, perplexity 10 -> 12: both moved beyond noise
+    text = report.alignment_reading(summary, answers([-1.0, -2.0, -3.0, -1.5], [0.0, -1.0, -2.0, -0.5]))
+    assert "changed 4 of the 4 held-out answers;" in text
+    assert "contrastive score C(o) moved by +1.000 [+1.000, +1.000] (up)" in text
+    assert f"log perplexity moved by {np.log(1.2):+.3f}" in text and "(up)" in text.split("log perplexity")[1]
+    # a change of both signs: within noise; an accuracy whose interval lies above 0.5
+    mixed = report.alignment_reading({"implicit": {"accuracy": 0.8, "ci95": [0.6, 0.95], "n": 40, "ties": 0}},
+                                     answers([0.0, 0.0, 0.0, 0.0], [1.0, -1.0, 1.0, -1.0], same=(1,)))
+    assert "changed 3 of the 4 held-out answers (every other one is the base model's, word for word)" in mixed
+    assert "(within noise)" in mixed and "above chance" in mixed
