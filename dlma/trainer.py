@@ -156,13 +156,32 @@ class _WithSelfReward:
         return batch
 
 
+COMPUTE_LOSS_ARGS = ("self", "model", "inputs", "return_outputs", "num_items_in_batch")  # TRL 1.16, transformers 5
+
+
+def check_compute_loss_signature(trainer_cls) -> None:
+    """DLMATrainer.compute_loss replaces TRL's, so it must be called as TRL's is: a TRL that changed its
+    arguments is one clear error, not a loss computed on misread arguments."""
+    import inspect
+
+    import trl
+
+    got = tuple(inspect.signature(trainer_cls.compute_loss).parameters)
+    if got != COMPUTE_LOSS_ARGS:
+        raise TypeError(f"DLMATrainer replaces {trainer_cls.__name__}.compute_loss{COMPUTE_LOSS_ARGS[1:]}, but TRL "
+                        f"{trl.__version__} defines compute_loss{got[1:]}: install the TRL that pyproject.toml pins "
+                        "(or update dlma/trainer.py to the new signature)")
+
+
 class DLMATrainer(DPOTrainer):
     """TRL's DPOTrainer with the DLMA loss. The training dataset needs a numeric `self_reward` column.
 
-    TRL 1.16 computes the DPO loss inline in `_compute_loss`, so that method is replaced: the policy
-    forward is TRL's (fused LM head, summed completion log-probs), the reference log-probs come from TRL's
-    `compute_ref_log_probs` (adapter disabled under PEFT) or from the precomputed columns, and the loss is
-    `dlma_loss`. TRL's reward metrics are kept; `dlma/self_reward_clamped` is the mean clamp(R, L, U) and
+    The loss is replaced through `compute_loss`, the extension point transformers' and TRL's documentation
+    name (TRL's own `_compute_loss` is private: TRL 0.29 rewrote it and 1.9 changed its signature): the
+    policy forward is TRL's (fused LM head, summed completion log-probs), the reference log-probs come from
+    TRL's `compute_ref_log_probs` (adapter disabled under PEFT) or from the precomputed columns, and the loss
+    is `dlma_loss`. A TRL whose `compute_loss` takes other arguments is refused when the trainer is made.
+    TRL's reward metrics are kept; `dlma/self_reward_clamped` is the mean clamp(R, L, U) and
     `dlma/clipped_fraction` the share of pairs the clamp changed.
     """
 
@@ -170,6 +189,7 @@ class DLMATrainer(DPOTrainer):
     _name = "DLMA"
 
     def __init__(self, *args, **kwargs):
+        check_compute_loss_signature(DPOTrainer)
         super().__init__(*args, **kwargs)
         if not isinstance(self.args, DLMAConfig):
             raise TypeError(f"DLMATrainer needs a DLMAConfig, got {type(self.args).__name__}")
@@ -197,7 +217,7 @@ class DLMATrainer(DPOTrainer):
     def compute_ref_log_probs(self, model, inputs):
         return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k != "self_reward"})
 
-    def _compute_loss(self, model, inputs, return_outputs):
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs:
             raise NotImplementedError("DLMATrainer returns no logits (TRL 1.16 deprecates return_outputs)")
         mode = "train" if self.model.training else "eval"

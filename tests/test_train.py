@@ -193,6 +193,25 @@ def test_step0_guard_raises_when_policy_is_not_reference(tiny_model_dir, tmp_pat
     assert trainer.step0_guard["abs_diff"] > 1e-4 and trainer.step0_guard["max_abs_logratio"] > 0
 
 
+def test_the_loss_goes_through_trls_public_compute_loss_and_a_changed_signature_is_refused():
+    import inspect
+
+    from dlma.trainer import COMPUTE_LOSS_ARGS, check_compute_loss_signature
+
+    assert "_compute_loss" not in DLMATrainer.__dict__ and "compute_loss" in DLMATrainer.__dict__
+    assert tuple(inspect.signature(DLMATrainer.compute_loss).parameters) == COMPUTE_LOSS_ARGS
+    check_compute_loss_signature(DPOTrainer)  # the pinned TRL's
+
+    class Renamed(DPOTrainer):  # as a TRL release that changed the extension point would
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None, *, mode="train"):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    with pytest.raises(TypeError, match=r"DLMATrainer replaces Renamed.compute_loss\('model', 'inputs', "
+                                        r"'return_outputs', 'num_items_in_batch'\), but TRL .* defines "
+                                        r"compute_loss\(.*'mode'\): install the TRL that pyproject.toml pins"):
+        check_compute_loss_signature(Renamed)
+
+
 def test_trainer_needs_self_reward(tiny_model_dir, tmp_path):
     model, tokenizer = load_model(ModelConfig(model=tiny_model_dir))
     dataset, _ = build_dataset(make_rows(), tokenizer, 64)
