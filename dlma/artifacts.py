@@ -198,16 +198,9 @@ def check_out(folder: str | Path) -> None:
         raise DLMAError(f"{parent}: not writable, so {folder} cannot be made or written")
 
 
-def input_record(source) -> dict:
-    """What params.json and manifest.json keep of an input: its path as given and, for a local file, its content
-    hash, so that a rerun on changed data is refused rather than answered with stale results. A data source
-    (`dlma.data.Source`) keeps its split, revision and the hash of each data file read (`data.source_record`)."""
-    from .data import Source, resolve_source, source_record
-
-    if isinstance(source, Source):
-        return source_record(source)
-    path = resolve_source(source)
-    return {"path": str(source), "sha256": sha256_file(path) if path is not None and path.is_file() else None}
+def cache_dir() -> Path:
+    """Where dlma keeps what it fetched (models, data files): $DLMA_CACHE, else ~/.cache/dlma."""
+    return Path(os.environ.get("DLMA_CACHE", Path.home() / ".cache" / "dlma"))
 
 
 # Parameters added after results were made: at these values they change nothing, so a folder made before
@@ -229,8 +222,8 @@ def with_added_later(before: dict, record: dict) -> dict:
     return out
 
 
-def record_params(folder: str | Path, params: dict, hint: str, inputs: dict | None = None,
-                  force: bool = False, outputs: tuple[str, ...] = (), records: dict | None = None) -> None:
+def record_params(folder: str | Path, params: dict, hint: str, records: dict | None = None,
+                  force: bool = False, outputs: tuple[str, ...] = ()) -> None:
     """Write `params.json` in `folder` (parameters, and the content hash of each input file), or check it.
 
     A folder is never resumed with other parameters or changed inputs, so it never mixes results of two
@@ -238,12 +231,12 @@ def record_params(folder: str | Path, params: dict, hint: str, inputs: dict | No
     lists, its `outputs` and its bookkeeping, never a file a stage did not write) and starts over. A folder
     that holds only its params.json (a run that stopped before its first result, e.g. on a typo) takes the
     new parameters. A folder holding files that no stage recorded is
-    refused. `hint` says what to do. `records`: the inputs' records, if the caller already made them.
+    refused. `hint` says what to do. `records`: each input's record (`data.input_record`), by name.
     """
     from .errors import DLMAError
 
     folder = Path(folder)
-    records = records if records is not None else {k: input_record(v) for k, v in (inputs or {}).items()}
+    records = records or {}
     record = json.loads(json.dumps({**params, "inputs": records},
                                    default=str))  # as it will read back
     path = folder / "params.json"

@@ -12,10 +12,8 @@ import contextlib
 import io
 import sys
 
-from .commands import COMMANDS, load
+from .commands import COMMANDS, RUN_HELP, load
 from .errors import DLMAError, did_you_mean
-
-RUN_HELP = "the whole pipeline: notebooks executed with papermill, then the book"
 
 
 def usage() -> str:

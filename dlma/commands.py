@@ -45,6 +45,8 @@ class Command:
 
 
 MODEL, PAIRS_FILE = "models:ModelConfig", "params:PairsFile"
+RUN_HELP = "the whole pipeline: notebooks executed with papermill, then the book"  # `dlma run`, not a stage
+
 COMMANDS = {
     "generate": Command("contrastive response pairs (o1 under p+, o2 under p-)",
                         (PAIRS_FILE, MODEL, "params:Queries", "generate:GenerateConfig", "params:Out"),
@@ -57,7 +59,7 @@ COMMANDS = {
                         "preference:run_pref_acc", "preference:summary"),
     "pair-study": Command("stage 3b in a run folder: prompt pairs selected on a slice, confirmed on the rest",
                           (PAIRS_FILE, MODEL, "params:PrefData", "study:StudyConfig", "params:Run"),
-                          "study:run_pair_study", "study:summary"),
+                          "study:run_pair_study", "report:study_summary"),
     "split": Command("hold out a share of scored pairs (train.jsonl, heldout.jsonl)",
                      ("params:Pairs", "params:Split", "params:Out"), "train:run_split", "train:split_summary"),
     "train": Command("QLoRA DLMA training on scored pairs",

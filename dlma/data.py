@@ -32,6 +32,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TypedDict
 
+from .artifacts import sha256_file
 from .errors import DLMAError, where
 from .prompts import PAIRS, RENDERINGS, get_pair
 from .selection import KEY, is_selection, selected_rows, selection_record
@@ -293,8 +294,6 @@ _HASHES: dict[tuple, str] = {}
 
 def file_sha256(path: Path) -> str:
     """A file's content hash, computed once per process for a file unchanged since (data files can be large)."""
-    from .artifacts import sha256_file
-
     stat = Path(path).stat()
     key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _HASHES:
@@ -683,3 +682,13 @@ def _pair_row_problem(row: dict, need_self_reward: bool) -> tuple[str, str] | No
             isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
         return "self_reward", f"missing or not a finite number (got {value!r}); run `dlma score`"
     return None
+
+
+def input_record(source) -> dict:
+    """What params.json and manifest.json keep of an input: its path as given and, for a local file, its content
+    hash, so that a rerun on changed data is refused rather than answered with stale results. A data source
+    (`dlma.data.Source`) keeps its split, revision and the hash of each data file read (`data.source_record`)."""
+    if isinstance(source, Source):
+        return source_record(source)
+    path = resolve_source(source)
+    return {"path": str(source), "sha256": sha256_file(path) if path is not None and path.is_file() else None}

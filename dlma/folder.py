@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import lock
 from .artifacts import check_out, read_json, record_params, sha256_file, write_manifest
+from .data import input_record, resolve_source
 from .distributed import Launch, launch
 
 HINT = "write to another folder, pass --force to redo it, or delete it to start over"
@@ -51,7 +52,6 @@ class StageFolder:
         """Every parameter and input has been checked: from here on the stage writes. `launched`: the stage
         shares its work among the processes of a launch (`dlma.distributed`); the main one records. `outputs`:
         the files the stage writes before its manifest (what --force removes of a stage that did not finish)."""
-        from .data import resolve_source
         from .errors import DLMAError
 
         for name, given in (inputs or {}).items():  # an output folder never holds, or is, one of its inputs
@@ -69,7 +69,7 @@ class StageFolder:
         if self.read_only:
             if force:
                 raise DLMAError(f"{self.path}: not writable, so --force cannot redo the stage there")
-            record_params(self.path, params, HINT, inputs)  # a finished folder's: checked, never written
+            record_params(self.path, params, HINT, {k: input_record(v) for k, v in (inputs or {}).items()})  # checked
             self.check_outputs()
             return self.at
         made = [p for p in (self.path, self.path / "params.json") if not p.exists()]
@@ -77,10 +77,8 @@ class StageFolder:
         self._locked = True
         try:
             if self.at.main:
-                from .artifacts import input_record
-
                 self.inputs = {k: input_record(v) for k, v in (inputs or {}).items()}
-                record_params(self.path, params, HINT, force=force, outputs=outputs, records=self.inputs)
+                record_params(self.path, params, HINT, self.inputs, force=force, outputs=outputs)
                 self._made = [p for p in made if p.exists()]
                 if self.done:
                     self.check_outputs()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .artifacts import sha256_file, write_json
+from .artifacts import cache_dir, sha256_file, write_json
 from .distributed import local_rank, under_fsdp
 from .errors import DLMAError
 from .params import documented
@@ -51,10 +51,6 @@ class BaseModel:
     model: str = DEFAULT_MODEL
     dtype: str = "auto"
     device: str = "auto"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("DLMA_CACHE", Path.home() / ".cache" / "dlma"))
 
 
 def resolve_device(device: str = "auto") -> str:

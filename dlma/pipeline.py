@@ -37,7 +37,7 @@ from pathlib import Path
 import yaml
 
 from .artifacts import atomic_write, check_out, read_json, sha256_file, write_json
-from .commands import COMMANDS, NOTEBOOKS, STAGES, notebook_fields, step_values
+from .commands import COMMANDS, NOTEBOOKS, RUN_HELP, STAGES, notebook_fields, step_values
 from .errors import DLMAError, did_you_mean
 from .params import PATHS, fields_of, option_text, parse, read_values
 
@@ -475,7 +475,6 @@ def update_parameter_table(page: Path | None = None) -> bool:
 
 
 def run_parser() -> argparse.ArgumentParser:
-    from .cli import RUN_HELP
     from .params import argument_parser
 
     r = argument_parser([], prog="dlma run", description=f"{RUN_HELP}. Works in a checkout of the repository "

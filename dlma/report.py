@@ -303,6 +303,11 @@ def confirmation_frame(study: dict) -> pd.DataFrame:
     return frame
 
 
+def study_summary(result: dict, run) -> str:
+    """What `dlma pair-study` prints: the candidates on the selection slice, then the selected one confirmed."""
+    return f"{study_frame(result).to_string()}\n\n{confirmation_frame(result).to_string()}"
+
+
 def pairs_frame(study_variants: str) -> pd.DataFrame:
     """The prompt pairs of a study (its `study_variants`): each variant's rendering and its p+ and p- (affix
     text, or the system messages of the chat rendering)."""

@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .artifacts import atomic_write, sha256_file
+from .artifacts import atomic_write, cache_dir, sha256_file
 from .errors import DLMAError
 
 SUFFIX = ".rows.json"
@@ -101,7 +101,6 @@ def offline() -> bool:
 
 
 def cache_path(sel: Selection) -> Path:
-    from .models import cache_dir
 
     return cache_dir() / "data" / sel.file_sha256 / Path(sel.file).name
 

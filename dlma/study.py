@@ -127,7 +127,8 @@ def terms_row(terms: dict, n_o1: int, n_o2: int) -> dict:
 def stage3_rows(run_dir: Path, data, study, variant: tuple[str, str, str]) -> dict:
     """{id: dlma row} of stage 3 when it scored `variant` with the very settings the study would use (the same
     numbers, so not computed twice); else {}."""
-    from .artifacts import input_record, read_json, read_jsonl
+    from .artifacts import read_json, read_jsonl
+    from .data import input_record
 
     folder = run_dir / "03_preference_accuracy"
     if not (folder / "predictions.jsonl").is_file():
@@ -246,10 +247,3 @@ def run_pair_study(model_cfg, data, study: StudyConfig, run, model=None) -> dict
     changed = write_json_if_changed(folder.path / "study.json", result)
     folder.finish(changed, skipped_rows=skipped, over_pref_max_length=list(left_out.values()), n_examples=len(examples))
     return result
-
-
-def summary(result: dict, run) -> str:
-    """What `dlma pair-study` prints: the candidates on the selection slice, then the selected one confirmed."""
-    from .report import confirmation_frame, study_frame
-
-    return f"{study_frame(result).to_string()}\n\n{confirmation_frame(result).to_string()}"

@@ -16,6 +16,7 @@ from dlma.artifacts import (
     write_jsonl,
     write_manifest,
 )
+from dlma.data import input_record
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):
@@ -121,13 +122,13 @@ def test_record_params_names_what_changed(tmp_path):
     a.write_text("one\n")
     b.write_text("one\n")
     out = tmp_path / "out"
-    record_params(out, {"k": 1}, "hint", {"data": a})
+    record_params(out, {"k": 1}, "hint", {"data": input_record(a)})
     (out / "result.jsonl").write_text("{}\n")  # a result: from now on the folder keeps its parameters
-    record_params(out, {"k": 1}, "hint", {"data": a})  # the same: accepted
+    record_params(out, {"k": 1}, "hint", {"data": input_record(a)})  # the same: accepted
     with pytest.raises(DLMAError, match=r"other parameters \(data\)"):  # another file, even with the same bytes
-        record_params(out, {"k": 1}, "hint", {"data": b})
+        record_params(out, {"k": 1}, "hint", {"data": input_record(b)})
     a.write_text("two\n")
     with pytest.raises(DLMAError, match=r"a.jsonl: changed since .* --force"):  # the same file, other bytes
-        record_params(out, {"k": 1}, "hint", {"data": a})
+        record_params(out, {"k": 1}, "hint", {"data": input_record(a)})
     with pytest.raises(DLMAError, match=r"other parameters \(k\)"):
         record_params(out, {"k": 2}, "hint")
