@@ -36,6 +36,7 @@ from .stats import (
     balanced_comparison,
     balanced_mean,
     bootstrap_ci,
+    length_controlled,
     outcomes,
     paired_comparison,
 )
@@ -100,11 +101,13 @@ def tie_tolerance(scorer: str, beta: float) -> float:
 
 
 def summarize(scores: list[float], n_boot: int = 1000, seed: int = 0, strata=None, same=None,
-              tolerance=TIE_TOLERANCE) -> dict:
+              tolerance=TIE_TOLERANCE, length_difference=None) -> dict:
     """{"accuracy", "ci95", "n", "ties"} for one scorer's scores (a tie is not correct; `same`: whether each
     pair's responses are the same text). With each pair's length stratum (`length_stratum`), also
     "balanced_accuracy" and "balanced_ci95" (None when a stratum has no pair) and "same_length", the pairs of
-    equal length that the balanced figure leaves out. `tolerance`: the tie tolerance, one or per pair."""
+    equal length that the balanced figure leaves out. `tolerance`: the tie tolerance, one or per pair. With each
+    pair's length difference (chosen minus rejected, in tokens), also "length_controlled" and
+    "length_controlled_ci95" (`stats.length_controlled`)."""
     correct, tie = outcomes(scores, same, tolerance)
     out = {"accuracy": float(correct.mean()), "ci95": list(bootstrap_ci(correct, n_boot, seed)), "n": int(len(correct)),
            "ties": int(tie.sum())}
@@ -112,6 +115,9 @@ def summarize(scores: list[float], n_boot: int = 1000, seed: int = 0, strata=Non
         value, ci = balanced_mean(correct, strata, BALANCED, n_boot, seed)
         out |= {"balanced_accuracy": value, "balanced_ci95": ci,
                 "same_length": int(sum(g == SAME_LENGTH for g in strata))}
+    if length_difference is not None:
+        lc = length_controlled(correct, length_difference, n_boot, seed)
+        out |= {"length_controlled": lc["accuracy"], "length_controlled_ci95": lc["ci95"]}
     return out
 
 
@@ -147,11 +153,16 @@ def length_stratum(n_chosen: int, n_rejected: int) -> str:
     return SHORTER if n_chosen < n_rejected else LONGER if n_chosen > n_rejected else SAME_LENGTH
 
 
-def length_strata(examples: list[Example], tokenizer) -> list[str]:
-    """Each pair's length stratum in tokens, the units the log-probability judges sum over."""
+def length_differences(examples: list[Example], tokenizer) -> list[int]:
+    """Each pair's chosen minus rejected response length in tokens, the units the log-probability judges sum over."""
     chosen = responses_ids([ex.chosen for ex in examples], tokenizer)
     rejected = responses_ids([ex.rejected for ex in examples], tokenizer)
-    return [length_stratum(len(c), len(r)) for c, r in zip(chosen, rejected, strict=True)]
+    return [len(c) - len(r) for c, r in zip(chosen, rejected, strict=True)]
+
+
+def length_strata(examples: list[Example], tokenizer) -> list[str]:
+    """Each pair's length stratum in tokens."""
+    return [length_stratum(d, 0) for d in length_differences(examples, tokenizer)]
 
 
 def same_responses(examples: list[Example]) -> list[bool]:
@@ -165,12 +176,14 @@ def turn_group(ex: Example) -> str:
 
 
 def judge_metrics(predictions: list[dict], examples: list[Example], scorers: list[str], strata: list[str],
-                  n_boot: int = 1000, seed: int = 0, beta: float = PrefAccConfig.beta) -> dict:
+                  n_boot: int = 1000, seed: int = 0, beta: float = PrefAccConfig.beta,
+                  length_difference: list[int] | None = None) -> dict:
     """metrics.json: each scorer's accuracy and length-balanced accuracy with their intervals; every pair of
     scorers compared on the same pairs (`compare`: paired bootstrap interval of the difference, exact McNemar
     p, and the same length-balanced, with McNemar within each length stratum); each scorer's accuracy split
     by `strata` (each pair's `length_stratum`) and by the number of turns, with counts and intervals. A tie
-    (`tie_tolerance`, with the implicit reward's `beta`) is not correct."""
+    (`tie_tolerance`, with the implicit reward's `beta`) is not correct. With each pair's `length_difference`,
+    each scorer's length-controlled accuracy too (`summarize`)."""
     score = {(r["scorer"], r["id"]): r["score"] for r in predictions}
     ids = [ex.id for ex in examples]
     scores = {s: np.array([score[(s, i)] for i in ids], dtype=float) for s in scorers}
@@ -180,7 +193,8 @@ def judge_metrics(predictions: list[dict], examples: list[Example], scorers: lis
               for k, a in enumerate(scorers) for b in scorers[k + 1:]]
     groups = {"length": strata, "turns": [turn_group(ex) for ex in examples]}
     splits = {by: {s: accuracy_by_group(correct[s], g, n_boot, seed) for s in scorers} for by, g in groups.items()}
-    return {"accuracy": {s: summarize(scores[s], n_boot, seed, strata, same, tie_tolerance(s, beta)) for s in scorers},
+    return {"accuracy": {s: summarize(scores[s], n_boot, seed, strata, same, tie_tolerance(s, beta), length_difference)
+                         for s in scorers},
             "paired": paired, "splits": splits}
 
 
@@ -355,8 +369,9 @@ def run_pref_acc(model_cfg, data, cfg: PrefAccConfig, out, exclude_ids=(), model
         same = dict(zip([e.id for e in examples], same_responses(examples), strict=True))
         # (a folder made before pairs over pref_max_length were left out holds them: read only this run's pairs)
         by_scorer = {s: [r for r in store.rows if r["scorer"] == s and r["id"] in same] for s in scorers}
-        metrics = judge_metrics(store.rows, examples, scorers, length_strata(examples, folder.tokenizer()),
-                                cfg.n_bootstrap, cfg.seed, cfg.beta)
+        diffs = length_differences(examples, folder.tokenizer())
+        metrics = judge_metrics(store.rows, examples, scorers, [length_stratum(d, 0) for d in diffs],
+                                cfg.n_bootstrap, cfg.seed, cfg.beta, diffs)
         calibration = {s: accuracy_by_confidence([r["score"] for r in rows], same=[same[r["id"]] for r in rows],
                                                  tolerance=tie_tolerance(s, cfg.beta)) for s, rows in by_scorer.items()}
         changed = any([write_json_if_changed(folder.path / "metrics.json", metrics),

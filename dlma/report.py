@@ -58,12 +58,15 @@ def plot_r_distribution(rows: list[dict]):
 
 def metrics_frame(metrics: dict) -> pd.DataFrame:
     """Each scorer's accuracy with its interval, its length-balanced accuracy (where computed) and the pairs of
-    equal length that one leaves out, n and ties."""
+    equal length that one leaves out, its length-controlled accuracy (the logistic reading at equal length, where
+    computed), n and ties."""
     rows = []
     for k, m in metrics.items():
         row = {"scorer": k, "accuracy": round(m["accuracy"], 3), "95% CI": f"[{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"}
         if "balanced_accuracy" in m:
             row |= {"length-balanced [95% CI]": fmt_balanced(m), "same length": m["same_length"]}
+        if "length_controlled" in m:
+            row["length-controlled [95% CI]"] = fmt_controlled(m)
         rows.append({**row, "n": m["n"], "ties": m["ties"]})
     return pd.DataFrame(rows).set_index("scorer")
 
@@ -80,6 +83,14 @@ def fmt_balanced(m: dict) -> str:
     if m.get("balanced_accuracy") is None:
         return UNBALANCED
     return f"{m['balanced_accuracy']:.3f} [{m['balanced_ci95'][0]:.3f}, {m['balanced_ci95'][1]:.3f}]"
+
+
+def fmt_controlled(m: dict) -> str:
+    """A length-controlled accuracy (`stats.length_controlled`) with its interval."""
+    if m.get("length_controlled") is None:
+        return "undefined (fewer than two pairs)"
+    lo, hi = m["length_controlled_ci95"]
+    return f"{m['length_controlled']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 def fmt_difference(value: float | None, ci: list | None) -> str:
@@ -893,14 +904,15 @@ def claim1_reading(metrics: dict, a: str = "dlma", b: str = "rlaif", alpha: floa
     all strings: `claim1_raw` (both accuracies, their paired difference and McNemar p), `claim1_length` (how
     many chosen responses are the shorter, each judge's accuracy on those and on the others), `claim1_balanced`
     (the balanced accuracies, their paired difference, the stratified test and McNemar within each stratum),
-    `claim1_verdict` (what the two comparisons together say of the claim) and `claim1_chance` (whether each
-    balanced accuracy is distinguishable from 0.5)."""
+    `claim1_verdict` (what the two comparisons together say of the claim), `claim1_chance` (whether each
+    balanced accuracy is distinguishable from 0.5) and `claim1_controlled` (the logistic length control)."""
     from .preference import LONGER, SAME_LENGTH, SHORTER
 
     acc = metrics["accuracy"]
     if a not in acc or b not in acc:
         missing = _join([s for s in (a, b) if s not in acc])
-        return dict.fromkeys(("claim1_raw", "claim1_length", "claim1_balanced", "claim1_verdict", "claim1_chance"),
+        return dict.fromkeys(("claim1_raw", "claim1_length", "claim1_balanced", "claim1_verdict", "claim1_chance",
+                              "claim1_controlled"),
                              f"This run did not score {missing}: it does not compare the judges of claim 1.")
     p = next(p for p in metrics["paired"] if (p["a"], p["b"]) == (a, b))
     A, B = _name(a), _name(b)
@@ -920,7 +932,8 @@ def claim1_reading(metrics: dict, a: str = "dlma", b: str = "rlaif", alpha: floa
         return {"claim1_raw": raw, "claim1_length": length, "claim1_verdict": verdict,
                 "claim1_balanced": "The length-balanced figures are undefined in this run (no pair in one of the "
                                    "length strata).",
-                "claim1_chance": "Nor can either judge be held against chance once length is balanced."}
+                "claim1_chance": "Nor can either judge be held against chance once length is balanced.",
+                "claim1_controlled": _controlled(acc, a, b)}
     shown = [s for s in (b, a, "length") if s in acc]
     length += (" " + "; ".join(f"{_name(s, k == 0)} is right on {strata[s][SHORTER]['accuracy']:.1%} of the first "
                                f"and {strata[s][LONGER]['accuracy']:.1%} of the second" for k, s in enumerate(shown))
@@ -943,7 +956,18 @@ def claim1_reading(metrics: dict, a: str = "dlma", b: str = "rlaif", alpha: floa
     else:
         chance = f"Once length is balanced, {A} is {_chance(acc[a])} and {B} is {_chance(acc[b])}."
     return {"claim1_raw": raw, "claim1_length": length, "claim1_balanced": balanced, "claim1_verdict": verdict,
-            "claim1_chance": chance}
+            "claim1_chance": chance, "claim1_controlled": _controlled(acc, a, b)}
+
+
+def _controlled(acc: dict, a: str, b: str) -> str:
+    """The second length control, read beside the floor it leaves a pure length judge at on these pairs."""
+    if "length_controlled" not in acc[a]:
+        return "This run did not compute the logistic length control (stage 3 of an earlier version)."
+    floor = (f"; the one-line length judge reads {fmt_controlled(acc['length'])} there, which is how far this "
+             "control leaves a judge that follows length alone from 0.5 on these pairs") if "length" in acc else ""
+    return (f"Read at equal length by the logistic length control (AlpacaEval 2's: the outcome modelled on the "
+            f"length difference, read at 0), {_name(a)} is right on {fmt_controlled(acc[a])} and {_name(b)} on "
+            f"{fmt_controlled(acc[b])}{floor}.")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ def test_baselines_tables_and_bars_from_a_summary():
 # Claim 1 in words: stage 3's metrics of synthetic judges, read raw and length-balanced
 
 
-def _stage3(dlma=(0.55, 0.41), rlaif=(0.134, 0.795), n=(714, 575, 18), seed=0):
+def _stage3(dlma=(0.55, 0.41), rlaif=(0.134, 0.795), n=(714, 575, 18), seed=0, lengths=False):
     """metrics.json of judges right on the given shares of the pairs whose chosen response is the shorter and of
     the others (the published run's RLAIF, by default; each on its own seeded draw of pairs), on half of the pairs
     of equal length, and of the length judge."""
@@ -105,12 +105,16 @@ def _stage3(dlma=(0.55, 0.41), rlaif=(0.134, 0.795), n=(714, 575, 18), seed=0):
     scores = {"dlma": judge(dlma), "rlaif": judge(rlaif), "length": judge((1.0, 0.0))}
     predictions = [{"scorer": s, "id": e.id, "score": float(v)} for s, vs in scores.items()
                    for e, v in zip(examples, vs, strict=True)]
-    return judge_metrics(predictions, examples, list(scores), strata, n_boot=200)
+    sign = {SHORTER: -1, LONGER: 1, SAME_LENGTH: 0}
+    diffs = [sign[g] * int(rng.integers(1, 80)) for g in strata] if lengths else None
+    return judge_metrics(predictions, examples, list(scores), strata, n_boot=200, length_difference=diffs)
 
 
 def test_claim1_reading_when_the_raw_difference_is_length():
     read = report.claim1_reading(_stage3())
-    assert set(read) == {"claim1_raw", "claim1_length", "claim1_balanced", "claim1_verdict", "claim1_chance"}
+    assert set(read) == {"claim1_raw", "claim1_length", "claim1_balanced", "claim1_verdict", "claim1_chance",
+                         "claim1_controlled"}
+    assert read["claim1_controlled"].startswith("This run did not compute the logistic length control")
     # the published run's raw reading: +0.058, McNemar p = 0.005
     assert read["claim1_raw"].startswith("On the 1,307 pairs, the self-rewarding score is right on 0.488 [")
     assert "the difference is +0.058 [" in read["claim1_raw"] and "exact McNemar p = 0.005" in read["claim1_raw"]
@@ -450,3 +454,14 @@ def test_alignment_reading_pairs_the_answers_and_reads_chance():
                                      answers([0.0, 0.0, 0.0, 0.0], [1.0, -1.0, 1.0, -1.0], same=(1,)))
     assert "changed 3 of the 4 held-out answers (every other one is the base model's, word for word)" in mixed
     assert "(within noise)" in mixed and "above chance" in mixed
+
+
+def test_claim1_reading_with_the_logistic_length_control():
+    metrics = _stage3(lengths=True)
+    acc = metrics["accuracy"]
+    assert all(0 <= acc[s]["length_controlled"] <= 1 for s in acc)
+    text = report.claim1_reading(metrics)["claim1_controlled"]
+    assert text.startswith("Read at equal length by the logistic length control (AlpacaEval 2's")
+    assert f"the self-rewarding score is right on {report.fmt_controlled(acc['dlma'])}" in text
+    assert f"the one-line length judge reads {report.fmt_controlled(acc['length'])} there" in text
+    assert "length-controlled [95% CI]" in report.metrics_frame(acc).columns

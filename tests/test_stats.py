@@ -147,3 +147,34 @@ def test_the_stratified_test_agrees_with_the_balanced_interval():
     b = shorter  # the length judge
     got = balanced_comparison(a, b, strata, KEEP, n_boot=1000)
     assert got["balanced_ci95"][1] < 0 and got["stratified_p"] < 0.01
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the logistic length control (AlpacaEval 2's, for agreement with the human label)
+
+
+def test_length_controlled_on_synthetic_judges():
+    from dlma.stats import length_controlled
+
+    rng = np.random.default_rng(0)
+    spread = rng.integers(1, 61, size=650)
+    diff = np.concatenate([spread, -spread])  # chosen minus rejected, in tokens: spread alike on both sides
+    longer = diff > 0
+    # a judge that follows length alone (right exactly where the chosen response is the longer)
+    lc = length_controlled(longer, diff, n_boot=200)
+    assert abs(lc["accuracy"] - 0.5) < 0.03 and lc["ci95"][0] < 0.5 < lc["ci95"][1]
+    # where length alone separates the outcomes and the strata are unequal, the reading leaves 0.5 (documented)
+    skewed = np.concatenate([spread, -spread[:200]])
+    assert 0.55 < length_controlled(skewed > 0, skewed, n_boot=50)["accuracy"] < (skewed > 0).mean()
+    # a judge right on every pair
+    assert length_controlled(np.ones(1300, bool), diff, n_boot=50)["accuracy"] > 0.999
+    # a judge blind to length, right on 70%: the control leaves it where it is
+    blind = rng.random(1300) < 0.7
+    lc = length_controlled(blind, diff, n_boot=200)
+    assert abs(lc["accuracy"] - blind.mean()) < 0.02 and lc["ci95"][0] < blind.mean() < lc["ci95"][1]
+    # right on 90% where the chosen response is the longer, 50% where it is the shorter: at equal length the
+    # line through the two logits reads their midpoint, expit((logit 0.9 + logit 0.5) / 2) = 0.75
+    mixed = np.where(longer, rng.random(1300) < 0.9, rng.random(1300) < 0.5)
+    lc = length_controlled(mixed, diff, n_boot=200)
+    assert abs(lc["accuracy"] - 0.75) < 0.04 and lc["ci95"][0] < 0.75 < lc["ci95"][1]
+    assert length_controlled([True], [3]) == {"accuracy": None, "ci95": None}
