@@ -12,7 +12,7 @@ import contextlib
 import io
 import sys
 
-from .commands import COMMANDS, RUN_HELP, load
+from .commands import COMMANDS, COMPARE_HELP, RUN_HELP, load
 from .errors import DLMAError, did_you_mean
 
 
@@ -22,6 +22,7 @@ def usage() -> str:
     width = max(map(len, COMMANDS))
     lines += [f"  {name:<{width}} {c.help}" for name, c in COMMANDS.items()]
     lines.append(f"  {'run':<{width}} {RUN_HELP}")
+    lines.append(f"  {'compare':<{width}} {COMPARE_HELP}")
     return "\n".join(lines)
 
 
@@ -48,10 +49,14 @@ def main(argv: list[str] | None = None) -> int:
             from .pipeline import main as run_main
 
             run_main(argv[1:])
+        elif name == "compare":
+            from .compare import main as compare_main
+
+            compare_main(argv[1:])
         elif name in COMMANDS:
             run_stage_command(name, argv[1:])
         else:
-            hint = did_you_mean(name, [*COMMANDS, "run"])
+            hint = did_you_mean(name, [*COMMANDS, "run", "compare"])
             print(f"dlma: error: unknown command '{name}'{hint} (dlma --help lists the commands)", file=sys.stderr)
             return 2
     except DLMAError as e:

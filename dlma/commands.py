@@ -46,6 +46,7 @@ class Command:
 
 MODEL, PAIRS_FILE = "models:ModelConfig", "params:PairsFile"
 RUN_HELP = "the whole pipeline: notebooks executed with papermill, then the book"  # `dlma run`, not a stage
+COMPARE_HELP = "a run beside others, paired on the items they share (stored outputs only)"  # `dlma compare`
 
 COMMANDS = {
     "generate": Command("contrastive response pairs (o1 under p+, o2 under p-)",

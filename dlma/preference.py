@@ -42,6 +42,7 @@ from .stats import (
 )
 
 SCORERS = ("dlma", "rlaif", "loglik", "length", "random", "implicit")
+PAIR_LENGTHS = "pair_lengths.json"  # each scored pair's id, length difference (tokens) and whether its texts are one
 RLAIF_HEADER = "Consider the following conversation between a human and an assistant:"
 RLAIF_INSTRUCTION = "Please choose the response that is the most helpful, honest, and harmless."
 SHORTER, LONGER, SAME_LENGTH = "chosen shorter", "chosen longer", "same length"
@@ -374,8 +375,11 @@ def run_pref_acc(model_cfg, data, cfg: PrefAccConfig, out, exclude_ids=(), model
                                 cfg.n_bootstrap, cfg.seed, cfg.beta, diffs)
         calibration = {s: accuracy_by_confidence([r["score"] for r in rows], same=[same[r["id"]] for r in rows],
                                                  tolerance=tie_tolerance(s, cfg.beta)) for s, rows in by_scorer.items()}
+        pairs = [{"id": e.id, "length_difference": d, "same": same[e.id]} for e, d in zip(examples, diffs, strict=True)]
         changed = any([write_json_if_changed(folder.path / "metrics.json", metrics),
-                       write_json_if_changed(folder.path / "calibration.json", calibration)])
+                       write_json_if_changed(folder.path / "calibration.json", calibration),
+                       # what `dlma compare` needs to pair two runs' outcomes without the data or a tokenizer
+                       write_json_if_changed(folder.path / PAIR_LENGTHS, pairs)])
     folder.finish(changed, skipped_rows=skipped, over_pref_max_length=too_long, n_examples=len(examples),
                   excluded_ids=len(excluded), processes=at.world)
     # in the scorers' order on the main process (the file's keys are sorted)

@@ -1040,3 +1040,128 @@ def alignment_reading(summary: dict, responses: list[dict], seed: int = 0, alpha
     return (f"{answers}; on the same prompts, paired (adapter minus base, 95% paired bootstrap), "
             f"{_join(parts)}. Higher C(o) is more harmless by the base model's own judgement, lower perplexity "
             f"more fluent; a change within noise is not a change this run can show. {implicit}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# `dlma compare`: a run beside another, paired on the same items
+
+
+def _verdict(ci: list | None, p: float | None, alpha: float = ALPHA) -> str:
+    d = _apart(ci, p, alpha)
+    return "beyond noise" if d else "within noise"
+
+
+def compare_frame(comparison: dict) -> pd.DataFrame:
+    """Stage 3's scorers and stage 5's implicit reward, run b against run a on the same items: both accuracies,
+    the paired difference b - a with its interval and exact McNemar p, the length-balanced difference and the
+    stratified test (stage 3), and each run's length-controlled accuracy."""
+    rows = []
+    for scorer, r in comparison["stages"].get("03_preference_accuracy", {}).get("scorers", {}).items():
+        rows.append({"what": f"stage 3: {scorer}", "n": r["n"], "a": round(r["accuracy_a"], 3),
+                     "b": round(r["accuracy_b"], 3), "b - a [95% CI]": fmt_difference(r["difference"], r["ci95"]),
+                     "McNemar p": round(r["mcnemar_p"], 3),
+                     "balanced b - a": fmt_difference(r["balanced_difference"], r["balanced_ci95"]),
+                     "stratified p": round(r["stratified_p"], 3) if r["stratified_p"] is not None else "undefined",
+                     "length-controlled a / b": " / ".join(
+                         f"{r[f'length_controlled_{s}']:.3f}" if r[f"length_controlled_{s}"] is not None else "-"
+                         for s in "ab")})
+    implicit = comparison["stages"].get("05_evaluate_alignment", {}).get("implicit")
+    if implicit:
+        rows.append({"what": "stage 5: implicit reward", "n": implicit["n"], "a": round(implicit["accuracy_a"], 3),
+                     "b": round(implicit["accuracy_b"], 3),
+                     "b - a [95% CI]": fmt_difference(implicit["difference"], implicit["ci95"]),
+                     "McNemar p": round(implicit["mcnemar_p"], 3)})
+    return pd.DataFrame(rows).set_index("what") if rows else pd.DataFrame()
+
+
+def _changed(params: list[dict], limit: int = 6) -> str:
+    if not params:
+        return "the same parameters and inputs"
+    shown = [f"{p['name']} {p['a']!r} -> {p['b']!r}" for p in params[:limit]]
+    return "changed: " + "; ".join(shown) + (f" and {len(params) - limit} more" if len(params) > limit else "")
+
+
+def compare_readings(comparison: dict, alpha: float = ALPHA) -> dict[str, str]:
+    """One sentence per stage compared: what changed between the runs, then the paired result and whether it is
+    beyond noise (its interval excludes 0 and, for accuracies, exact McNemar p is below alpha too)."""
+    out = {}
+    for stage, r in comparison["stages"].items():
+        head = f"{_changed(r['parameters'])}."
+        if stage == "02_self_reward":
+            body = (f"R on the {r['n']} generated pairs both runs share: b - a = "
+                    f"{fmt_difference(r['difference'], r['ci95'])} ({_verdict(r['ci95'], 0.0)}), the sign the same "
+                    f"on {r['sign_agrees']}" if r["n"] else "No generated pair is the same in both runs")
+            if r["other_responses"]:
+                body += f"; {r['other_responses']} pairs share an id but not their responses and are left out"
+        elif stage == "03_preference_accuracy":
+            parts = []
+            for scorer, s in r["scorers"].items():
+                raw = _verdict(s["ci95"], s["mcnemar_p"], alpha)
+                bal = _verdict(s["balanced_ci95"], s["stratified_p"], alpha)
+                parts.append(f"{_name(scorer)} {fmt_difference(s['difference'], s['ci95'])} "
+                             f"({_p(s['mcnemar_p'])}, {raw}; length-balanced {bal})")
+            n = max((s["n"] for s in r["scorers"].values()), default=0)
+            body = f"Preference accuracy b - a on the {n:,} pairs both scored: {'; '.join(parts)}" if parts else \
+                "No scorer is in both runs"
+        elif stage == "04_train_dlma":
+            body = f"final training loss {r['final_loss_a']} in a, {r['final_loss_b']} in b (the curves are drawn)"
+        else:
+            parts = []
+            if "implicit" in r:
+                i = r["implicit"]
+                parts.append(f"implicit-reward accuracy b - a {fmt_difference(i['difference'], i['ci95'])} on "
+                             f"{i['n']} held-out human pairs ({_p(i['mcnemar_p'])}, "
+                             f"{_verdict(i['ci95'], i['mcnemar_p'], alpha)})")
+            c = r["contrastive_score"]
+            if c["n"]:
+                parts.append(f"the adapter's answers' C(o) b - a {fmt_difference(c['difference'], c['ci95'])} on "
+                             f"{c['n']} prompts ({_verdict(c['ci95'], 0.0)})")
+            body = "; ".join(parts) if parts else "No held-out item is in both runs"
+        out[stage] = f"Stage {stage[:3].strip('_')}: {head} {body}."
+    return out
+
+
+def plot_compare(comparison: dict):
+    """Left: stage 3's paired differences b - a per scorer, raw and length-balanced, with their intervals.
+    Right: both runs' training loss by step (stage 4)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    scorers = comparison["stages"].get("03_preference_accuracy", {}).get("scorers", {})
+    for k, (key, ci_key, label, color) in enumerate((("difference", "ci95", "raw", "tab:blue"),
+                                                     ("balanced_difference", "balanced_ci95", "length-balanced",
+                                                      "tab:orange"))):
+        names = [s for s, r in scorers.items() if r[key] is not None]
+        y = np.arange(len(names)) + (0.15 if k else -0.15)
+        values = np.array([scorers[s][key] for s in names])
+        err = np.array([[v - scorers[s][ci_key][0], scorers[s][ci_key][1] - v] for s, v in zip(names, values,
+                                                                                               strict=True)]).T
+        if names:
+            axes[0].errorbar(values, y, xerr=err, fmt="o", color=color, label=label, capsize=3)
+    axes[0].set_yticks(range(len(scorers)), list(scorers))
+    axes[0].axvline(0, color="gray", lw=0.8)
+    axes[0].set(title="Preference accuracy, run b - run a (95% CI)", xlabel="difference in accuracy")
+    if scorers:
+        axes[0].legend()
+    training = comparison["stages"].get("04_train_dlma")
+    if training:
+        for side, style in (("a", "-"), ("b", "--")):
+            log = training[f"log_{side}"]
+            axes[1].plot([r["step"] for r in log], [r["loss"] for r in log], style, marker="o", label=f"run {side}")
+        axes[1].legend()
+    axes[1].set(title="Training loss (stage 4)", xlabel="step", ylabel="loss")
+    fig.tight_layout()
+    return fig
+
+
+def compare_summary(result: dict) -> str:
+    """What `dlma compare` prints: per comparison, the runs, the table and one line per stage."""
+    blocks = []
+    for c in result["comparisons"]:
+        lines = [f"a: {c['a']}", f"b: {c['b']}"]
+        table = compare_frame(c)
+        if not table.empty:
+            lines += ["", table.to_string()]
+        lines += ["", *compare_readings(c).values()]
+        if c["not_compared"]:
+            lines.append(f"Not compared (finished in one run only): {', '.join(c['not_compared'])}.")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
