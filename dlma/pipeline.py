@@ -317,9 +317,10 @@ def run_launched(stage: str, nb_params: dict, launcher: list[str]) -> None:
 
 def run_pipeline(preset: str, overrides: list[str], run_id: str | None = None, publish: bool = False,
                  runs_root: Path | None = None, stages: tuple[str, ...] = STAGES, launcher: str | None = None,
-                 print_commands: bool = False, book: Path | None = None) -> Path:
+                 print_commands: bool = False, book: Path | None = None, compare_with: Path | None = None) -> Path:
     """`print_commands`: print the shared stages' command lines (under `launcher`) and stop, writing nothing;
-    for several machines, each of which runs them under its own launch."""
+    for several machines, each of which runs them under its own launch. `compare_with`: another run folder,
+    set beside this one by the notebook COMPARE once the stages have run (in the run's book with `book`)."""
     import papermill as pm
 
     check_run_id(run_id)
@@ -335,6 +336,10 @@ def run_pipeline(preset: str, overrides: list[str], run_id: str | None = None, p
                 print(shlex.join(argv) + ("" if launched else "  # on the main machine only"))
         return run_dir
     check_data(params, stages)
+    if compare_with is not None:
+        from .compare import stage_folders
+
+        stage_folders(compare_with)  # a run folder, checked before anything runs
     check_out(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     check_run_params(run_dir, params)
@@ -363,11 +368,34 @@ def run_pipeline(preset: str, overrides: list[str], run_id: str | None = None, p
         (run_dir / stage).mkdir(exist_ok=True)
         done.write_text(f"{time.time() - started:.1f}\n")
         print(f"[dlma run] {stage}: finished in {time.time() - started:.0f} s", flush=True)
+    if compare_with is not None:
+        print(f"[dlma run] {COMPARE}: {run_dir} beside {compare_with}", flush=True)
+        run_compare(run_dir, Path(compare_with))
     if publish:
-        publish_notebooks(run_dir, stages)
+        publish_notebooks(run_dir, stages + ((COMPARE,) if (run_dir / f"{COMPARE}.ipynb").exists() else ()))
     if book is not None:
         book_sources(run_dir, Path(book))
     return run_dir
+
+
+COMPARE = "07_compare"  # not a stage: the page `--compare-with` adds, this run beside another
+
+
+def run_compare(run_dir: Path, other: Path) -> Path:
+    """The notebook COMPARE, run b = this run, run a = `other`, executed into the run folder (rerun each time: it
+    reads stored outputs only, in seconds)."""
+    import papermill as pm
+
+    final, partial = run_dir / f"{COMPARE}.ipynb", run_dir / f".{COMPARE}.partial.ipynb"
+    try:
+        execute(notebook_path(COMPARE), partial, {"run_dir": notebook_run_dir(run_dir),
+                                                  "compare_with": notebook_run_dir(Path(other))})
+    except pm.PapermillExecutionError as e:
+        os.replace(partial, run_dir / f"{COMPARE}.failed.ipynb")
+        raise DLMAError(f"{COMPARE} failed ({e.ename}: {e.evalue.splitlines()[0] if e.evalue else ''}); its notebook "
+                        f"is {run_dir / f'{COMPARE}.failed.ipynb'}") from None
+    os.replace(partial, final)
+    return final
 
 
 def execute(source: Path, target: Path, parameters: dict) -> None:
@@ -428,8 +456,12 @@ def book_sources(run_dir: Path, dest: Path) -> Path:
             shutil.copytree(source, dest / name, dirs_exist_ok=True)
         else:
             shutil.copyfile(source, dest / name)
-    publish_notebooks(run_dir, tuple(s for s in STAGES if (run_dir / f"{s}.ipynb").exists()),
-                      dest / "book" / "results")
+    shown = tuple(s for s in (*STAGES, COMPARE) if (run_dir / f"{s}.ipynb").exists())
+    publish_notebooks(run_dir, shown, dest / "book" / "results")
+    if COMPARE in shown:  # its page, after the stages' (the published book has none)
+        toc = (dest / "_toc.yml").read_text()
+        last = f"      - file: book/results/{STAGES[-1]}\n"
+        (dest / "_toc.yml").write_text(toc.replace(last, last + f"      - file: book/results/{COMPARE}\n"))
     write_json(dest / BOOK_MARK, {f: sha256_file(dest / f) for f in book_files(dest)})
     return dest
 
@@ -493,6 +525,10 @@ def run_parser() -> argparse.ArgumentParser:
     r.add_argument("--launcher", default=None, metavar="COMMAND",
                    help="run the shared work (generate, score, pref-acc, train, stage 6's training) under this "
                         "launcher first, e.g. 'accelerate launch --config_file accelerate/ddp.yaml --num_processes 8'")
+    r.add_argument("--compare-with", default=None, metavar="RUN",
+                   help="another run folder: once the stages have run, add the page 07_compare, this run beside "
+                        "that one paired on the items both have (what `dlma compare RUN THIS` prints), to the run's "
+                        "notebooks and its --book")
     r.add_argument("--print-commands", action="store_true",
                    help="print the shared stages' commands under --launcher and stop, writing nothing (for "
                         "several machines: run them under each machine's launch, then dlma run on the main one)")
@@ -502,7 +538,8 @@ def run_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> None:
     args = run_parser().parse_args(argv)
     run_pipeline(args.preset, args.overrides, args.run_id, publish=args.publish, launcher=args.launcher,
-                 print_commands=args.print_commands, book=Path(args.book) if args.book else None)
+                 print_commands=args.print_commands, book=Path(args.book) if args.book else None,
+                 compare_with=Path(args.compare_with) if args.compare_with else None)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -141,3 +141,21 @@ def test_compare_cli(tmp_path):
         "stage folders"
     assert cli(str(a), str(b), "--n-bootstrp", "5").returncode == 2  # a misspelt option
     assert np.isfinite(saved["comparisons"][0]["stages"]["02_self_reward"]["difference"])
+
+
+def test_dlma_run_compare_with_adds_the_page_to_the_runs_book(tmp_path):
+    from dlma.pipeline import COMPARE, book_sources, run_compare, run_pipeline
+
+    a, b = make_run(tmp_path / "a", right=60), make_run(tmp_path / "b", right=75)
+    with pytest.raises(DLMAError, match="x: not a folder; give a run folder"):  # checked before any stage runs
+        run_pipeline("smoke", [], run_id="c", runs_root=tmp_path / "runs", stages=(), compare_with=tmp_path / "x")
+    assert not (tmp_path / "runs").exists()
+    page = run_compare(b, a)
+    assert page == b / f"{COMPARE}.ipynb" and (b / f"{COMPARE}.png").is_file()
+    nb = json.loads(page.read_text())
+    shown = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
+    assert f"a: {a}\nb: {b}" in shown and "Preference accuracy b - a on the 100 pairs both scored" in shown
+    dest = book_sources(b, tmp_path / "book")
+    assert (dest / "book" / "results" / f"{COMPARE}.ipynb").is_file()
+    assert "      - file: book/results/06_baselines\n      - file: book/results/07_compare\n" in \
+        (dest / "_toc.yml").read_text()
