@@ -149,21 +149,60 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
     """QLoRA DLMA on rows {turns, o1, o2, self_reward, rendering?}. Writes into `out_dir` the adapter
     (`adapter_model.safetensors`, `adapter_config.json`), the tokenizer, `train_log.jsonl`,
     `step0_guard.json` and `train_summary.json`, and returns the summary. Whether `out_dir` may be written
-    (the same parameters and inputs, or --force) is `run_train`'s question, as for every stage.
+    (the same parameters and inputs, or --force) is `run_train`'s question, as for every stage. A run killed
+    or stopped resumes from its last checkpoint (`CHECKPOINTS`), to the same adapter.
 
     `sft`: context distillation instead, on the same budget: TRL's SFTTrainer on the plain prompt completed
     by o1 (o2 and R unused; no step-0 guard, which is DPO's)."""
-    from peft import LoraConfig, prepare_model_for_kbit_training
-    from trl import SFTConfig, SFTTrainer
-    from trl.trainer.utils import disable_dropout_in_model
-
     out_dir = Path(out_dir)
     if not rows:
         raise DLMAError("train_dlma: no training rows")
-
     started = time.time()
     device = resolve_device(model_cfg.device)
+    model, tokenizer = load_base(model_cfg, cfg)
+    dataset, n_cut = build_dataset(rows, tokenizer, cfg.max_prompt_length)
+    # transformers' output_dir: its checkpoints (and TensorBoard's event files), kept until the adapter is written
+    checkpoints = out_dir / CHECKPOINTS
+    resume = last_checkpoint(checkpoints)
+    if resume is None and rank() == 0:  # what a run killed before its first checkpoint left
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    for old in out_dir.glob(".trl-rank*"):  # TRL's scratch folders of earlier versions, as a killed run left them
+        shutil.rmtree(old, ignore_errors=True)
     compute_dtype = resolve_dtype(model_cfg.dtype, device)
+    trainer = make_trainer(model, tokenizer, dataset, cfg, checkpoints, device, compute_dtype, sft)
+    # TRL 1.16 casts QLoRA adapters to bf16. There an Adam step of ~lr (5e-5) is below bf16's spacing for
+    # most entries of A (~5e-4 near |a| = 0.1) and is lost; peft's default keeps adapters in float32.
+    trainable = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
+    for p in trainable.values():
+        p.data = p.data.float()
+    before = {n: p.detach().clone() for n, p in trainable.items()}
+    if progress():  # console lines; a notebook shows the summary, the same whether it trained or resumed
+        print(f"train{' (SFT on o1)' if sft else ''}: {len(dataset)} pairs, "
+              f"{sum(p.numel() for p in trainable.values()):,} LoRA parameters, {device}, "
+              f"{'4-bit NF4' if cfg.qlora else str(compute_dtype)} base")
+    if resume is not None:  # the step-0 guard ran before the kill: a resumed run cannot see step 0 again
+        trainer.step0_guard = read_json(resume / RESUME_STATE)["step0_guard"]
+        print(f"train: resuming from step {checkpoint_step(resume)} ({resume})", flush=True)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    changed = sum(not torch.equal(before[n], p.detach()) for n, p in trainable.items())
+    summary = train_summary(trainer, result, cfg, sft, resume, started, device,
+                            n_pairs=len(dataset), n_prompts_truncated=n_cut,
+                            trainable_params=sum(p.numel() for p in trainable.values()),
+                            trainable_tensors=len(trainable), trainable_tensors_changed=changed)
+    if progress():
+        print(f"train: {summary['n_steps']} steps, {summary['s_per_step']} s/step, final loss "
+              f"{summary['final_loss']}, {changed}/{len(trainable)} adapter tensors changed")
+    if trainer.accelerator.is_main_process:  # under `accelerate launch` the main process writes
+        save_training(trainer, tokenizer, out_dir, summary, sft)
+    trainer.accelerator.wait_for_everyone()
+    return summary
+
+
+def load_base(model_cfg: ModelConfig, cfg: TrainConfig):
+    """The base model to put LoRA adapters on (4-bit NF4 with `qlora`) and its tokenizer, dropout off."""
+    from peft import prepare_model_for_kbit_training
+    from trl.trainer.utils import disable_dropout_in_model
+
     model, tokenizer = load_model(ModelConfig(**{**model_cfg.to_dict(), "load_in_4bit": cfg.qlora,
                                                  "adapter": None}))
     # The base runs without dropout, as in the released DPO code; only the LoRA path drops (QLoRA's recipe).
@@ -173,17 +212,18 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
         # peft's QLoRA preparation: freeze the base, keep its non-quantised weights in float32, and let
         # gradients reach the adapters through checkpointed blocks. On CPU it is a no-op for the dtypes.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    return model, tokenizer
 
-    dataset, n_cut = build_dataset(rows, tokenizer, cfg.max_prompt_length)
+
+def make_trainer(model, tokenizer, dataset, cfg: TrainConfig, checkpoints: Path, device: str, compute_dtype,
+                 sft: bool):
+    """TRL's trainer for the objective: DLMATrainer (DPO with the DLMA margin) or SFTTrainer (context
+    distillation), checkpointing every `save_steps` into `checkpoints`."""
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
     peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                              target_modules="all-linear", task_type="CAUSAL_LM")
-    # transformers' output_dir: its checkpoints (and TensorBoard's event files), kept until the adapter is written
-    checkpoints = out_dir / CHECKPOINTS
-    resume = last_checkpoint(checkpoints)
-    if resume is None and rank() == 0:  # what a run killed before its first checkpoint left
-        shutil.rmtree(checkpoints, ignore_errors=True)
-    for old in out_dir.glob(".trl-rank*"):  # TRL's scratch folders of earlier versions, as a killed run left them
-        shutil.rmtree(old, ignore_errors=True)
     loss_args = ({"completion_only_loss": True} if sft else
                  {"beta": cfg.beta, "gamma": cfg.gamma, "margin_clip": cfg.margin_clip, "weighting": cfg.weighting,
                   "disable_dropout": False})
@@ -202,28 +242,17 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
     if not progress():  # without bars, transformers prints every log dict instead (timings included)
         trainer.remove_callback(PrinterCallback)
     trainer.add_callback(Checkpoints(lambda: getattr(trainer, "step0_guard", None)))
-    # TRL 1.16 casts QLoRA adapters to bf16. There an Adam step of ~lr (5e-5) is below bf16's spacing for
-    # most entries of A (~5e-4 near |a| = 0.1) and is lost; peft's default keeps adapters in float32.
-    trainable = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
-    for p in trainable.values():
-        p.data = p.data.float()
-    before = {n: p.detach().clone() for n, p in trainable.items()}
-    n_trainable = sum(p.numel() for p in trainable.values())
-    if progress():  # console lines; a notebook shows the summary, the same whether it trained or resumed
-        print(f"train{' (SFT on o1)' if sft else ''}: {len(dataset)} pairs, {n_trainable:,} LoRA parameters, "
-              f"{device}, {'4-bit NF4' if cfg.qlora else str(compute_dtype)} base")
-    if resume is not None:  # the step-0 guard ran before the kill: a resumed run cannot see step 0 again
-        trainer.step0_guard = read_json(resume / RESUME_STATE)["step0_guard"]
-        print(f"train: resuming from step {checkpoint_step(resume)} ({resume})", flush=True)
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
-    changed = sum(not torch.equal(before[n], p.detach()) for n, p in trainable.items())
-    events = _read_events(checkpoints / "runs")  # TensorBoard's, when asked for, resumed runs' included
+    return trainer
 
-    wall = time.time() - started
-    log_rows = [{"step": h["step"], **{k: v for k, v in h.items() if k != "step"}}
-                for h in trainer.state.log_history if "loss" in h]
+
+def train_summary(trainer, result, cfg: TrainConfig, sft: bool, resume: Path | None, started: float, device: str,
+                  **counts) -> dict:
+    """train_summary.json: the configuration, the step-0 guard, losses, steps and times (per step: of the steps
+    this call ran, resumed or not), as a rerun reads it back from disk."""
+    log_rows = train_log(trainer)
     n_steps = trainer.state.global_step
     n_run = n_steps - (checkpoint_step(resume) if resume is not None else 0)  # the steps of this call
+    runtime = result.metrics.get("train_runtime", float("nan"))
     summary = {
         "config": asdict(cfg),
         "step0": getattr(trainer, "step0_guard", None),
@@ -231,30 +260,30 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
         "final_loss": log_rows[-1]["loss"] if log_rows else None,
         "train_loss": mean_logged_loss(log_rows),
         "n_steps": n_steps,
-        "n_pairs": len(dataset),
-        "n_prompts_truncated": n_cut,
-        "trainable_params": n_trainable,
-        "trainable_tensors": len(trainable),
-        "trainable_tensors_changed": changed,
-        "train_runtime_s": round(result.metrics.get("train_runtime", float("nan")), 2),
-        "s_per_step": round(result.metrics.get("train_runtime", float("nan")) / max(n_run, 1), 3),
-        "wall_time_s": round(wall, 2),
+        **counts,
+        "train_runtime_s": round(runtime, 2),
+        "s_per_step": round(runtime / max(n_run, 1), 3),
+        "wall_time_s": round(time.time() - started, 2),
         **({"resumed_from_step": n_steps - n_run} if resume is not None else {}),
         "device": device,
     }
-    summary = json.loads(json_text(summary))  # the object a rerun reads back from disk: tuples as lists, keys sorted
-    if progress():
-        print(f"train: {n_steps} steps, {summary['s_per_step']} s/step, final loss {summary['final_loss']}, "
-              f"{changed}/{len(trainable)} adapter tensors changed")
+    return json.loads(json_text(summary))  # tuples as lists, keys sorted
 
-    # Everything is written in a scratch folder first and moved in when whole; the stage's manifest, written
-    # after, is what marks the folder finished. Under `accelerate launch` the main process writes.
-    if not trainer.accelerator.is_main_process:
-        trainer.accelerator.wait_for_everyone()
-        return summary
+
+def train_log(trainer) -> list[dict]:
+    """The logged training steps (loss and TRL's reward metrics), step first."""
+    return [{"step": h["step"], **{k: v for k, v in h.items() if k != "step"}}
+            for h in trainer.state.log_history if "loss" in h]
+
+
+def save_training(trainer, tokenizer, out_dir: Path, summary: dict, sft: bool) -> None:
+    """The adapter, the tokenizer, the log, the step-0 guard, the summary and TensorBoard's files, written in a
+    scratch folder and moved in when whole (the stage's manifest, written after, marks the folder finished);
+    then the checkpoints go."""
+    events = _read_events(out_dir / CHECKPOINTS / "runs")  # TensorBoard's, when asked for, resumed runs' included
     with scratch(out_dir / ".saving") as tmp:
         save_adapter(trainer.accelerator.unwrap_model(trainer.model), tokenizer, tmp)
-        write_jsonl(tmp / "train_log.jsonl", log_rows)
+        write_jsonl(tmp / "train_log.jsonl", train_log(trainer))
         if not sft:
             write_json(tmp / "step0_guard.json", trainer.step0_guard)
         write_json(tmp / "train_summary.json", summary)
@@ -269,8 +298,6 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
                 os.chmod(path, 0o666 & ~UMASK)  # as the rest of the folder (safetensors writes 0600)
                 os.replace(path, target)
     shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)  # the adapter is whole: optimizer states go
-    trainer.accelerator.wait_for_everyone()
-    return summary
 
 
 # ----------------------------------------------------------------------------------------------------------
