@@ -578,16 +578,18 @@ def update_notebooks() -> list[str]:
     return changed
 
 
-def update_expected(stages: tuple[str, ...] = STAGES) -> list[str]:
+def update_expected(stages: tuple[str, ...] = (*STAGES, "07_compare"), fresh: bool = True) -> list[str]:
     """`make expected`: run the smoke notebooks as nbval runs them (kernel in `notebooks/`, the run in
     `runs/nbval`) and store the outputs of their checked cells (`dlma.checked`), which nbval then compares;
-    every other output stays empty, so a notebook's diff is its results. The names of those that changed."""
+    every other output stays empty, so a notebook's diff is its results. The names of those that changed.
+    `fresh=False`: over the smoke run already in `runs/nbval` (to store one notebook's outputs again)."""
     import nbformat
     import papermill as pm
 
     from .checked import MARK
 
-    shutil.rmtree(ROOT / "runs" / "nbval", ignore_errors=True)
+    if fresh:
+        shutil.rmtree(ROOT / "runs" / "nbval", ignore_errors=True)
     changed = []
     with tempfile.TemporaryDirectory(prefix="dlma-expected-") as tmp:
         for stage in stages:  # in order: each reads the run folder its predecessors wrote
