@@ -534,22 +534,33 @@ def sign_test_reading(result: dict, alpha: float = ALPHA) -> dict:
     `baselines_near_misses` (alpha <= p < 0.10), `baselines_vs_dlma` (every method against DLMA),
     `baselines_dlma_vs_base` (DLMA against the base model, by each judge) and `baselines_separation` (the
     verdict in a clause, for another page)."""
+    comps = baseline_comparisons(result)
+    text, separation = _sign_tests(comps, alpha)
+    own = [c for c in comps if c["method"] == "dlma" and c["opponent"] == "base"]
+    dlma_vs_base = f"DLMA itself, against the base model: {'; '.join(_outcome(c) for c in own)}." if own else ""
+    return {"baselines_sign_tests": text, "baselines_near_misses": _near_misses(comps, alpha),
+            "baselines_vs_dlma": _vs_dlma(comps, alpha), "baselines_dlma_vs_base": dlma_vs_base,
+            "baselines_separation": separation}
+
+
+def _detail(c: dict) -> str:
+    return f"{_where(c)}, {_tally(c)} ({_p(c['sign_test_p'])}, win rate {_ci(c['win_rate'])})"
+
+
+def _sign_tests(comps: list[dict], alpha: float) -> tuple[str, str]:
+    """(the sign tests' reading: Holm, those below alpha against chance, the win-rate intervals; the verdict in
+    a clause)."""
     from scipy.stats import binom
 
-    comps = baseline_comparisons(result)
     n = len(comps)
     n_pairs = len({frozenset((c["method"], c["opponent"])) for c in comps})
     n_judges = len({c["judge"] for c in comps})
     holm = [c for c, r in zip(comps, holm_rejected([c["sign_test_p"] for c in comps], alpha), strict=True) if r]
     sig = sorted((c for c in comps if c["sign_test_p"] < alpha), key=lambda c: c["sign_test_p"])
     excluding = [c for c in comps if _excludes(c["win_rate"]["ci95"], 0.5)]
-
-    def detail(c):
-        return f"{_where(c)}, {_tally(c)} ({_p(c['sign_test_p'])}, win rate {_ci(c['win_rate'])})"
-
     if holm:
         head = (f"{_separate(len(holm), n)} after Holm's correction for {n} tests: "
-                f"{_listed([detail(c) for c in holm])}.")
+                f"{_listed([_detail(c) for c in holm])}.")
         separation = f"{_separate(len(holm), n)} after Holm's correction for {n} tests"
     else:
         head = "No method separates from another."
@@ -564,7 +575,7 @@ def sign_test_reading(result: dict, alpha: float = ALPHA) -> dict:
         if not holm:
             body += f", and {'it does not' if len(sig) == 1 else 'none'} survive{'' if len(sig) == 1 else 's'} " \
                     f"Holm's correction for the {n} tests"
-        body += f": {_listed([detail(c) for c in sig])}"
+        body += f": {_listed([_detail(c) for c in sig])}"
     body += "."
     if excluding and len(sig) == 1 and excluding == sig:
         intervals = f"Its win-rate interval is the only one of the {n} that excludes 0.5."
@@ -573,47 +584,44 @@ def sign_test_reading(result: dict, alpha: float = ALPHA) -> dict:
                      f"exclude{'s' if len(excluding) == 1 else ''} 0.5: {_listed([_where(c) for c in excluding])}.")
     else:
         intervals = f"None of the {n} win-rate intervals excludes 0.5."
+    return f"{head} {body} {intervals}", separation
 
-    near = [c for c in comps if alpha <= c["sign_test_p"] < 0.10]
+
+def _near_misses(comps: list[dict], alpha: float) -> str:
+    """The comparisons with alpha <= p < 0.10, those with the same judge, opponent and tally together."""
     groups: dict = {}
-    for c in sorted(near, key=lambda c: c["sign_test_p"]):
+    for c in sorted((c for c in comps if alpha <= c["sign_test_p"] < 0.10), key=lambda c: c["sign_test_p"]):
         key = (c["judge"], c["opponent"], c["win"], c["tie"], c["lose"], round(c["sign_test_p"], 3))
         groups.setdefault(key, []).append(c)
-    if groups:
-        parts = []
-        for (judge, opponent, *_), cs in groups.items():
-            c = cs[0]
-            parts.append(f"{_join(x['method'] for x in cs)} against {_opponent(opponent)} by "
-                         f"{JUDGE_NAMES.get(judge, judge)}, {_tally(c)}{' each' if len(cs) > 1 else ''} "
-                         f"({_p(c['sign_test_p'])})")
-        near_text = f"Between {alpha:g} and 0.10: {_listed(parts)}."
-    else:
-        near_text = "No other sign test has p below 0.10."
+    if not groups:
+        return "No other sign test has p below 0.10."
+    parts = []
+    for (judge, opponent, *_), cs in groups.items():
+        c = cs[0]
+        parts.append(f"{_join(x['method'] for x in cs)} against {_opponent(opponent)} by "
+                     f"{JUDGE_NAMES.get(judge, judge)}, {_tally(c)}{' each' if len(cs) > 1 else ''} "
+                     f"({_p(c['sign_test_p'])})")
+    return f"Between {alpha:g} and 0.10: {_listed(parts)}."
 
+
+def _vs_dlma(comps: list[dict], alpha: float) -> str:
     against = [c for c in comps if c["opponent"] == "dlma"]
     against_sig = [c for c in against if c["sign_test_p"] < alpha]
     if not against:
-        vs_dlma = "No method was compared with DLMA in this run."
-    elif against_sig:
-        vs_dlma = (f"Against DLMA, {len(against_sig)} of the {len(against)} comparisons "
-                   f"{'has' if len(against_sig) == 1 else 'have'} a sign test below "
-                   f"{alpha:g}: {_listed([detail(c) for c in against_sig])}.")
-    else:
-        vs_dlma = (f"Against DLMA, no method wins or loses with a sign test below {alpha:g} (the smallest p of "
-                   f"the {len(against)} comparisons is {min(c['sign_test_p'] for c in against):.3f}).")
+        return "No method was compared with DLMA in this run."
+    if against_sig:
+        return (f"Against DLMA, {len(against_sig)} of the {len(against)} comparisons "
+                f"{'has' if len(against_sig) == 1 else 'have'} a sign test below "
+                f"{alpha:g}: {_listed([_detail(c) for c in against_sig])}.")
+    return (f"Against DLMA, no method wins or loses with a sign test below {alpha:g} (the smallest p of "
+            f"the {len(against)} comparisons is {min(c['sign_test_p'] for c in against):.3f}).")
 
-    def outcome(c):
-        w, t, lose = c["win"], c["tie"], c["lose"]
-        said = f"wins {w} to {lose}" if w > lose else f"loses {w} to {lose}" if w < lose else \
-            f"ties, {w} wins to {lose}"
-        ties = f", {t} ties" if t else ""
-        return f"by {JUDGE_NAMES.get(c['judge'], c['judge'])} it {said}{ties} ({_p(c['sign_test_p'])})"
 
-    own = [c for c in comps if c["method"] == "dlma" and c["opponent"] == "base"]
-    dlma_vs_base = f"DLMA itself, against the base model: {'; '.join(outcome(c) for c in own)}." if own else ""
-    return {"baselines_sign_tests": f"{head} {body} {intervals}", "baselines_near_misses": near_text,
-            "baselines_vs_dlma": vs_dlma, "baselines_dlma_vs_base": dlma_vs_base,
-            "baselines_separation": separation}
+def _outcome(c: dict) -> str:
+    w, t, lose = c["win"], c["tie"], c["lose"]
+    said = f"wins {w} to {lose}" if w > lose else f"loses {w} to {lose}" if w < lose else f"ties, {w} wins to {lose}"
+    ties = f", {t} ties" if t else ""
+    return f"by {JUDGE_NAMES.get(c['judge'], c['judge'])} it {said}{ties} ({_p(c['sign_test_p'])})"
 
 
 def judges_reading(result: dict) -> dict:
