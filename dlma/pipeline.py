@@ -321,8 +321,6 @@ def run_pipeline(preset: str, overrides: list[str], run_id: str | None = None, p
     """`print_commands`: print the shared stages' command lines (under `launcher`) and stop, writing nothing;
     for several machines, each of which runs them under its own launch. `compare_with`: another run folder,
     set beside this one by the notebook COMPARE once the stages have run (in the run's book with `book`)."""
-    import papermill as pm
-
     check_run_id(run_id)
     if book is not None:
         check_book_dest(Path(book))
@@ -344,30 +342,7 @@ def run_pipeline(preset: str, overrides: list[str], run_id: str | None = None, p
     run_dir.mkdir(parents=True, exist_ok=True)
     check_run_params(run_dir, params)
     for stage in stages:
-        done = run_dir / stage / ".done"
-        final = run_dir / f"{stage}.ipynb"
-        if done.exists() and final.exists():
-            print(f"[dlma run] {stage}: done earlier, skipped")
-            continue
-        nb_params = stage_params(stage, params, run_dir)
-        if launcher_words:
-            run_launched(stage, nb_params, launcher_words)
-        partial = run_dir / f".{stage}.partial.ipynb"
-        shown = {k: v for k, v in nb_params.items() if k in params or k == "run_dir"}  # the rest: defaults
-        print(f"[dlma run] {stage}: running ({', '.join(f'{k}={v}' for k, v in shown.items())})", flush=True)
-        started = time.time()
-        try:
-            execute(notebook_path(stage), partial, nb_params)
-        except pm.PapermillExecutionError as e:
-            failed = run_dir / f"{stage}.failed.ipynb"
-            os.replace(partial, failed)
-            raise DLMAError(f"stage {stage} failed ({e.ename}: {e.evalue.splitlines()[0] if e.evalue else ''}); "
-                            f"its notebook is {failed}; fix and rerun to resume (a stage folder that already "
-                            "holds results keeps its parameters: delete it to redo the stage)") from None
-        os.replace(partial, final)
-        (run_dir / stage).mkdir(exist_ok=True)
-        done.write_text(f"{time.time() - started:.1f}\n")
-        print(f"[dlma run] {stage}: finished in {time.time() - started:.0f} s", flush=True)
+        run_stage_notebook(stage, params, run_dir, launcher_words)
     if compare_with is not None:
         print(f"[dlma run] {COMPARE}: {run_dir} beside {compare_with}", flush=True)
         run_compare(run_dir, Path(compare_with))
@@ -376,6 +351,36 @@ def run_pipeline(preset: str, overrides: list[str], run_id: str | None = None, p
     if book is not None:
         book_sources(run_dir, Path(book))
     return run_dir
+
+
+def run_stage_notebook(stage: str, params: dict, run_dir: Path, launcher_words: list[str]) -> None:
+    """One stage of `dlma run`: its shared work under the launcher (if any), then its notebook executed into the
+    run folder; skipped when done earlier (its folder's `.done` and its executed notebook)."""
+    import papermill as pm
+
+    done, final = run_dir / stage / ".done", run_dir / f"{stage}.ipynb"
+    if done.exists() and final.exists():
+        print(f"[dlma run] {stage}: done earlier, skipped")
+        return
+    nb_params = stage_params(stage, params, run_dir)
+    if launcher_words:
+        run_launched(stage, nb_params, launcher_words)
+    partial = run_dir / f".{stage}.partial.ipynb"
+    shown = {k: v for k, v in nb_params.items() if k in params or k == "run_dir"}  # the rest: defaults
+    print(f"[dlma run] {stage}: running ({', '.join(f'{k}={v}' for k, v in shown.items())})", flush=True)
+    started = time.time()
+    try:
+        execute(notebook_path(stage), partial, nb_params)
+    except pm.PapermillExecutionError as e:
+        failed = run_dir / f"{stage}.failed.ipynb"
+        os.replace(partial, failed)
+        raise DLMAError(f"stage {stage} failed ({e.ename}: {e.evalue.splitlines()[0] if e.evalue else ''}); "
+                        f"its notebook is {failed}; fix and rerun to resume (a stage folder that already "
+                        "holds results keeps its parameters: delete it to redo the stage)") from None
+    os.replace(partial, final)
+    (run_dir / stage).mkdir(exist_ok=True)
+    done.write_text(f"{time.time() - started:.1f}\n")
+    print(f"[dlma run] {stage}: finished in {time.time() - started:.0f} s", flush=True)
 
 
 COMPARE = "07_compare"  # not a stage: the page `--compare-with` adds, this run beside another
