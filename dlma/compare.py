@@ -203,6 +203,8 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if args.n_bootstrap < 1:
         raise DLMAError(f"--n-bootstrap must be >= 1, got {args.n_bootstrap}")
+    if args.json and (Path(args.json).is_dir() or not Path(args.json).resolve().parent.is_dir()):
+        raise DLMAError(f"--json {args.json}: give a file in an existing folder")  # before minutes of work
     result = compare_runs(args.runs, args.n_bootstrap, args.seed)
     json_text(result)  # checked before anything is printed or written
     print(compare_summary(result))

@@ -140,6 +140,8 @@ def test_compare_cli(tmp_path):
         f"dlma compare: error: {tmp_path / 'missing'}: not a folder; give a run folder (runs/NAME) or one of its " \
         "stage folders"
     assert cli(str(a), str(b), "--n-bootstrp", "5").returncode == 2  # a misspelt option
+    nowhere = cli(str(a), str(b), "--json", str(tmp_path / "no" / "c.json"))
+    assert nowhere.returncode == 2 and nowhere.stdout == "" and "give a file in an existing folder" in nowhere.stderr
     assert np.isfinite(saved["comparisons"][0]["stages"]["02_self_reward"]["difference"])
 
 
