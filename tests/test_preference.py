@@ -168,8 +168,9 @@ def test_metrics_shape(pref_run):
     metrics = json.loads((pref_run / "metrics.json").read_text())
     assert set(metrics) == {"accuracy", "paired", "splits"} and set(metrics["accuracy"]) == set(SCORERS)
     for name, m in metrics["accuracy"].items():
-        assert set(m) == {"accuracy", "ci95", "n", "ties"} | BALANCED_KEYS, name
-        assert m["n"] == LIMIT
+        assert set(m) == {"accuracy", "ci95", "n", "ties", "length_controlled", "length_controlled_ci95"} | \
+            BALANCED_KEYS, name
+        assert m["n"] == LIMIT and 0 <= m["length_controlled"] <= 1
         assert 0 <= m["accuracy"] <= 1 and isinstance(m["ties"], int)
         lo, hi = m["ci95"]
         assert 0 <= lo <= m["accuracy"] <= hi <= 1
@@ -193,6 +194,8 @@ def test_metrics_shape(pref_run):
     for p in metrics["paired"]:  # 'sample:pairs' always chose the longer response: nothing to balance
         assert p["balanced_difference"] is None and p["stratified_p"] is None
         assert [r["stratum"] for r in p["by_stratum"]] == [SHORTER, LONGER]
+    lengths = json.loads((pref_run / "pair_lengths.json").read_text())  # what `dlma compare` pairs runs with
+    assert len(lengths) == LIMIT and all(p["length_difference"] > 0 and p["same"] is False for p in lengths)
     calibration = json.loads((pref_run / "calibration.json").read_text())
     assert set(calibration) == set(SCORERS)
     assert all(b["ci95"][0] <= b["accuracy"] <= b["ci95"][1] for bins in calibration.values() for b in bins)
