@@ -5,8 +5,9 @@ in their parameters and inputs (`params.json`, input hashes included), then the 
 they share: stage 2's self-reward R on the same generated pairs, stage 3's preference accuracy per scorer (raw
 and length-balanced: paired bootstrap, exact McNemar, the length-stratified test; and each run's logistic
 length control), stage 4's training curves, stage 5's implicit-reward accuracy on the same human pairs and the
-base model's contrastive score C(o) of the adapter's answers on the same prompts. Items one run alone has are
-counted and left out. Runs after the first are each compared with the first.
+base model's contrastive score C(o) of the adapter's answers on the same prompts, stage 6's judges' win rates on
+the same prompts. Items one run alone has are counted and left out. Runs after the first are each compared with the
+first.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from .errors import DLMAError
 from .preference import BALANCED, PAIR_LENGTHS, length_stratum, tie_tolerance
 from .stats import balanced_comparison, bootstrap_ci, length_controlled, outcomes, paired_comparison
 
-COMPARED = ("02_self_reward", "03_preference_accuracy", "04_train_dlma", "05_evaluate_alignment")
+COMPARED = ("02_self_reward", "03_preference_accuracy", "04_train_dlma", "05_evaluate_alignment", "06_baselines")
+SCORE = {"win": 1.0, "tie": 0.5, "lose": 0.0}  # a verdict's share of a win rate
 
 
 def stage_folders(path) -> dict[str, Path]:
@@ -158,6 +160,22 @@ def compare_alignment(a: Path, b: Path, n_boot: int, seed: int) -> dict:
     return out
 
 
+def compare_verdicts(a: Path, b: Path, n_boot: int, seed: int) -> list[dict]:
+    """Stage 6's judges on the same prompts: for each (judge, method, opponent) both runs judged, the win rate
+    (ties count half) in each run and its paired difference b - a, and on how many prompts the verdict changed."""
+    va, vb = ({(r["judge"], r["model"], r["opponent"], r["id"]): r["verdict"]
+               for r in read_jsonl(f / "judgements.jsonl")} for f in (a, b))
+    out = []
+    for judge, model, opponent in dict.fromkeys(k[:3] for k in va if k in vb):
+        ids = [k for k in va if k[:3] == (judge, model, opponent) and k in vb]
+        xa = np.array([SCORE[va[k]] for k in ids])
+        xb = np.array([SCORE[vb[k]] for k in ids])
+        out.append({"judge": judge, "model": model, "opponent": opponent, "n": len(ids),
+                    "win_rate_a": float(xa.mean()), "win_rate_b": float(xb.mean()),
+                    "changed": int(sum(va[k] != vb[k] for k in ids)), **_mean_difference(xb - xa, n_boot, seed)})
+    return out
+
+
 def compare_runs(paths: list, n_boot: int = 1000, seed: int = 0) -> dict:
     """Each run after the first against the first: {"runs": [...], "comparisons": [{"a", "b", "stages": {stage:
     {"parameters": [...], and the stage's paired results}}, "not_compared": [stages one run lacks]}]}. Every
@@ -181,8 +199,10 @@ def compare_runs(paths: list, n_boot: int = 1000, seed: int = 0) -> dict:
                 result[s]["scorers"] = compare_preference(a, b, n_boot, seed)
             elif s == "04_train_dlma":
                 result[s] |= compare_training(a, b)
-            else:
+            elif s == "05_evaluate_alignment":
                 result[s] |= compare_alignment(a, b, n_boot, seed)
+            else:
+                result[s]["verdicts"] = compare_verdicts(a, b, n_boot, seed)
         lacking = sorted((set(folders[0]) ^ set(stages)) & set(COMPARED))
         comparisons.append({"a": str(paths[0]), "b": str(path), "stages": result, "not_compared": lacking})
     return {"runs": [str(p) for p in paths], "comparisons": comparisons}

@@ -1113,6 +1113,15 @@ def compare_readings(comparison: dict, alpha: float = ALPHA) -> dict[str, str]:
                 "No scorer is in both runs"
         elif stage == "04_train_dlma":
             body = f"final training loss {r['final_loss_a']} in a, {r['final_loss_b']} in b (the curves are drawn)"
+        elif stage == "06_baselines":
+            moved = [v for v in r["verdicts"] if v["difference"] and _verdict(v["ci95"], 0.0) == "beyond noise"]
+            changed = sum(v["changed"] for v in r["verdicts"])
+            body = (f"{len(r['verdicts'])} judge x method x opponent comparisons on the same prompts; the verdict "
+                    f"changed on {changed} of {sum(v['n'] for v in r['verdicts'])} judgements; win rate b - a beyond "
+                    "noise in " + ("; ".join(f"{v['model']} against {_opponent(v['opponent'])} by "
+                                              f"{JUDGE_NAMES.get(v['judge'], v['judge'])} "
+                                              f"{fmt_difference(v['difference'], v['ci95'])}" for v in moved)
+                                   if moved else "none"))
         else:
             parts = []
             if "implicit" in r:

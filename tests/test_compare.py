@@ -47,7 +47,10 @@ def make_run(root: Path, right: int, n: int = 100, extra: int = 0, gamma: float 
                                     for k in range(40)])
     write(s5, "responses.jsonl", [{"id": f"e{k}", "model": m, "contrastive_score": c_shift + 0.01 * k}
                                   for k in range(10) for m in ("base", "dlma")])
-    for stage in (s2, s3, s4, s5):
+    s6 = root / "06_baselines"  # the RLAIF judge: rlcd against base wins on the first `right // 10` of 10 prompts
+    write(s6, "judgements.jsonl", [{"judge": "rlaif", "model": "rlcd", "opponent": "base", "id": f"e{k}",
+                                    "verdict": "win" if k < right // 10 else "tie"} for k in range(10)])
+    for stage in (s2, s3, s4, s5, s6):
         write(stage, "params.json", {**params, "stage": stage.name})
         write(stage, "manifest.json", {"stage": stage.name})
     return root
@@ -77,6 +80,9 @@ def test_compare_pairs_two_runs_on_the_items_they_share(tmp_path):
     s5 = c["stages"]["05_evaluate_alignment"]
     assert s5["implicit"]["difference"] == 0 and s5["implicit"]["mcnemar_p"] == 1.0
     assert s5["contrastive_score"]["difference"] == pytest.approx(1.0)
+    (v,) = c["stages"]["06_baselines"]["verdicts"]  # 6 wins then 8 wins of 10: 2 verdicts changed, +0.1
+    assert (v["n"], v["changed"], v["win_rate_a"], v["win_rate_b"]) == (10, 2, 0.8, 0.9)
+    assert v["difference"] == pytest.approx(0.1)
 
     read = report.compare_readings(c)
     assert read["03_preference_accuracy"].startswith(
@@ -86,6 +92,9 @@ def test_compare_pairs_two_runs_on_the_items_they_share(tmp_path):
     assert "implicit-reward accuracy b - a +0.000 [+0.000, +0.000] on 40 held-out human pairs (p = 1.000, within " \
            "noise)" in read["05_evaluate_alignment"]
     assert "C(o) b - a +1.000 [+1.000, +1.000] on 10 prompts (beyond noise)" in read["05_evaluate_alignment"]
+    assert read["06_baselines"].startswith("Stage 06: changed: gamma 0.2 -> 0.0; inputs.pref_data.sha256 'aa' -> "
+                                           "'bb'. 1 judge x method x opponent comparisons on the same prompts; the "
+                                           "verdict changed on 2 of 10 judgements; win rate b - a beyond noise in ")
     table = report.compare_frame(c)
     assert list(table.index) == ["stage 3: dlma", "stage 5: implicit reward"] and table.loc["stage 3: dlma", "b"] == 0.8
     fig = report.plot_compare(c)
@@ -115,6 +124,7 @@ def test_compare_refuses_what_it_cannot_pair(tmp_path):
         compare_runs([a / "05_evaluate_alignment", a / "05_evaluate_alignment"])
     (c,) = compare_runs([a, make_run(tmp_path / "b", right=50)], n_boot=20)["comparisons"]
     assert c["not_compared"] == ["05_evaluate_alignment"]  # finished in one run only: counted, not compared
+    assert set(c["stages"]) == {"02_self_reward", "03_preference_accuracy", "04_train_dlma", "06_baselines"}
     (a / "03_preference_accuracy" / "pair_lengths.json").unlink()
     with pytest.raises(DLMAError, match=r"has no pair_lengths.json .* rerun stage 3 there"):
         compare_runs([a, a])
