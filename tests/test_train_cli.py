@@ -73,7 +73,7 @@ def on_step_end(self, args, state, control, **kwargs):  # as `kill -9` would, af
     return control
 
 train.Checkpoints.on_step_end = on_step_end
-main(sys.argv[1:])
+sys.exit(main(sys.argv[1:]))
 """
 
 
@@ -111,3 +111,19 @@ def test_train_killed_resumes_from_its_last_checkpoint_to_the_same_adapter(tiny_
     forced = cli("train", *args, "--out", str(cut), "--force")
     assert forced.returncode == 0 and "resuming" not in forced.stdout, forced.stderr[-2000:]
     assert (cut / "adapter_model.safetensors").read_bytes() == (whole / "adapter_model.safetensors").read_bytes()
+
+
+@pytest.mark.slow
+def test_train_stopped_by_ctrl_c_says_where_it_resumes(tiny_model_dir, tmp_path):
+    pairs = tmp_path / "scored.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in scored_rows(16)))
+    stopped_at_3 = KILLED_AT_STEP_3.replace("os.kill(os.getpid(), signal.SIGKILL)", "raise KeyboardInterrupt")
+    res = subprocess.run([sys.executable, "-c", stopped_at_3, "train", "--model", tiny_model_dir, "--pairs",
+                          str(pairs), "--per-device-train-batch-size", "4", "--max-length", "64",
+                          "--max-prompt-length", "32", "--device", "cpu", "--save-steps", "2", "--out",
+                          str(tmp_path / "cut")], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 130 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert f"dlma train: stopped; the same command resumes from step 2 ({tmp_path / 'cut' / 'checkpoints'}" in \
+        res.stderr
+    assert (tmp_path / "cut" / "checkpoints" / "checkpoint-2" / "dlma_resume.json").is_file()
