@@ -90,8 +90,9 @@ def compare_self_reward(a: Path, b: Path, n_boot: int, seed: int) -> dict:
             "sign_agrees": int(agree), **_mean_difference(d, n_boot, seed)}
 
 
-def _outcomes3(folder: Path) -> tuple[dict, dict]:
-    """({scorer: {id: correct}}, {id: length difference}) of a stage 3 folder, as its metrics counted them."""
+def _outcomes3(folder: Path) -> tuple[dict, dict, dict]:
+    """({scorer: {id: correct}}, {id: length difference}, {id: content hash}) of a stage 3 folder, as its metrics
+    counted them."""
     params = read_json(folder / "params.json")
     if not (folder / PAIR_LENGTHS).is_file():
         raise DLMAError(f"{folder}: has no {PAIR_LENGTHS} (stage 3 of an earlier version): rerun stage 3 there "
@@ -107,27 +108,35 @@ def _outcomes3(folder: Path) -> tuple[dict, dict]:
         ok, _ = outcomes([scores[i] for i in ids], [pairs[i]["same"] for i in ids],
                          tie_tolerance(scorer, params.get("beta", 0.1)))
         correct[scorer] = dict(zip(ids, ok.tolist(), strict=True))
-    return correct, {i: p["length_difference"] for i, p in pairs.items()}
+    return (correct, {i: p["length_difference"] for i, p in pairs.items()},
+            {i: p.get("pair_sha256") for i, p in pairs.items()})
 
 
 def compare_preference(a: Path, b: Path, n_boot: int, seed: int) -> dict:
     """Each scorer both runs have, on the pairs both scored: accuracy b - a (paired bootstrap, exact McNemar),
     length-balanced (within the strata, stratified test), and each run's logistic length-controlled accuracy."""
-    (ca, la), (cb, lb) = _outcomes3(a), _outcomes3(b)
+    (ca, la, ha), (cb, lb, hb) = _outcomes3(a), _outcomes3(b)
+    other = {i for i in ha if i in hb and ha[i] != hb[i]}  # one id, another pair: not the same item
     out = {}
     for scorer in [s for s in ca if s in cb]:
-        ids, only_a, only_b = _shared(ca[scorer], cb[scorer])
+        ids, only_a, only_b = _shared({i: v for i, v in ca[scorer].items() if i not in other},
+                                      {i: v for i, v in cb[scorer].items() if i not in other})
         if not ids:
             continue
         xa = np.array([ca[scorer][i] for i in ids])
         xb = np.array([cb[scorer][i] for i in ids])
         strata = [length_stratum(la[i], 0) for i in ids]
-        row = {"n": len(ids), "n_only_a": only_a, "n_only_b": only_b, "accuracy_a": float(xa.mean()),
+        row = {"n": len(ids), "n_only_a": only_a, "n_only_b": only_b, "n_other_pairs": len(other),
+               "accuracy_a": float(xa.mean()),
                "accuracy_b": float(xb.mean()), **_paired(xa, xb, strata, n_boot, seed)}
         for side, x, lengths in (("a", xa, la), ("b", xb, lb)):
             lc = length_controlled(x, [lengths[i] for i in ids], n_boot, seed)
             row |= {f"length_controlled_{side}": lc["accuracy"], f"length_controlled_ci95_{side}": lc["ci95"]}
         out[scorer] = row
+    if not out:
+        raise DLMAError(f"{a} and {b}: runs of different data (no labelled pair with the same id and content in "
+                        f"both{f'; {len(other)} ids name other pairs' if other else ''}): their preference accuracy "
+                        "cannot be paired")
     return out
 
 

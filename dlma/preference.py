@@ -42,7 +42,7 @@ from .stats import (
 )
 
 SCORERS = ("dlma", "rlaif", "loglik", "length", "random", "implicit")
-PAIR_LENGTHS = "pair_lengths.json"  # each scored pair's id, length difference (tokens) and whether its texts are one
+PAIR_LENGTHS = "pair_lengths.json"  # each scored pair's id, content hash, length difference (tokens), one text?
 RLAIF_HEADER = "Consider the following conversation between a human and an assistant:"
 RLAIF_INSTRUCTION = "Please choose the response that is the most helpful, honest, and harmless."
 SHORTER, LONGER, SAME_LENGTH = "chosen shorter", "chosen longer", "same length"
@@ -152,6 +152,15 @@ def accuracy_by_confidence(scores: list[float], n_bins: int = 10, same=None, tol
 def length_stratum(n_chosen: int, n_rejected: int) -> str:
     """Which response the human chose, by length."""
     return SHORTER if n_chosen < n_rejected else LONGER if n_chosen > n_rejected else SAME_LENGTH
+
+
+def pair_hash(ex: Example) -> str:
+    """A labelled pair's content (its turns, chosen and rejected response), hashed: two runs' pairs of one id are
+    the same item only where this agrees."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps([ex.turns, ex.chosen, ex.rejected], ensure_ascii=False).encode()).hexdigest()
 
 
 def length_differences(examples: list[Example], tokenizer) -> list[int]:
@@ -375,7 +384,8 @@ def run_pref_acc(model_cfg, data, cfg: PrefAccConfig, out, exclude_ids=(), model
                                 cfg.n_bootstrap, cfg.seed, cfg.beta, diffs)
         calibration = {s: accuracy_by_confidence([r["score"] for r in rows], same=[same[r["id"]] for r in rows],
                                                  tolerance=tie_tolerance(s, cfg.beta)) for s, rows in by_scorer.items()}
-        pairs = [{"id": e.id, "length_difference": d, "same": same[e.id]} for e, d in zip(examples, diffs, strict=True)]
+        pairs = [{"id": e.id, "length_difference": d, "same": same[e.id], "pair_sha256": pair_hash(e)}
+                 for e, d in zip(examples, diffs, strict=True)]
         changed = any([write_json_if_changed(folder.path / "metrics.json", metrics),
                        write_json_if_changed(folder.path / "calibration.json", calibration),
                        # what `dlma compare` needs to pair two runs' outcomes without the data or a tokenizer

@@ -26,7 +26,8 @@ def write(folder: Path, name: str, rows) -> None:
 
 
 def make_run(root: Path, right: int, n: int = 100, extra: int = 0, gamma: float = 0.2, data_sha: str = "aa",
-             r_shift: float = 0.0, losses=(0.69, 0.6), implicit_right: int = 30, c_shift: float = 0.0) -> Path:
+             r_shift: float = 0.0, losses=(0.69, 0.6), implicit_right: int = 30, c_shift: float = 0.0,
+             content=lambda k: f"pair {k}") -> Path:
     """A run whose stage 3 `dlma` scorer is right on its first `right` pairs of `n` (+ `extra` pairs only it
     has; every second pair's chosen response the longer), stage 2 R = 1 + r_shift on 20 pairs, stage 4's loss
     curve, stage 5's implicit reward right on the first `implicit_right` of 40 pairs and C(o) = c_shift."""
@@ -38,8 +39,8 @@ def make_run(root: Path, right: int, n: int = 100, extra: int = 0, gamma: float 
     ids = [f"p{k}" for k in range(n + extra)]
     write(s3, "predictions.jsonl", [{"scorer": "dlma", "id": i, "score": 1.0 if k < right else -1.0}
                                     for k, i in enumerate(ids)])
-    write(s3, "pair_lengths.json", [{"id": i, "length_difference": 5 if k % 2 else -5, "same": False}
-                                    for k, i in enumerate(ids)])
+    write(s3, "pair_lengths.json", [{"id": i, "length_difference": 5 if k % 2 else -5, "same": False,
+                                     "pair_sha256": content(k)} for k, i in enumerate(ids)])
     s4 = root / "04_train_dlma"
     write(s4 / "adapter", "train_log.jsonl", [{"step": k + 1, "loss": v} for k, v in enumerate(losses)])
     s5 = root / "05_evaluate_alignment"
@@ -171,3 +172,15 @@ def test_dlma_run_compare_with_adds_the_page_to_the_runs_book(tmp_path):
     assert (dest / "book" / "results" / f"{COMPARE}.ipynb").is_file()
     assert "      - file: book/results/06_baselines\n      - file: book/results/07_compare\n" in \
         (dest / "_toc.yml").read_text()
+
+
+def test_pairs_of_one_id_but_other_content_are_not_the_same_item(tmp_path):
+    a = make_run(tmp_path / "a", right=60)
+    half = make_run(tmp_path / "half", right=60, content=lambda k: f"pair {k}" if k < 50 else f"other {k}")
+    (c,) = compare_runs([a, half], n_boot=20)["comparisons"]
+    d = c["stages"]["03_preference_accuracy"]["scorers"]["dlma"]
+    assert (d["n"], d["n_other_pairs"], d["difference"]) == (50, 50, 0)
+    other = make_run(tmp_path / "other", right=60, content=lambda k: f"other {k}")
+    with pytest.raises(DLMAError, match=r"runs of different data \(no labelled pair with the same id and content "
+                                        r"in both; 100 ids name other pairs\)"):
+        compare_runs([a, other], n_boot=20)
