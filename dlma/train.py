@@ -176,9 +176,9 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
     for p in trainable.values():
         p.data = p.data.float()
     before = {n: p.detach().clone() for n, p in trainable.items()}
+    n_trainable = sum(p.numel() for p in trainable.values())
     if progress():  # console lines; a notebook shows the summary, the same whether it trained or resumed
-        print(f"train{' (SFT on o1)' if sft else ''}: {len(dataset)} pairs, "
-              f"{sum(p.numel() for p in trainable.values()):,} LoRA parameters, {device}, "
+        print(f"train{' (SFT on o1)' if sft else ''}: {len(dataset)} pairs, {n_trainable:,} LoRA parameters, {device}, "
               f"{'4-bit NF4' if cfg.qlora else str(compute_dtype)} base")
     if resume is not None:  # the step-0 guard ran before the kill: a resumed run cannot see step 0 again
         trainer.step0_guard = read_json(resume / RESUME_STATE)["step0_guard"]
@@ -187,7 +187,7 @@ def train_dlma(rows: list[dict], model_cfg: ModelConfig, cfg: TrainConfig, out_d
     changed = sum(not torch.equal(before[n], p.detach()) for n, p in trainable.items())
     summary = train_summary(trainer, result, cfg, sft, resume, started, device,
                             n_pairs=len(dataset), n_prompts_truncated=n_cut,
-                            trainable_params=sum(p.numel() for p in trainable.values()),
+                            trainable_params=n_trainable,
                             trainable_tensors=len(trainable), trainable_tensors_changed=changed)
     if progress():
         print(f"train: {summary['n_steps']} steps, {summary['s_per_step']} s/step, final loss "
