@@ -20,7 +20,15 @@ import numpy as np
 
 from .data import Example, Source, check_limit, load_examples
 from .generate import GenerateConfig, sample
-from .logprobs import buckets, kv_bytes_per_token, response_ids, sequence_logprobs, token_budget
+from .logprobs import (
+    buckets,
+    contrast_spans,
+    fit_prompt,
+    kv_bytes_per_token,
+    response_ids,
+    sequence_logprobs,
+    token_budget,
+)
 from .params import PrefData, Queries, documented
 from .preference import PrefAccConfig, summarize, tie_tolerance
 from .prompts import PAIRS, policy_prompt, prompt_ids
@@ -127,19 +135,46 @@ def respond(model, tokenizer, examples: list[Example], cfg: GenerateConfig, adap
     return [done[ex.id] for ex in examples]
 
 
-def base_judgements(model, tokenizer, examples: list[Example], responses: list[str], rendering: str = "affix",
-                    batch_size: int = 8, max_tokens: int = 0) -> list[dict]:
-    """Per response, judged by the base (adapter off): contrastive score C(o), perplexity, refusal."""
-    prompts, resp = [], []
-    for ex, o in zip(examples, responses, strict=True):
-        r = response_ids(o, tokenizer)
+def judged_prompts(examples: list[Example], rendering: str, tokenizer) -> list[tuple]:
+    """Per query, the three prompts the base reads a response under (p+, p- of the harmless pair, the plain
+    prompt), each with the span a cut must keep (what tells p+ from p-; none for the plain prompt)."""
+    out = []
+    for ex in examples:
         p_pos, p_neg = contrast_prompts(ex.turns, PAIRS["harmless"], rendering, tokenizer)
-        prompts += [p_pos, p_neg, prompt_ids(policy_prompt(ex.turns, rendering, tokenizer), tokenizer, rendering)]
+        k_pos, k_neg = contrast_spans(p_pos, p_neg)
+        out.append(((p_pos, k_pos), (p_neg, k_neg),
+                    (prompt_ids(policy_prompt(ex.turns, rendering, tokenizer), tokenizer, rendering), None)))
+    return out
+
+
+def unjudgeable(examples: list[Example], rendering: str, tokenizer, max_new_tokens: int, max_length: int
+                ) -> str | None:
+    """Why a response of `max_new_tokens` tokens to one of the queries could not be judged within `max_length`
+    (its prompts, cut to what it leaves, would lose what tells p+ from p-); None when every one can. Checked
+    before anything is sampled, so that no stage stops after its generation."""
+    room = max_length - max_new_tokens
+    for ex, prompts in zip(examples, judged_prompts(examples, rendering, tokenizer), strict=True):
+        if room < 1 or any(fit_prompt(p, room, keep) is None for p, keep in prompts):
+            return (f"query {ex.id!r}: a response of eval_max_new_tokens={max_new_tokens} tokens leaves "
+                    f"{max(room, 0)} of pref_max_length={max_length}, too few to keep what tells the harmless "
+                    f"pair's p+ from p-: raise pref_max_length or lower eval_max_new_tokens")
+    return None
+
+
+def base_judgements(model, tokenizer, examples: list[Example], responses: list[str], rendering: str,
+                    batch_size: int, max_tokens: int, max_length: int) -> list[dict]:
+    """Per response, judged by the base (adapter off) within `max_length` tokens of prompt and response, as
+    every reading of the run is: contrastive score C(o), perplexity, refusal."""
+    prompts, keep, resp = [], [], []
+    for o, judged in zip(responses, judged_prompts(examples, rendering, tokenizer), strict=True):
+        r = response_ids(o, tokenizer)
+        prompts += [p for p, _ in judged]
+        keep += [k for _, k in judged]
         resp += [r, r, r]
     ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
     with ctx:
-        s = sequence_logprobs(model, prompts, resp, tokenizer.pad_token_id, batch_size, desc="judge",
-                              max_tokens=max_tokens)
+        s = sequence_logprobs(model, prompts, resp, tokenizer.pad_token_id, batch_size, max_length=max_length,
+                              desc="judge", max_tokens=max_tokens, keep=keep)
     rows = []
     for k, o in enumerate(responses):
         s_pos, s_neg, s_plain = s[3 * k : 3 * k + 3]
@@ -210,6 +245,9 @@ def run_evaluate(model_cfg, cfg: EvalConfig, run) -> dict:
     pairs = evaluated_pairs(cfg, used_pairs, folder.tokenizer(), too_long)
     if heldout:
         heldout = readable_examples(heldout, ["implicit"], pref_cfg, folder.tokenizer(), str(heldout_path), too_long)
+    why = unjudgeable(prompts, cfg.rendering, folder.tokenizer(), cfg.eval_max_new_tokens, cfg.pref_max_length)
+    if why:
+        raise DLMAError(f"{queries.path} [{queries.split}]: {why}")
     reused = [e.id for e in pairs if e.id in used_pairs]
     folder.begin(asdict(cfg), {"adapter": adapter / "adapter_model.safetensors", "heldout": heldout_path,
                                "pref_data": cfg.pref_source(), "queries": queries}, run.force,
@@ -233,7 +271,7 @@ def run_evaluate(model_cfg, cfg: EvalConfig, run) -> dict:
 
             got = respond(*loaded(), prompts, gen_cfg, adapter=name == "dlma", done=done, save=save)
             judged = base_judgements(*loaded(), prompts, got, gen_cfg.rendering, pref_cfg.score_batch_size,
-                                     pref_cfg.max_batch_tokens)
+                                     pref_cfg.max_batch_tokens, pref_cfg.pref_max_length)
             responses += [{"id": ex.id, "model": name, "query": ex.turns[-1], "response": t, **j}
                           for ex, t, j in zip(prompts, got, judged, strict=True)]
         write_jsonl(out / "responses.jsonl", responses)

@@ -237,15 +237,16 @@ def summarize_baselines(methods: list[str], responses: list[dict], human: list[d
 # The stage
 
 
-def study_rewards(model, tokenizer, rows: list[dict], study_dir: Path, score_batch_size: int, max_tokens: int = 0
-                  ) -> tuple[list[dict], str]:
+def study_rewards(model, tokenizer, rows: list[dict], study_dir: Path, score_batch_size: int, max_length: int,
+                  max_tokens: int = 0) -> tuple[list[dict], str]:
     """The rows with R replaced by the candidate that stage 3b selected (read from its study.json and params),
-    computed by the base model (adapter off) on the generated pairs; and the candidate's name."""
+    computed by the base model (adapter off) on the generated pairs within `max_length` tokens (the run's
+    `pref_max_length`); and the candidate's name. A row that cannot be read so is refused before any is read."""
     from contextlib import nullcontext
 
     from .logprobs import response_ids
     from .prompts import PromptPair, get_pair, register_pair
-    from .score import self_reward_terms
+    from .score import self_reward_terms, unreadable
     from .study import StudyConfig, candidate_scores, needs, terms_row
 
     for name in ("study.json", "params.json"):
@@ -257,14 +258,20 @@ def study_rewards(model, tokenizer, rows: list[dict], study_dir: Path, score_bat
         register_pair(PromptPair(**definition))
     variants = StudyConfig(study_variants=study_params["study_variants"]).variant_list()
     ids = [str(r["id"]) for r in rows]
+    items = [(r["turns"], r["o1"], r["o2"]) for r in rows]
+    wanted = needs(selected, [v for v, _, _ in variants])
+    used = [(v, pair, rendering) for v, pair, rendering in variants if v in wanted]
+    for v, pair, rendering in used:
+        for i, why in zip(ids, unreadable(items, tokenizer, max_length, get_pair(pair), rendering), strict=True):
+            if why:
+                raise DLMAError(f"{study_dir.parent / '04_train_dlma' / 'train.jsonl'}: pair {i!r} under {v}: {why} "
+                                f"(dlma_study reads the training pairs at pref_max_length)")
     scored = {}
     ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
     with ctx:
-        for v, pair, rendering in variants:
-            if v not in needs(selected, [name for name, _, _ in variants]):
-                continue
-            terms = self_reward_terms(model, tokenizer, [(r["turns"], r["o1"], r["o2"]) for r in rows],
-                                      get_pair(pair), rendering, score_batch_size, max_length=None, desc=v,
+        for v, pair, rendering in used:
+            terms = self_reward_terms(model, tokenizer, items, get_pair(pair), rendering, score_batch_size,
+                                      max_length=max_length, desc=v,
                                       share_prompts=True, max_tokens=max_tokens)
             for i, r, t in zip(ids, rows, terms, strict=True):
                 n_o1, n_o2 = (len(response_ids(r[k], tokenizer)) for k in ("o1", "o2"))
@@ -364,7 +371,8 @@ def train_methods(s: Setting, folder: StageFolder, model_cfg: ModelConfig) -> di
             if m == "rlaif_dpo":
                 model, tok = folder.model()
                 with model.disable_adapter():
-                    verdicts = RlaifJudge(model, tok, batch_size=s.cfg.score_batch_size).judge(
+                    verdicts = RlaifJudge(model, tok, max_length=s.cfg.pref_max_length,
+                                          batch_size=s.cfg.score_batch_size).judge(
                         [(r["turns"], r["o1"], r["o2"]) for r in s.train_rows])
                 rows, swapped = relabel(s.train_rows, [v["verdict"] for v in verdicts])
                 note = {"swapped": swapped, "ties": sum(v["verdict"] == "tie" for v in verdicts)}
@@ -375,7 +383,7 @@ def train_methods(s: Setting, folder: StageFolder, model_cfg: ModelConfig) -> di
                         "revision": rlhf.revision}
             elif m == "dlma_study":
                 rows, selected = study_rewards(*folder.model(), s.train_rows, s.run_dir / "03b_pair_study",
-                                               s.cfg.score_batch_size, s.cfg.max_batch_tokens)
+                                               s.cfg.score_batch_size, s.cfg.pref_max_length, s.cfg.max_batch_tokens)
                 note = {"study_selected": selected}
             write_json(method_dir / "rows_note.json", note)
             write_jsonl(method_dir / "train.jsonl", rows)
@@ -413,7 +421,7 @@ def answer(s: Setting, folder: StageFolder) -> tuple[PartialJSONL, PartialJSONL]
         if not all((m, e.id) in responses.done for e in s.prompts):
             got = respond(model, tok, s.prompts, gen_cfg, adapter=True)
             judged = base_judgements(model, tok, s.prompts, got, gen_cfg.rendering, pref_cfg.score_batch_size,
-                                     pref_cfg.max_batch_tokens)
+                                     pref_cfg.max_batch_tokens, pref_cfg.pref_max_length)
             responses.append([{"id": ex.id, "model": m, "query": ex.turns[-1], "response": t, **j}
                               for ex, t, j in zip(s.prompts, got, judged, strict=True)])
         if not all((m, i) in human.done for i in s.pairs):
@@ -443,8 +451,8 @@ def judge_methods(s: Setting, folder: StageFolder, study: BaselineConfig, respon
                     got = http.judge(items)
                 else:
                     model, tok = folder.model()
-                    j = (RlaifJudge if judge == "rlaif" else ContrastJudge)(model, tok,
-                                                                          batch_size=s.cfg.score_batch_size)
+                    j = (RlaifJudge if judge == "rlaif" else ContrastJudge)(
+                        model, tok, max_length=s.cfg.pref_max_length, batch_size=s.cfg.score_batch_size)
                     with model.disable_adapter():
                         got = j.judge(items)
                 judgements.append([{"judge": judge, "model": m, "opponent": opp, "id": ex.id, **g}

@@ -68,8 +68,8 @@ class RlaifJudge:
 
     model: object
     tokenizer: object
+    max_length: int  # prompt and responses, in tokens: the run's pref_max_length, as every reading of the run
     instruction: str = RLAIF_INSTRUCTION
-    max_length: int = 1024
     batch_size: int = 8
 
     def judge(self, items: list[tuple[list[str], str, str]]) -> list[dict]:
@@ -85,8 +85,8 @@ class ContrastJudge:
 
     model: object
     tokenizer: object
+    max_length: int  # as RlaifJudge's
     pair: str = "harmless"
-    max_length: int = 1024
     batch_size: int = 8
 
     def judge(self, items: list[tuple[list[str], str, str]]) -> list[dict]:

@@ -90,8 +90,28 @@ def test_human_rows_must_be_disjoint_from_the_evaluation():
         human_rows(examples, evaluated_ids=["h2"])
 
 
+PREF_MAX_LENGTH = 34  # small enough that the default of 1024, or no limit, would read longer sequences
+
+
 @pytest.fixture()
-def run_to_stage5(tmp_path, tiny_model_dir) -> Path:
+def readings(monkeypatch) -> list[int]:
+    """The length of every sequence the model reads to score text (prompt and response, as its positions say),
+    appended as it is read; sampling (the model reading its cache) and training (in train mode) are not readings."""
+    from transformers import LlamaForCausalLM
+
+    seen, forward = [], LlamaForCausalLM.forward
+
+    def recorded(self, *args, **kwargs):
+        if not self.training and kwargs.get("past_key_values") is None and kwargs.get("position_ids") is not None:
+            seen.append(int(kwargs["position_ids"].max()) + 1)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(LlamaForCausalLM, "forward", recorded)
+    return seen
+
+
+@pytest.fixture()
+def run_to_stage5(tmp_path, tiny_model_dir, readings) -> Path:
     """Stages 1 to 5 on a tiny random model: real training (stage 4) and evaluation (stage 5)."""
     from dlma.alignment import EvalConfig, run_evaluate
     from dlma.commands import run_stage
@@ -112,16 +132,21 @@ def run_to_stage5(tmp_path, tiny_model_dir) -> Path:
                                 "learning_rate": 1e-3, "warmup_steps": 0})
     # pref_max_length 34: the first of the 3 human pairs (34 tokens in its chosen response) leaves no room for its
     # prompt, so stage 5 leaves it out, as the published run's stage 5 did 4 of its 128; stage 6 must agree
+    readings.clear()  # stage 4's
     run_evaluate(model_cfg, EvalConfig(eval_n_prompts=3, eval_n_pairs=3, eval_max_new_tokens=6, eval_batch_size=2,
-                                       pref_max_length=34), Run(str(run)))
+                                       pref_max_length=PREF_MAX_LENGTH), Run(str(run)))
     assert [r["id"] for r in read_jsonl(run / "05_evaluate_alignment" / "human_pairs.jsonl")] == ["s002", "s003"]
+    # every judge and scorer of stage 5 (the base's C(o) and perplexity, the implicit reward) read within it
+    assert readings and max(readings) <= PREF_MAX_LENGTH, sorted(readings)[-5:]
+    assert max(readings) > PREF_MAX_LENGTH - 8  # the limit was reached: the cut did something
     # a prompt-pair study that selected the length-normalised `helpful` pair
     write_json(run / "03b_pair_study" / "study.json", {"selected": "helpful/norm"})
     write_json(run / "03b_pair_study" / "params.json", {"study_variants": "harmless,helpful"})
     return run
 
 
-def test_stage6_trains_every_method_on_the_same_budget_judges_and_resumes(run_to_stage5, tiny_model_dir, monkeypatch):
+def test_stage6_trains_every_method_on_the_same_budget_judges_and_resumes(run_to_stage5, tiny_model_dir, monkeypatch,
+                                                                          readings):
     import dlma.train
     from dlma.logprobs import response_ids
     from dlma.models import load_model
@@ -131,7 +156,11 @@ def test_stage6_trains_every_method_on_the_same_budget_judges_and_resumes(run_to
 
     run, out = run_to_stage5, run_to_stage5 / "06_baselines"
     methods = "rlcd,rlaif_dpo,context_distillation,rlhf,dlma_study"
+    readings.clear()
     result = run_baselines(ModelConfig(tiny_model_dir, device="cpu"), BaselineConfig(methods), Run(str(run)))
+    # every judge (RLAIF, the contrast judge, the base's C(o) and perplexity) and scorer (the implicit reward,
+    # dlma_study's R) of stage 6 read within stage 5's pref_max_length
+    assert readings and max(readings) <= PREF_MAX_LENGTH, sorted(readings)[-5:]
     assert list(result) == ["base", "dlma", "rlcd", "rlaif_dpo", "context_distillation", "rlhf", "dlma_study"]
 
     budget = json.loads((run / "04_train_dlma" / "adapter" / "train_summary.json").read_text())["config"]
@@ -151,7 +180,7 @@ def test_stage6_trains_every_method_on_the_same_budget_judges_and_resumes(run_to
     # dlma_study: R is the selected candidate's, by the base model on the training pairs
     model, tok = load_model(ModelConfig(tiny_model_dir, device="cpu"))
     terms = self_reward_terms(model, tok, [(r["turns"], r["o1"], r["o2"]) for r in train], PAIRS["helpful"],
-                              "affix", max_length=None)
+                              "affix", max_length=PREF_MAX_LENGTH)
     expected = [normalised_reward({**t, "n_o1": len(response_ids(r["o1"], tok)),
                                    "n_o2": len(response_ids(r["o2"], tok))}) for r, t in zip(train, terms, strict=True)]
     got = [r["self_reward"] for r in read_jsonl(out / "dlma_study" / "train.jsonl")]

@@ -266,15 +266,15 @@ def test_local_judges_on_the_embedded_model(embedded):
     model, tok = embedded
     items = [(["How do I hurt my neighbour?"], "I can't help with hurting anyone.", "Hit him with a brick."),
              (["How do I make tea?"], "Boil water and steep the leaves.", "No.")]
-    rlaif = RlaifJudge(model, tok).judge(items)
+    rlaif = RlaifJudge(model, tok, 1024).judge(items)
     assert all(r["verdict"] in ("win", "tie", "lose") for r in rlaif)
     assert all(isinstance(r["a_first"], float) for r in rlaif)
     # swapping A and B swaps each order's preference, so a win becomes a loss
-    swapped = RlaifJudge(model, tok).judge([(t, b, a) for t, a, b in items])
+    swapped = RlaifJudge(model, tok, 1024).judge([(t, b, a) for t, a, b in items])
     flip = {"win": "lose", "lose": "win", "tie": "tie"}
     assert [flip[r["verdict"]] for r in rlaif] == [r["verdict"] for r in swapped]
-    contrast = ContrastJudge(model, tok).judge(items)
-    back = ContrastJudge(model, tok).judge([(t, b, a) for t, a, b in items])
+    contrast = ContrastJudge(model, tok, 1024).judge(items)
+    back = ContrastJudge(model, tok, 1024).judge([(t, b, a) for t, a, b in items])
     np.testing.assert_allclose([r["self_reward"] for r in contrast], [-r["self_reward"] for r in back], atol=1e-3)
 
 

@@ -79,3 +79,18 @@ def test_unreadable_names_the_response_that_leaves_no_room(tiny):
                                "harmless's p+ from p-")
     assert unreadable(items, tok, 128, None)[1].endswith("too few for its prompt")  # the plain prompt
     assert unreadable(items, tok, 400, None) == [None, None]
+
+
+def test_stage5_refuses_a_response_length_its_judge_could_not_read(tiny):
+    """Stages 5 and 6 judge each sampled response within pref_max_length: a response of eval_max_new_tokens that
+    would leave no room for what tells p+ from p- is refused before anything is sampled."""
+    from dlma.alignment import unjudgeable
+    from dlma.data import Example
+
+    _, tok = tiny
+    queries = [Example("q1", ["How do I bake bread?"]), Example("q2", LONG_CONTEXT)]
+    assert unjudgeable(queries, "affix", tok, 24, 64) is None  # the long context is cut from the left
+    why = unjudgeable(queries, "affix", tok, 60, 64)
+    assert why.startswith("query 'q1': a response of eval_max_new_tokens=60 tokens leaves 4 of pref_max_length=64, "
+                          "too few to keep what tells the harmless pair's p+ from p-")
+    assert unjudgeable(queries, "chat", tok, 24, 64) is None  # cut in its middle, keeping the system message
