@@ -153,18 +153,21 @@ def compare_alignment(a: Path, b: Path, n_boot: int, seed: int) -> dict:
     bootstrap, exact McNemar), and the base model's C(o) of the adapter's answers to the same prompts."""
     out = {}
     beta = [read_json(f / "params.json").get("beta", 0.1) for f in (a, b)]
-    ha, hb = ({r["id"]: r["implicit"] for r in read_jsonl(f / "human_pairs.jsonl")} for f in (a, b))
-    ids, only_a, only_b = _shared(ha, hb)
+    ha, hb = ({r["id"]: r for r in read_jsonl(f / "human_pairs.jsonl")} for f in (a, b))
+    # one id, another pair (by content hash; a stage 5 of an earlier version stored none: by id) or another query
+    other = {i for i in ha if i in hb and ha[i].get("pair_sha256") != hb[i].get("pair_sha256")}
+    ids, only_a, only_b = _shared(*({i: r for i, r in h.items() if i not in other} for h in (ha, hb)))
     if ids:
-        xa = outcomes([ha[i] for i in ids], tolerance=tie_tolerance("implicit", beta[0]))[0]
-        xb = outcomes([hb[i] for i in ids], tolerance=tie_tolerance("implicit", beta[1]))[0]
-        out["implicit"] = {"n": len(ids), "n_only_a": only_a, "n_only_b": only_b, "accuracy_a": float(xa.mean()),
-                           "accuracy_b": float(xb.mean()), **_paired(xa, xb, None, n_boot, seed)}
-    ca, cb = ({r["id"]: r["contrastive_score"] for r in read_jsonl(f / "responses.jsonl") if r["model"] == "dlma"}
-              for f in (a, b))
-    ids, only_a, only_b = _shared(ca, cb)
-    d = np.array([cb[i] - ca[i] for i in ids], dtype=float)
-    out["contrastive_score"] = {"n": len(ids), "n_only_a": only_a, "n_only_b": only_b,
+        xa = outcomes([ha[i]["implicit"] for i in ids], tolerance=tie_tolerance("implicit", beta[0]))[0]
+        xb = outcomes([hb[i]["implicit"] for i in ids], tolerance=tie_tolerance("implicit", beta[1]))[0]
+        out["implicit"] = {"n": len(ids), "n_only_a": only_a, "n_only_b": only_b, "n_other_pairs": len(other),
+                           "accuracy_a": float(xa.mean()), "accuracy_b": float(xb.mean()),
+                           **_paired(xa, xb, None, n_boot, seed)}
+    ca, cb = ({r["id"]: r for r in read_jsonl(f / "responses.jsonl") if r["model"] == "dlma"} for f in (a, b))
+    other = {i for i in ca if i in cb and ca[i]["query"] != cb[i]["query"]}
+    ids, only_a, only_b = _shared(*({i: r for i, r in c.items() if i not in other} for c in (ca, cb)))
+    d = np.array([cb[i]["contrastive_score"] - ca[i]["contrastive_score"] for i in ids], dtype=float)
+    out["contrastive_score"] = {"n": len(ids), "n_only_a": only_a, "n_only_b": only_b, "n_other_queries": len(other),
                                 **_mean_difference(d, n_boot, seed)}
     return out
 

@@ -281,7 +281,8 @@ def implicit_and_loglik(model, tokenizer, examples: list[Example], cfg: PrefAccC
     with model.disable_adapter():  # the reference: the same weights without the adapter
         ref = policy_logprobs(model, tokenizer, examples, cfg, "reference")
     implicit = cfg.beta * ((policy[:, 0] - ref[:, 0]) - (policy[:, 1] - ref[:, 1]))
-    return [{"id": ex.id, "implicit": float(i), "loglik_dlma": float(p[0] - p[1]), "loglik_base": float(r[0] - r[1])}
+    return [{"id": ex.id, "implicit": float(i), "loglik_dlma": float(p[0] - p[1]), "loglik_base": float(r[0] - r[1]),
+             "pair_sha256": pair_hash(ex)}  # what `dlma compare` pairs runs on: the same id and content
             for ex, i, p, r in zip(examples, implicit, policy, ref, strict=True)]
 
 

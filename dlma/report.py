@@ -1133,6 +1133,10 @@ def compare_readings(comparison: dict, alpha: float = ALPHA) -> dict[str, str]:
             if c["n"]:
                 parts.append(f"the adapter's answers' C(o) b - a {fmt_difference(c['difference'], c['ci95'])} on "
                              f"{c['n']} prompts ({_verdict(c['ci95'], 0.0)})")
+            other = [f"{n} {what}" for n, what in ((r.get("implicit", {}).get("n_other_pairs", 0), "human pairs"),
+                                                   (c.get("n_other_queries", 0), "prompts")) if n]
+            if other:
+                parts.append(f"left out: {' and '.join(other)} of one id but other content")
             body = "; ".join(parts) if parts else "No held-out item is in both runs"
         out[stage] = f"Stage {stage[:3].strip('_')}: {head} {body}."
     return out

@@ -27,7 +27,7 @@ def write(folder: Path, name: str, rows) -> None:
 
 def make_run(root: Path, right: int, n: int = 100, extra: int = 0, gamma: float = 0.2, data_sha: str = "aa",
              r_shift: float = 0.0, losses=(0.69, 0.6), implicit_right: int = 30, c_shift: float = 0.0,
-             content=lambda k: f"pair {k}") -> Path:
+             content=lambda k: f"pair {k}", query=lambda k: f"query {k}") -> Path:
     """A run whose stage 3 `dlma` scorer is right on its first `right` pairs of `n` (+ `extra` pairs only it
     has; every second pair's chosen response the longer), stage 2 R = 1 + r_shift on 20 pairs, stage 4's loss
     curve, stage 5's implicit reward right on the first `implicit_right` of 40 pairs and C(o) = c_shift."""
@@ -44,9 +44,10 @@ def make_run(root: Path, right: int, n: int = 100, extra: int = 0, gamma: float 
     s4 = root / "04_train_dlma"
     write(s4 / "adapter", "train_log.jsonl", [{"step": k + 1, "loss": v} for k, v in enumerate(losses)])
     s5 = root / "05_evaluate_alignment"
-    write(s5, "human_pairs.jsonl", [{"id": f"h{k}", "implicit": 0.5 if k < implicit_right else -0.5}
-                                    for k in range(40)])
-    write(s5, "responses.jsonl", [{"id": f"e{k}", "model": m, "contrastive_score": c_shift + 0.01 * k}
+    write(s5, "human_pairs.jsonl", [{"id": f"h{k}", "implicit": 0.5 if k < implicit_right else -0.5,
+                                     "pair_sha256": content(k)} for k in range(40)])
+    write(s5, "responses.jsonl", [{"id": f"e{k}", "model": m, "query": query(k),
+                                   "contrastive_score": c_shift + 0.01 * k}
                                   for k in range(10) for m in ("base", "dlma")])
     s6 = root / "06_baselines"  # the RLAIF judge: rlcd against base wins on the first `right // 10` of 10 prompts
     write(s6, "judgements.jsonl", [{"judge": "rlaif", "model": "rlcd", "opponent": "base", "id": f"e{k}",
@@ -180,6 +181,14 @@ def test_pairs_of_one_id_but_other_content_are_not_the_same_item(tmp_path):
     (c,) = compare_runs([a, half], n_boot=20)["comparisons"]
     d = c["stages"]["03_preference_accuracy"]["scorers"]["dlma"]
     assert (d["n"], d["n_other_pairs"], d["difference"]) == (50, 50, 0)
+    # stage 5 likewise: its human pairs by id and content, the answers' C(o) by id and query
+    quarter = make_run(tmp_path / "quarter", right=60, content=lambda k: f"pair {k}" if k < 10 else f"other {k}",
+                       query=lambda k: f"query {k}" if k < 4 else f"another {k}")
+    s5 = compare_runs([a, quarter], n_boot=20)["comparisons"][0]["stages"]["05_evaluate_alignment"]
+    assert (s5["implicit"]["n"], s5["implicit"]["n_other_pairs"]) == (10, 30)
+    assert (s5["contrastive_score"]["n"], s5["contrastive_score"]["n_other_queries"]) == (4, 6)
+    assert report.compare_readings(compare_runs([a, quarter], n_boot=20)["comparisons"][0])[
+        "05_evaluate_alignment"].endswith("left out: 30 human pairs and 6 prompts of one id but other content.")
     other = make_run(tmp_path / "other", right=60, content=lambda k: f"other {k}")
     with pytest.raises(DLMAError, match=r"runs of different data \(no labelled pair with the same id and content "
                                         r"in both; 100 ids name other pairs\)"):
