@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlma import report
+from dlma import readings, report
 from dlma.compare import compare_runs
 from dlma.errors import DLMAError
 
@@ -86,7 +86,7 @@ def test_compare_pairs_two_runs_on_the_items_they_share(tmp_path):
     assert (v["n"], v["changed"], v["win_rate_a"], v["win_rate_b"]) == (10, 2, 0.8, 0.9)
     assert v["difference"] == pytest.approx(0.1)
 
-    read = report.compare_readings(c)
+    read = readings.compare_readings(c)
     assert read["03_preference_accuracy"].startswith(
         "Stage 03: changed: gamma 0.2 -> 0.0; inputs.pref_data.sha256 'aa' -> 'bb'. Preference accuracy b - a on "
         "the 100 pairs both scored: the self-rewarding score +0.200 [")
@@ -108,7 +108,7 @@ def test_compare_itself_is_all_zero_and_stage_folders_compare_alone(tmp_path):
     (c,) = compare_runs([a, a], n_boot=50)["comparisons"]
     d = c["stages"]["03_preference_accuracy"]["scorers"]["dlma"]
     assert d["difference"] == 0 and d["mcnemar_p"] == 1.0 and c["stages"]["03_preference_accuracy"]["parameters"] == []
-    assert "the same parameters and inputs" in report.compare_readings(c)["03_preference_accuracy"]
+    assert "the same parameters and inputs" in readings.compare_readings(c)["03_preference_accuracy"]
     (c,) = compare_runs([a / "03_preference_accuracy", a / "03_preference_accuracy"], n_boot=50)["comparisons"]
     assert list(c["stages"]) == ["03_preference_accuracy"]
 
@@ -187,7 +187,7 @@ def test_pairs_of_one_id_but_other_content_are_not_the_same_item(tmp_path):
     s5 = compare_runs([a, quarter], n_boot=20)["comparisons"][0]["stages"]["05_evaluate_alignment"]
     assert (s5["implicit"]["n"], s5["implicit"]["n_other_pairs"]) == (10, 30)
     assert (s5["contrastive_score"]["n"], s5["contrastive_score"]["n_other_queries"]) == (4, 6)
-    assert report.compare_readings(compare_runs([a, quarter], n_boot=20)["comparisons"][0])[
+    assert readings.compare_readings(compare_runs([a, quarter], n_boot=20)["comparisons"][0])[
         "05_evaluate_alignment"].endswith("left out: 30 human pairs and 6 prompts of one id but other content.")
     other = make_run(tmp_path / "other", right=60, content=lambda k: f"other {k}")
     with pytest.raises(DLMAError, match=r"runs of different data \(no labelled pair with the same id and content "

@@ -87,13 +87,13 @@ def test_a_second_writer_is_refused_naming_the_first(tmp_path, capsys):
 
 def test_undefined_distinct_2_is_null_with_its_reason_and_the_summary_is_written():
     from dlma.baselines import response_metrics
-    from dlma.report import _ci
+    from dlma.readings import fmt_ci
 
     rows = [{"refusal": False, "contrastive_score": 0.1, "perplexity": 3.0, "response": "Yes.", "n_tokens": 2}] * 3
     metrics = response_metrics(rows, n_boot=50)
     assert metrics["distinct_2"] == {"value": None, "ci95": None, "n": 0, "undefined": "no answer has two words"}
     json_text(metrics)  # strict JSON: no NaN reaches baselines.json
-    assert _ci(metrics["distinct_2"]) == "undefined (no answer has two words)"
+    assert fmt_ci(metrics["distinct_2"]) == "undefined (no answer has two words)"
 
 
 def test_a_finished_folder_edited_by_hand_is_refused_and_force_redoes_it(tmp_path, capsys):

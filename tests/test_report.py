@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dlma import report
+from dlma import readings, report
 
 
 def test_end_reasons_counts_each_side():
@@ -111,7 +111,7 @@ def _stage3(dlma=(0.55, 0.41), rlaif=(0.134, 0.795), n=(714, 575, 18), seed=0, l
 
 
 def test_claim1_reading_when_the_raw_difference_is_length():
-    read = report.claim1_reading(_stage3())
+    read = readings.claim1_reading(_stage3())
     assert set(read) == {"claim1_raw", "claim1_length", "claim1_balanced", "claim1_verdict", "claim1_chance",
                          "claim1_controlled"}
     assert read["claim1_controlled"].startswith("This run did not compute the logistic length control")
@@ -137,7 +137,7 @@ def test_claim1_reading_when_the_raw_difference_is_length():
 
 
 def test_claim1_reading_chooses_its_words_by_the_outcome():
-    better = report.claim1_reading(_stage3(dlma=(0.75, 0.70)))  # better in both strata
+    better = readings.claim1_reading(_stage3(dlma=(0.75, 0.70)))  # better in both strata
     assert better["claim1_verdict"].startswith("Beyond length (each length stratum weighed equally), the "
                                                "self-rewarding score judges better than RLAIF (p < 0.001): claim 1 "
                                                "holds beyond length in this run. The raw pairs agree")
@@ -146,17 +146,17 @@ def test_claim1_reading_chooses_its_words_by_the_outcome():
     assert better["claim1_chance"] == ("Once length is balanced, the self-rewarding score is above chance (its "
                                        "interval lies above 0.5) and RLAIF is below chance (its interval lies below "
                                        "0.5).")
-    same = report.claim1_reading(_stage3(dlma=(0.5, 0.5), rlaif=(0.5, 0.5)))
+    same = readings.claim1_reading(_stage3(dlma=(0.5, 0.5), rlaif=(0.5, 0.5)))
     assert "are not told apart (p = 1.000): this run neither supports nor refutes claim 1. Nor are they on the raw " \
            "pairs (p = 1.000)." in same["claim1_verdict"]
     assert "is not distinguishable from chance and below the length judge" in same["claim1_verdict"]
-    one_sided = report.claim1_reading(_stage3(n=(0, 40, 2)))  # 'sample:pairs': the longer always chosen
+    one_sided = readings.claim1_reading(_stage3(n=(0, 40, 2)))  # 'sample:pairs': the longer always chosen
     assert one_sided["claim1_balanced"] == ("The length-balanced figures are undefined in this run (no pair in one of "
                                             "the length strata).")
     assert one_sided["claim1_verdict"].startswith("Claim 1 cannot be read beyond length in this run")
     metrics = _stage3(n=(10, 10, 0))
     metrics["accuracy"].pop("rlaif")
-    assert report.claim1_reading(metrics)["claim1_verdict"] == ("This run did not score rlaif: it does not compare "
+    assert readings.claim1_reading(metrics)["claim1_verdict"] == ("This run did not score rlaif: it does not compare "
                                                                 "the judges of claim 1.")
 
 
@@ -217,14 +217,14 @@ def _stage6(dlma_rlaif=(14, 46, 4), others=(10, 44, 10), contrast=(32, 0, 32), d
 
 
 def test_holm_rejects_step_down():
-    assert report.holm_rejected([0.01, 0.04, 0.03, 0.005]) == [True, False, False, True]  # 0.03 > 0.05 / 2
-    assert report.holm_rejected([0.2, 0.5]) == [False, False] and report.holm_rejected([]) == []
+    assert readings.holm_rejected([0.01, 0.04, 0.03, 0.005]) == [True, False, False, True]  # 0.03 > 0.05 / 2
+    assert readings.holm_rejected([0.2, 0.5]) == [False, False] and readings.holm_rejected([]) == []
 
 
 def test_one_lopsided_comparison_is_about_chance_and_separates_nothing():
     result = _stage6()
-    assert len(report.baseline_comparisons(result)) == 6
-    read = report.baselines_reading(result)
+    assert len(readings.baseline_comparisons(result)) == 6
+    read = readings.baselines_reading(result)
     assert read["baselines_methods"] == "rlcd"
     assert read["baselines_sign_tests"] == (
         "No method separates from another. Of the 6 comparisons (3 pairs of methods, two judges), one has a sign "
@@ -247,13 +247,13 @@ def test_one_lopsided_comparison_is_about_chance_and_separates_nothing():
                                         "scale.")
     result["rlcd"]["implicit_vs_dlma"].update(a_only=0, b_only=0)  # the same pairs right as DLMA: counted
     assert "rlcd is right and wrong on exactly the 128 human pairs DLMA is, so no implicit-reward comparison of " \
-           "them with DLMA could differ; the RLAIF judge ties" in report.baselines_reading(result)["baselines_claim2"]
+           "them with DLMA could differ; the RLAIF judge ties" in readings.baselines_reading(result)["baselines_claim2"]
     assert all(isinstance(v, str) for v in read.values())  # glue values, already formatted
 
 
 def test_nothing_significant_and_near_misses_grouped():
     result = _stage6(dlma_rlaif=(10, 44, 10), contrast=(40, 0, 24), dlma_ci=(0.4, 0.6))  # 40 to 24: p = 0.060
-    read = report.sign_test_reading(result)
+    read = readings.sign_test_reading(result)
     assert "none has a sign test of wins against losses below 0.05." in read["baselines_sign_tests"]
     assert read["baselines_sign_tests"].endswith("None of the 6 win-rate intervals excludes 0.5.")
     assert read["baselines_near_misses"] == (
@@ -263,7 +263,7 @@ def test_nothing_significant_and_near_misses_grouped():
 
 def test_a_separating_comparison_changes_the_wording():
     result = _stage6(dlma_rlaif=(40, 20, 0))  # p = 2 * 0.5 ** 40
-    read = report.baselines_reading(result)
+    read = readings.baselines_reading(result)
     assert read["baselines_sign_tests"].startswith(
         "1 of the 6 comparisons separates after Holm's correction for 6 tests: dlma against the base model by the "
         "RLAIF judge, 40 wins to 0, 20 ties (p < 0.001, win rate")
@@ -272,14 +272,14 @@ def test_a_separating_comparison_changes_the_wording():
     assert read["baselines_separation"] == "1 of the 6 comparisons separates after Holm's correction for 6 tests"
     assert read["baselines_claim2"].startswith("1 of the 6 comparisons separates after Holm's correction, but only "
                                                "by judges made of the base model")
-    many = report.sign_test_reading(_stage6(dlma_rlaif=(40, 20, 0), others=(30, 34, 0)))
+    many = readings.sign_test_reading(_stage6(dlma_rlaif=(40, 20, 0), others=(30, 34, 0)))
     assert "more than the 0.3 that 6 tests give by chance alone at the 0.05 level" in many["baselines_sign_tests"]
     assert many["baselines_vs_dlma"].startswith("Against DLMA, 1 of the 2 comparisons has a sign test below 0.05: "
                                                 "rlcd against DLMA by the RLAIF judge, 30 wins to 0")
 
 
 def test_judges_reading_position_consistency_ties_and_length():
-    read = report.judges_reading(_stage6())
+    read = readings.judges_reading(_stage6())
     assert read["baselines_rlaif_consistency"] == "9% to 28%"
     ties = (46 + 44 + 44) / (64 * 3)
     assert read["baselines_rlaif_reading"] == (
@@ -295,7 +295,7 @@ def test_judges_reading_position_consistency_ties_and_length():
     result["dlma"]["rlaif_vs_base"]["position_consistency"] = 0.8
     result["dlma"]["rlaif_vs_base"]["lc_win_rate"]["value"] += 0.07
     result["rlcd"]["http_vs_base"] = _verdict(20, 24, 20)
-    read = report.judges_reading(result)
+    read = readings.judges_reading(result)
     assert read["baselines_rlaif_reading"].startswith("The RLAIF judge's two orders agree on 9% to 80% of the prompts")
     assert "by at most 0.070" in read["baselines_length_reading"] and "(of every judge)" in \
         read["baselines_length_reading"]
@@ -304,7 +304,7 @@ def test_judges_reading_position_consistency_ties_and_length():
 
 def test_implicit_reading_chance_best_and_paired():
     result = _stage6()
-    assert report.implicit_reading(result) == (
+    assert readings.implicit_reading(result) == (
         "Implicit-reward accuracy is indistinguishable from chance for every method: 0.531 to 0.539 on 128 human "
         "pairs, every 95% interval containing 0.5. Every paired difference from DLMA's has an interval containing 0 "
         "(the smallest McNemar p is 1.000). The highest is DLMA's own, 0.539 [0.453, 0.625].")
@@ -312,7 +312,7 @@ def test_implicit_reading_chance_best_and_paired():
     result["rlhf"]["implicit_accuracy"] = {"accuracy": 0.586, "ci95": [0.503, 0.664], "n": 128, "ties": 0}
     result["rlhf"]["implicit_vs_dlma"] = {"difference": 0.047, "ci95": [0.008, 0.148], "a_only": 28, "b_only": 22,
                                           "mcnemar_p": 0.48, "n": 128}
-    text = report.implicit_reading(result)
+    text = readings.implicit_reading(result)
     assert text.startswith("Implicit-reward accuracy is 0.539 to 0.586 over the methods on 128 human pairs; the 95% "
                            "intervals of rlhf exclude 0.5.")
     assert "interval excluding 0 for rlhf (+0.047 [+0.008, +0.148], McNemar p = 0.480)" in text
@@ -324,18 +324,18 @@ def test_implicit_reading_chance_best_and_paired():
                                            "stratified_p": 0.03}
     assert ("Length-balanced, it is 0.520 to 0.610, the intervals of rlhf excluding 0.5; the length-stratified test "
             "against DLMA's has p below 0.05 for rlhf (+0.090 [+0.010, +0.170], p = 0.030).") in \
-        report.implicit_reading(result)
+        readings.implicit_reading(result)
 
 
 def test_training_reading_lists_what_moved():
     result = _stage6()
-    assert report.training_reading(result) == (
+    assert readings.training_reading(result) == (
         "Training moved the answers little: with 7 steps of LoRA training on 56 pairs, every method's interval of "
         "refusal rate, contrastive score, median perplexity, distinct-2 and length in tokens overlaps the base "
         "model's.")
     result["context_distillation"] = {"training": {"n_pairs": 56, "n_steps": 7}, **_answers((32.4, 29.4, 35.1))}
     result["rlaif_dpo"] = {"training": {"n_pairs": 56, "n_steps": 7, "swapped": 5, "ties": 41}, **_answers()}
-    assert report.training_reading(result) == (
+    assert readings.training_reading(result) == (
         "With 7 steps of LoRA training on 56 pairs, every method's interval of refusal rate, contrastive score, "
         "median perplexity, distinct-2 and length in tokens overlaps the base model's, except "
         "context_distillation's length in tokens, 32.4 [29.4, 35.1] against the base model's 39.1 [38.5, 39.6]. "
@@ -356,7 +356,7 @@ def test_reading_of_a_summarized_stage6():
               for k, i in enumerate(ids)]
     result = summarize_baselines(["base", "dlma", "rlcd"], responses, human, judged,
                                  {"dlma": {"n_pairs": 8, "n_steps": 2}}, n_boot=50)
-    read = report.baselines_reading(result)
+    read = readings.baselines_reading(result)
     assert "Of the 6 comparisons (3 pairs of methods, two judges), none has a sign test" in \
         read["baselines_sign_tests"]  # 7 wins to 1: p = 0.070
     assert read["baselines_near_misses"].startswith("Between 0.05 and 0.10: dlma and rlcd against the base model by "
@@ -409,21 +409,21 @@ def study(selected="long_system/norm", difference=0.046, ci=(0.003, 0.092), p=0.
 
 def test_study_reading_applies_the_pages_rule():
     # the published run's figures: the interval just excludes 0 but the exact test does not agree
-    text = report.study_reading(study())
+    text = readings.study_reading(study())
     assert text.startswith("No candidate is shown to judge better than the paper's pair `harmless`")
     assert "+0.046 [+0.003, +0.092] raw (exact McNemar p = 0.054)" in text and "905 pairs" in text
     assert "the raw and length-balanced ones are not" in text
     # only the balanced comparison fails
-    text = report.study_reading(study(p=0.01))
+    text = readings.study_reading(study(p=0.01))
     assert text.startswith("No candidate") and "the length-balanced one is not" in text
     # both established, either way
-    better = report.study_reading(study(p=0.01, balanced_ci=(0.01, 0.08), stratified_p=0.02))
+    better = readings.study_reading(study(p=0.01, balanced_ci=(0.01, 0.08), stratified_p=0.02))
     assert better.startswith("The selected candidate `long_system/norm` judges better")
-    worse = report.study_reading(study(difference=-0.05, ci=(-0.09, -0.01), p=0.01, balanced=-0.05,
+    worse = readings.study_reading(study(difference=-0.05, ci=(-0.09, -0.01), p=0.01, balanced=-0.05,
                                        balanced_ci=(-0.09, -0.02), stratified_p=0.01))
     assert worse.startswith("The selected candidate `long_system/norm` judges worse")
-    assert report.study_reading(study(selected="harmless")).startswith("The selection kept the paper's pair")
-    undefined = report.study_reading(study(p=0.01, balanced=None, balanced_ci=None, stratified_p=None))
+    assert readings.study_reading(study(selected="harmless")).startswith("The selection kept the paper's pair")
+    undefined = readings.study_reading(study(p=0.01, balanced=None, balanced_ci=None, stratified_p=None))
     assert "undefined length-balanced (stratified test undefined)" in undefined and undefined.startswith("No ")
 
 
@@ -440,17 +440,17 @@ def answers(base_c, dlma_c, same=()):
 def test_alignment_reading_pairs_the_answers_and_reads_chance():
     summary = {"implicit": {"accuracy": 0.565, "ci95": [0.484, 0.661], "n": 124, "ties": 0}}
     # nothing changed: said so, and no interval is read into it
-    text = report.alignment_reading(summary, answers([-1.0, -2.0], [-1.0, -2.0], same=(0, 1)))
+    text = readings.alignment_reading(summary, answers([-1.0, -2.0], [-1.0, -2.0], same=(0, 1)))
     assert text.startswith("The adapter changed 0 of the 2 held-out answers")
     assert "left the sampled answers as they were" in text
     assert "0.565 [0.484, 0.661] of the 124 held-out human pairs: not distinguishable from chance" in text
     # every answer changed, C(o) up on each prompt by 1, perplexity 10 -> 12: both moved beyond noise
-    text = report.alignment_reading(summary, answers([-1.0, -2.0, -3.0, -1.5], [0.0, -1.0, -2.0, -0.5]))
+    text = readings.alignment_reading(summary, answers([-1.0, -2.0, -3.0, -1.5], [0.0, -1.0, -2.0, -0.5]))
     assert "changed 4 of the 4 held-out answers;" in text
     assert "contrastive score C(o) moved by +1.000 [+1.000, +1.000] (up)" in text
     assert f"log perplexity moved by {np.log(1.2):+.3f}" in text and "(up)" in text.split("log perplexity")[1]
     # a change of both signs: within noise; an accuracy whose interval lies above 0.5
-    mixed = report.alignment_reading({"implicit": {"accuracy": 0.8, "ci95": [0.6, 0.95], "n": 40, "ties": 0}},
+    mixed = readings.alignment_reading({"implicit": {"accuracy": 0.8, "ci95": [0.6, 0.95], "n": 40, "ties": 0}},
                                      answers([0.0, 0.0, 0.0, 0.0], [1.0, -1.0, 1.0, -1.0], same=(1,)))
     assert "changed 3 of the 4 held-out answers (every other one is the base model's, word for word)" in mixed
     assert "(within noise)" in mixed and "above chance" in mixed
@@ -460,8 +460,8 @@ def test_claim1_reading_with_the_logistic_length_control():
     metrics = _stage3(lengths=True)
     acc = metrics["accuracy"]
     assert all(0 <= acc[s]["length_controlled"] <= 1 for s in acc)
-    text = report.claim1_reading(metrics)["claim1_controlled"]
+    text = readings.claim1_reading(metrics)["claim1_controlled"]
     assert text.startswith("Read at equal length by the logistic length control (AlpacaEval 2's")
-    assert f"the self-rewarding score is right on {report.fmt_controlled(acc['dlma'])}" in text
-    assert f"the one-line length judge reads {report.fmt_controlled(acc['length'])} there" in text
+    assert f"the self-rewarding score is right on {readings.fmt_controlled(acc['dlma'])}" in text
+    assert f"the one-line length judge reads {readings.fmt_controlled(acc['length'])} there" in text
     assert "length-controlled [95% CI]" in report.metrics_frame(acc).columns
