@@ -45,7 +45,7 @@ run-book: setup
 	$(PY) tests/book_check.py _build/default/_build/html
 
 notebooks: setup
-	$(PY) -c "from dlma.pipeline import update_notebooks, update_parameter_table as t; print(update_notebooks(), t())"
+	$(PY) -c "from dlma.book import update_notebooks, update_parameter_table as t; print(update_notebooks(), t())"
 
 book: setup
 	$(BIN)/jupyter-book build . -W --keep-going
@@ -83,7 +83,7 @@ nbval: setup
 
 # After a deliberate change of results: rerun the smoke notebooks and store their checked outputs (review the diff).
 expected: setup
-	$(PY) -c "from dlma.pipeline import update_expected; print(update_expected())"
+	$(PY) -c "from dlma.book import update_expected; print(update_expected())"
 
 clean:
 	rm -rf _build runs/nbval

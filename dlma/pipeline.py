@@ -5,9 +5,8 @@
 - Notebooks run with the repository root as working directory: relative paths in a preset (such as
   `params/data/...`) are read from the root; relative paths given with `--set` are read from where the
   user stands. (nbval runs the notebooks in `notebooks/`, hence their `run_dir` default `../runs/nbval`.)
-- A preset (`params/<name>.yaml`) plus `--set key=value` overrides gives every notebook parameter. Each value
-  is read by the type function of its CLI option (`dlma.params.parse`); a key that no stage takes, or a
-  value of the wrong type, is one error naming the preset's line or the `--set` item.
+- A preset (`params/<name>.yaml`) plus `--set key=value` overrides gives every notebook parameter
+  (`dlma.presets`); the book a run's notebooks make is `dlma.book`'s.
 - Each stage's notebook is written to a temporary name and renamed only when it ran through; a failed
   stage leaves `<stage>.failed.ipynb` for inspection. A stage with a `.done` marker is skipped, so a
   killed run resumes where it stopped (the stage functions resume inside a stage, too).
@@ -24,181 +23,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
-from .artifacts import atomic_write, check_out, read_json, sha256_file, write_json
-from .commands import COMMANDS, NOTEBOOKS, RUN_HELP, STAGES, notebook_fields, step_values
-from .errors import DLMAError, did_you_mean
-from .params import PATHS, fields_of, option_text, parse, read_values
-
-ROOT = Path(__file__).resolve().parents[1]
-# read from where the user stands
-PATH_PARAMETERS = ("model", "queries", "pref_data", "rlhf_data", "pairs_file", "adapter")
-BOOK_SOURCES = ("_config.yml", "_toc.yml", "references.bib", "_static", "book")
-
-
-def check_checkout() -> None:
-    if not (ROOT / "notebooks").is_dir() or not (ROOT / "params").is_dir():
-        raise DLMAError(f"dlma run needs a checkout of the repository (notebooks/ and params/ beside the dlma "
-                        f"package; found none beside {ROOT / 'dlma'}): clone it and `pip install -e .` there; "
-                        "the stage commands (dlma generate, ...) work anywhere")
-
-
-def notebook_path(stage: str) -> Path:
-    return ROOT / "notebooks" / f"{stage}.ipynb"
-
-
-def preset_path(name: str) -> Path:
-    return Path(name) if name.endswith((".yaml", ".yml")) else ROOT / "params" / f"{name}.yaml"
-
-
-NULL = ("null", "~")  # "all" or "none" for a parameter whose default is None (`--set n_queries=null`)
-
-
-def preset_nodes(name: str) -> list[tuple[yaml.ScalarNode, yaml.ScalarNode]]:
-    """A preset's (key, value) nodes, checked: a mapping of parameter names to single values, each name once."""
-    path = preset_path(name)
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in (ROOT / "params").glob("*.yaml")))
-        raise DLMAError(f"preset '{name}': {path} not found (known: {known})")
-    try:
-        root = yaml.compose(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        why = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise DLMAError(f"{path}{line}: not valid YAML ({why})") from None
-    if root is None:
-        return []
-    if not isinstance(root, yaml.MappingNode):
-        raise DLMAError(f"{path}: a preset is a mapping of parameter: value")
-    first: dict[str, int] = {}
-    for key, value in root.value:
-        line = key.start_mark.line + 1
-        if not isinstance(key, yaml.ScalarNode) or not key.tag.endswith(":str") or not key.value.strip():
-            name = key.value if isinstance(key, yaml.ScalarNode) else "?"
-            raise DLMAError(f"{path}:{line}: parameter name {name} is not text (a preset is a mapping of parameter: "
-                            "value)")
-        if key.value in first:
-            raise DLMAError(f"{path}:{line}: field '{key.value}': given twice (first at line {first[key.value]})")
-        first[key.value] = line
-        if not isinstance(value, yaml.ScalarNode):
-            raise DLMAError(f"{path}:{line}: field '{key.value}': expected a single value, as typed after its option")
-    return root.value
-
-
-def load_preset(name: str) -> dict:
-    """{parameter: the text typed in the preset}, read as the CLI reads text: no YAML 1.1 typing first (010 is
-    10, not octal 8; `no` is text for a text option and false for a flag, as `--option no` is); null and ~ are
-    None. Each value is then read by its option's type (`resolve_params`)."""
-    return {k.value: None if (v.tag.endswith(":null") and v.style is None) else v.value
-            for k, v in preset_nodes(name)}
-
-
-def preset_lines(name: str) -> dict[str, int]:
-    """{key: line (from 1)} of a preset's top-level keys, for error messages."""
-    return {k.value: k.start_mark.line + 1 for k, _ in preset_nodes(name)}
-
-
-def parse_overrides(items: list[str]) -> dict:
-    """`--set KEY=VALUE` items as {key: the text typed}, read by the option's type as `--key VALUE` is; `null`
-    or `~` is None, for a parameter whose default is None."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise DLMAError(f"--set {item!r}: expected KEY=VALUE")
-        out[key.strip()] = None if value.strip() in NULL else value
-    return out
-
-
-def from_here(key: str, value):
-    """A relative path given with --set, read from where the user stands (as the notebooks see it: relative to
-    the repository root when it lies inside it)."""
-    if key not in PATH_PARAMETERS or not isinstance(value, str) or not value or Path(value).is_absolute():
-        return value
-    here = Path.cwd() / value
-    if not here.exists():
-        return value  # a hub id, an alias or sample:..., or a path the stage will report as missing
-    here = here.resolve()
-    return str(here.relative_to(ROOT)) if here.is_relative_to(ROOT) else str(here)
-
-
-def resolve_params(preset: str, overrides: list[str]) -> dict:
-    """The preset with its --set overrides: each key taken by some stage, each value read as its CLI option
-    reads it (one error naming the preset's line or the --set item), before a kernel starts."""
-    check_checkout()
-    preset_values, override_values = load_preset(preset), parse_overrides(overrides)
-    override_values = {k: from_here(k, v) for k, v in override_values.items()}
-    params = {**preset_values, **override_values}
-    params.pop("description", None)
-    taken = {}
-    for stage in STAGES:
-        taken.update(notebook_fields(stage))
-    lines = preset_lines(preset)
-
-    def where(key: str) -> str:
-        return f"--set {key}=..." if key in override_values else \
-            f"{preset_path(preset)}:{lines.get(key, '?')}: field '{key}'"
-
-    set_by_run = sorted(set(params) & set(PATHS))
-    if set_by_run:
-        raise DLMAError(f"{where(set_by_run[0])}: parameter '{set_by_run[0]}' is set by `dlma run` itself "
-                        "(use --run-id)")
-    unknown = sorted(set(params) - set(taken))
-    if unknown:
-        hint = did_you_mean(unknown[0], taken) or " (see the parameter table: dlma run --help)"
-        raise DLMAError(f"{where(unknown[0])}: unknown parameter '{unknown[0]}'{hint}")
-    read = {}
-    for stage in STAGES:  # each value read by the options of the stages that take it, and checked by their configs
-        for step in NOTEBOOKS[stage]:
-            types = COMMANDS[step.command].types()
-            parse(types, step_values(step, params, "runs/check"), where)
-            read.update(read_values(types, {k: v for k, v in params.items() if k in fields_of(types)}, where))
-    return {k: read[k] for k in params}
-
-
-def data_sources(params: dict, stages: tuple[str, ...]) -> list:
-    """The datasets the stages will read (queries, their held-out split, human pairs, the rlhf baseline's)."""
-    from .data import Source
-
-    values: dict = {}
-    for stage in stages:
-        values.update({k: v for k, v in stage_params(stage, params, Path("runs/check")).items() if k not in values})
-    sources = []
-    if "queries" in values:
-        sources.append(Source(str(values["queries"]), values.get("queries_split", "train"),
-                              values.get("queries_revision", ""), "queries"))
-        if "eval_queries_split" in values:
-            sources.append(Source(str(values["queries"]), values["eval_queries_split"],
-                                  values.get("queries_revision", ""), "eval_queries"))
-    if "pref_data" in values:
-        sources.append(Source(str(values["pref_data"]), values.get("pref_split", "test"),
-                              values.get("pref_revision", ""), "pref"))
-    if values.get("rlhf_data"):
-        sources.append(Source(values["rlhf_data"], values.get("rlhf_split", "train"), values.get("rlhf_revision", ""),
-                              "rlhf"))
-    return sources
-
-
-def check_data(params: dict, stages: tuple[str, ...]) -> None:
-    """Every dataset the run reads is found (or fetched) before its first stage: a missing one is one error
-    now, not after the stages before the one that reads it have run for minutes."""
-    from .data import resolve
-
-    with contextlib.chdir(ROOT):  # a preset's paths are read from the repository root, as the notebooks do
-        for source in dict.fromkeys(data_sources(params, stages)):
-            resolve(source)
+from .artifacts import check_out, read_json, write_json
+from .book import COMPARE, book_sources, check_book_dest, publish_notebooks
+from .commands import NOTEBOOKS, RUN_HELP, STAGES, notebook_fields, step_values
+from .errors import DLMAError
+from .params import option_text
+from .presets import ROOT, check_data, notebook_path, notebook_run_dir, resolve_params, stage_params
 
 
 def check_run_id(run_id: str | None) -> None:
@@ -219,20 +57,6 @@ def check_run_params(run_dir: Path, params: dict) -> None:
             raise DLMAError(f"{run_dir} holds finished stages made with other parameters ({', '.join(blocking)}): "
                             "pass another --run-id, or delete the folder to start over")
     write_json(path, params)
-
-
-def notebook_run_dir(run_dir: Path) -> str:
-    """The run folder as the notebooks are told it: relative to the repository (their working directory) when
-    it lies inside it, so a published notebook names no path of the machine that ran it."""
-    run_dir = run_dir.resolve()
-    return str(run_dir.relative_to(ROOT)) if run_dir.is_relative_to(ROOT) else str(run_dir)
-
-
-def stage_params(stage: str, params: dict, run_dir: Path) -> dict:
-    """The parameters `dlma run` gives a stage's notebook: every one it declares, the run's value or else the
-    option's default (the values in the notebook's own cell are the smoke preset's, for nbval), and run_dir."""
-    return {"run_dir": notebook_run_dir(run_dir),
-            **{k: params.get(k, f.default) for k, f in notebook_fields(stage).items()}}
 
 
 def clean_notebook(path: Path) -> None:
@@ -383,9 +207,6 @@ def run_stage_notebook(stage: str, params: dict, run_dir: Path, launcher_words: 
     print(f"[dlma run] {stage}: finished in {time.time() - started:.0f} s", flush=True)
 
 
-COMPARE = "07_compare"  # not a stage: the page `--compare-with` adds, this run beside another
-
-
 def run_compare(run_dir: Path, other: Path) -> Path:
     """The notebook COMPARE, run b = this run, run a = `other`, executed into the run folder (rerun each time: it
     reads stored outputs only, in seconds)."""
@@ -412,103 +233,6 @@ def execute(source: Path, target: Path, parameters: dict) -> None:
         pm.execute_notebook(str(source), str(target), parameters=parameters, cwd=str(ROOT), progress_bar=False,
                             log_output=False, extra_arguments=["--IPKernelApp.log_level=ERROR"])
     clean_notebook(target)
-
-
-def publish_notebooks(run_dir: Path, stages: tuple[str, ...] = STAGES, book_dir: Path | None = None) -> None:
-    """Copy the executed notebooks into the book (each atomically), only once all have run."""
-    book_dir = book_dir or ROOT / "book" / "results"
-    for stage in stages:
-        atomic_write(book_dir / f"{stage}.ipynb", (run_dir / f"{stage}.ipynb").read_bytes())
-    print(f"[dlma run] published {len(stages)} notebooks to {book_dir}")
-
-
-BOOK_MARK = ".dlma-book.json"  # what --book wrote into its folder, file by file: all it may replace
-
-
-def book_files(dest: Path) -> list[str]:
-    """The files under `dest` (relative, sorted), jupyter-book's output folder `_build` aside."""
-    return sorted(str(p.relative_to(dest)) for p in dest.rglob("*")
-                  if p.is_file() and p.name != BOOK_MARK and p.relative_to(dest).parts[0] != "_build")
-
-
-def check_book_dest(dest: Path) -> None:
-    """--book DIR is rewritten: refused unless it is new, empty, or holds only files an earlier --book wrote
-    (listed, with their hashes, in its BOOK_MARK) besides jupyter-book's `_build`, which is left alone; so a
-    file of the user's, wherever it lies, is never removed or overwritten."""
-    if dest.resolve() == ROOT.resolve() or ROOT.resolve().is_relative_to(dest.resolve()):
-        raise DLMAError(f"--book {dest}: give a folder of its own (it is replaced)")
-    if not dest.exists():
-        return
-    if not dest.is_dir():
-        raise DLMAError(f"--book {dest}: is a file; give a new or empty folder (it is replaced)")
-    written = read_json(dest / BOOK_MARK) if (dest / BOOK_MARK).is_file() else {}
-    foreign = [f for f in book_files(dest) if written.get(f) != sha256_file(dest / f)]
-    if foreign:
-        raise DLMAError(f"--book {dest}: holds files an earlier --book did not write, or that were changed since "
-                        f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); give a new or empty folder")
-
-
-def book_sources(run_dir: Path, dest: Path) -> Path:
-    """The book's sources in `dest`, showing this run's executed notebooks instead of the published ones:
-    `jupyter-book build DEST` then builds the run's own book, and book/ is left as it is."""
-    check_book_dest(dest)
-    for name in book_files(dest) if dest.exists() else []:  # only what an earlier --book wrote (checked)
-        (dest / name).unlink()
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in BOOK_SOURCES:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, dest / name, dirs_exist_ok=True)
-        else:
-            shutil.copyfile(source, dest / name)
-    shown = tuple(s for s in (*STAGES, COMPARE) if (run_dir / f"{s}.ipynb").exists())
-    publish_notebooks(run_dir, shown, dest / "book" / "results")
-    if COMPARE in shown:  # its page, after the stages' (the published book has none)
-        toc = (dest / "_toc.yml").read_text()
-        last = f"      - file: book/results/{STAGES[-1]}\n"
-        (dest / "_toc.yml").write_text(toc.replace(last, last + f"      - file: book/results/{COMPARE}\n"))
-    write_json(dest / BOOK_MARK, {f: sha256_file(dest / f) for f in book_files(dest)})
-    return dest
-
-
-def parameter_table() -> str:
-    """Markdown table of every stage parameter: its notebook(s), its value in each preset (the smoke preset's,
-    else the default, is what the notebooks declare), and its help."""
-    presets = {p.stem: load_preset(p.stem) for p in sorted((ROOT / "params").glob("*.yaml"))}
-    rows: dict[str, dict] = {}
-    for stage in STAGES:
-        for name, f in notebook_fields(stage).items():
-            row = rows.setdefault(name, {"stages": [], "default": f.default, "help": f.metadata["help"]})
-            row["stages"].append(stage.split("_")[0])
-    order = ["smoke"] + [n for n in presets if n != "smoke"]
-    head = "| parameter | notebooks | default | " + " | ".join(f"`{n}`" for n in order) + " | meaning |"
-    lines = [head, "|" + "---|" * (4 + len(order))]
-    def cell(value) -> str:
-        return '`""`' if value == "" else f"`{value}`"
-
-    for name, row in rows.items():
-        values = [cell(presets[n][name]) if name in presets[n] else "" for n in order]
-        where = "all" if len(row["stages"]) == len(STAGES) else ", ".join(row["stages"])
-        lines.append(f"| `{name}` | {where} | {cell(row['default'])} | {' | '.join(values)} | "
-                     f"{row['help'].replace('|', '/')} |")
-    return "\n".join(lines) + "\n"
-
-
-TABLE_START, TABLE_END = "<!-- PARAMETER TABLE -->", "<!-- END PARAMETER TABLE -->"
-
-
-def update_parameter_table(page: Path | None = None) -> bool:
-    """Write `parameter_table()` between the markers of book/reproduce.md; True if the page changed."""
-    page = page or ROOT / "book" / "reproduce.md"
-    text = page.read_text()
-    head, sep, rest = text.partition(TABLE_START)
-    if not sep:
-        raise DLMAError(f"{page}: no {TABLE_START} marker")
-    tail = rest.partition(TABLE_END)[2]
-    new = f"{head}{TABLE_START}\n\n{parameter_table()}\n{TABLE_END}{tail}"
-    if new != text:
-        page.write_text(new)
-    return new != text
 
 
 def run_parser() -> argparse.ArgumentParser:
@@ -545,71 +269,3 @@ def main(argv: list[str]) -> None:
     run_pipeline(args.preset, args.overrides, args.run_id, publish=args.publish, launcher=args.launcher,
                  print_commands=args.print_commands, book=Path(args.book) if args.book else None,
                  compare_with=Path(args.compare_with) if args.compare_with else None)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The notebooks' parameters cells: written from the registry (each parameter's default and help, the smoke
-# preset's value where it sets one), never by hand, so they cannot drift from the CLI.
-
-NOTEBOOK_RUN_DIR = "../runs/nbval"  # nbval runs the notebooks in notebooks/
-
-
-def parameters_source(stage: str) -> str:
-    """The source of a notebook's `parameters` cell: run_dir, then each parameter its commands take."""
-    smoke = resolve_params("smoke", [])  # each value as its option reads it
-
-    def literal(value) -> str:
-        return json.dumps(value) if isinstance(value, str) else repr(value)
-
-    lines = [f"run_dir = {literal(NOTEBOOK_RUN_DIR)}  # the run folder; `dlma run` sets it"]
-    for name, f in notebook_fields(stage).items():
-        lines.append(f"{name} = {literal(smoke.get(name, f.default))}  # {f.metadata['help']}")
-    return "\n".join(lines) + "\n"
-
-
-def update_notebooks() -> list[str]:
-    """Rewrite each notebook's parameters cell from the registry; the names of those that changed."""
-    import nbformat
-
-    changed = []
-    for stage in STAGES:
-        path = notebook_path(stage)
-        nb = nbformat.read(path, as_version=4)
-        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-        if cell.source != parameters_source(stage):
-            cell.source = parameters_source(stage)
-            atomic_write(path, nbformat.writes(nb) + "\n")
-            changed.append(stage)
-    return changed
-
-
-def update_expected(stages: tuple[str, ...] = (*STAGES, "07_compare"), fresh: bool = True) -> list[str]:
-    """`make expected`: run the smoke notebooks as nbval runs them (kernel in `notebooks/`, the run in
-    `runs/nbval`) and store the outputs of their checked cells (`dlma.checked`), which nbval then compares;
-    every other output stays empty, so a notebook's diff is its results. The names of those that changed.
-    `fresh=False`: over the smoke run already in `runs/nbval` (to store one notebook's outputs again)."""
-    import nbformat
-    import papermill as pm
-
-    from .checked import MARK
-
-    if fresh:
-        shutil.rmtree(ROOT / "runs" / "nbval", ignore_errors=True)
-    changed = []
-    with tempfile.TemporaryDirectory(prefix="dlma-expected-") as tmp:
-        for stage in stages:  # in order: each reads the run folder its predecessors wrote
-            path = notebook_path(stage)
-            executed = Path(tmp) / path.name
-            pm.execute_notebook(str(path), str(executed), cwd=str(path.parent), progress_bar=False)
-            nb, ran = nbformat.read(path, as_version=4), nbformat.read(executed, as_version=4)
-            for cell, ran_cell in zip(nb.cells, ran.cells, strict=True):
-                if cell.cell_type == "code":  # nbval compares only a cell that ran: it keeps its count
-                    checked = MARK in cell.source
-                    cell.outputs = ran_cell.outputs if checked else []
-                    cell.execution_count = ran_cell.execution_count if checked else None
-            text = nbformat.writes(nb) + "\n"
-            if text != path.read_text():
-                atomic_write(path, text)
-                changed.append(stage)
-    return changed
-

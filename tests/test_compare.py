@@ -158,7 +158,8 @@ def test_compare_cli(tmp_path):
 
 
 def test_dlma_run_compare_with_adds_the_page_to_the_runs_book(tmp_path):
-    from dlma.pipeline import COMPARE, book_sources, run_compare, run_pipeline
+    from dlma.book import COMPARE, book_sources
+    from dlma.pipeline import run_compare, run_pipeline
 
     a, b = make_run(tmp_path / "a", right=60), make_run(tmp_path / "b", right=75)
     with pytest.raises(DLMAError, match="x: not a folder; give a run folder"):  # checked before any stage runs

@@ -17,7 +17,8 @@ from test_train_ddp import free_port  # the tests' folder is on sys.path (pytest
 from dlma.artifacts import read_jsonl
 from dlma.distributed import Launch, ShardedJSONL
 from dlma.errors import DLMAError
-from dlma.pipeline import ROOT, run_pipeline, stage_commands
+from dlma.pipeline import run_pipeline, stage_commands
+from dlma.presets import ROOT
 
 
 def test_parts_merge_in_the_single_process_order_and_resume_with_another_size(tmp_path):
@@ -99,7 +100,7 @@ def test_two_processes_write_what_one_writes(tmp_path, tiny_model_dir, hh_dev):
 
 
 def test_a_launched_stage_runs_the_command_of_its_notebook_parameters():
-    from dlma.pipeline import stage_params
+    from dlma.presets import stage_params
 
     nb = stage_params("01_generate", {"gen_batch_size": 16, "static_cache": True}, ROOT / "runs" / "x")
     [(launched, args)] = stage_commands("01_generate", nb)

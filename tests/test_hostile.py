@@ -116,7 +116,7 @@ def test_a_full_disk_while_saving_the_adapter_is_one_line(tmp_path):
 def test_papermill_with_a_misspelt_parameter_shows_the_one_line_only(tmp_path):
     import papermill as pm
 
-    from dlma.pipeline import ROOT
+    from dlma.presets import ROOT
 
     with pytest.raises(pm.PapermillExecutionError) as e:
         pm.execute_notebook(str(ROOT / "notebooks" / "01_generate.ipynb"), str(tmp_path / "out.ipynb"),

@@ -26,7 +26,9 @@ from tiny_llama import save_tiny_llama
 
 from dlma.artifacts import read_json, read_jsonl
 from dlma.baselines import METHODS
-from dlma.pipeline import STAGES, resolve_params, run_pipeline
+from dlma.commands import STAGES
+from dlma.pipeline import run_pipeline
+from dlma.presets import resolve_params
 
 PRESET = resolve_params("paper", [])  # each value as its option reads it
 # the sizes, and nothing else: each a count, a token length or a batch size

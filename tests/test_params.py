@@ -10,10 +10,11 @@ import typing
 import papermill as pm
 import pytest
 
+from dlma.book import parameters_source
 from dlma.commands import COMMANDS, NOTEBOOKS, STAGES, notebook_fields, run_stage, step_values
 from dlma.errors import DLMAError
 from dlma.params import HELP, PATHS, parse
-from dlma.pipeline import ROOT, load_preset, notebook_path, parameters_source, resolve_params, stage_params
+from dlma.presets import ROOT, load_preset, notebook_path, resolve_params, stage_params
 
 
 def all_fields() -> dict[str, list[dataclasses.Field]]:

@@ -17,7 +17,8 @@ import yaml
 from dlma.commands import STAGES, notebook_fields
 from dlma.errors import DLMAError
 from dlma.params import PATHS
-from dlma.pipeline import ROOT, load_preset, notebook_path, parse_overrides, resolve_params, run_pipeline
+from dlma.pipeline import run_pipeline
+from dlma.presets import ROOT, load_preset, notebook_path, parse_overrides, resolve_params
 
 PRESETS = sorted(p.stem for p in (ROOT / "params").glob("*.yaml"))
 
@@ -138,9 +139,9 @@ def test_run_id_is_a_name_not_a_path(tmp_path):
 
 
 def test_dlma_run_outside_a_checkout_says_what_it_needs(monkeypatch, tmp_path):
-    import dlma.pipeline as pipeline
+    import dlma.presets as presets
 
-    monkeypatch.setattr(pipeline, "ROOT", tmp_path)
+    monkeypatch.setattr(presets, "ROOT", tmp_path)
     with pytest.raises(DLMAError, match="needs a checkout of the repository"):
         resolve_params("default", [])
 
@@ -186,7 +187,7 @@ def test_notebooks_exist():
 
 
 def test_a_runs_book_shows_its_notebooks_and_leaves_the_published_book_alone(tmp_path):
-    from dlma.pipeline import book_sources
+    from dlma.book import book_sources
 
     run = tmp_path / "run"
     run.mkdir()

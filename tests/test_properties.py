@@ -19,7 +19,7 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from dlma.data import load_examples, read_pairs
 from dlma.errors import DLMAError
 from dlma.judge import BadAnswer, HttpJudge
-from dlma.pipeline import resolve_params
+from dlma.presets import resolve_params
 from dlma.prompts import BUILT_IN, PAIRS, RENDERINGS, load_pairs_file
 
 set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "dlma-hypothesis")  # not .hypothesis/ in the checkout

@@ -14,7 +14,8 @@ import nbformat
 import pytest
 
 from dlma.cli import main
-from dlma.pipeline import ROOT, execute
+from dlma.pipeline import execute
+from dlma.presets import ROOT
 
 PAIRS = [{"id": f"p{i}", "turns": [f"How do I fix thing {i}?"], "o1": f"Carefully, step {i}.",
           "o2": f"Break it {i}."} for i in range(3)]
@@ -147,7 +148,8 @@ def test_a_parameter_added_later_at_its_default_resumes_an_older_folder(tmp_path
 def test_a_stage_reexecuted_over_its_results_publishes_the_same_notebook(tmp_path, tiny_model_dir):
     """What the book publishes may come from a fresh run or from notebooks re-executed over stored results
     (`rm <stage>/.done`): the same bytes either way (no "already done" lines, metrics in the same order)."""
-    from dlma.pipeline import STAGES, run_pipeline
+    from dlma.commands import STAGES
+    from dlma.pipeline import run_pipeline
 
     overrides = [f"model={tiny_model_dir}", "baseline_methods=rlcd"]
     run_dir = run_pipeline("smoke", overrides, "r", publish=False, runs_root=tmp_path)

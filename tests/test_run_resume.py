@@ -13,12 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from dlma.pipeline import ROOT, STAGES, parameter_table, update_parameter_table
+from dlma.book import parameter_table, update_parameter_table
+from dlma.commands import STAGES
+from dlma.presets import ROOT
 
 PIPELINE = """
 import sys
 from pathlib import Path
-from dlma.pipeline import run_pipeline, STAGES
+from dlma.pipeline import run_pipeline
+from dlma.commands import STAGES
 from dlma.errors import DLMAError
 try:
     run_pipeline("smoke", sys.argv[2:], "r", publish=False, runs_root=Path(sys.argv[1]), stages=STAGES[:2])
@@ -82,7 +85,7 @@ def test_parameter_table_in_the_book_is_current(tmp_path):
     page = tmp_path / "reproduce.md"
     page.write_text((ROOT / "book" / "reproduce.md").read_text())
     stale = update_parameter_table(page)
-    assert not stale, "book/reproduce.md's parameter table is stale: run dlma.pipeline.update_parameter_table()"
+    assert not stale, "book/reproduce.md's parameter table is stale: run dlma.book.update_parameter_table()"
     assert parameter_table() in page.read_text()
 
 

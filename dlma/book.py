@@ -1,0 +1,185 @@
+"""The book and the notebooks that make it: publishing a run's executed notebooks into `book/results/` (the
+published book) or a copy of the book's sources showing one run (`--book DIR`); the parameter table of the
+Reproducing page; the notebooks' parameters cells and the outputs nbval compares, written from the registry
+and the smoke run, never by hand."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from .artifacts import atomic_write, read_json, sha256_file, write_json
+from .commands import STAGES, notebook_fields
+from .errors import DLMAError
+from .presets import ROOT, load_preset, notebook_path, resolve_params
+
+BOOK_SOURCES = ("_config.yml", "_toc.yml", "references.bib", "_static", "book")
+
+
+COMPARE = "07_compare"  # not a stage: the page `--compare-with` adds, this run beside another
+
+
+def publish_notebooks(run_dir: Path, stages: tuple[str, ...] = STAGES, book_dir: Path | None = None) -> None:
+    """Copy the executed notebooks into the book (each atomically), only once all have run."""
+    book_dir = book_dir or ROOT / "book" / "results"
+    for stage in stages:
+        atomic_write(book_dir / f"{stage}.ipynb", (run_dir / f"{stage}.ipynb").read_bytes())
+    print(f"[dlma run] published {len(stages)} notebooks to {book_dir}")
+
+
+BOOK_MARK = ".dlma-book.json"  # what --book wrote into its folder, file by file: all it may replace
+
+
+def book_files(dest: Path) -> list[str]:
+    """The files under `dest` (relative, sorted), jupyter-book's output folder `_build` aside."""
+    return sorted(str(p.relative_to(dest)) for p in dest.rglob("*")
+                  if p.is_file() and p.name != BOOK_MARK and p.relative_to(dest).parts[0] != "_build")
+
+
+def check_book_dest(dest: Path) -> None:
+    """--book DIR is rewritten: refused unless it is new, empty, or holds only files an earlier --book wrote
+    (listed, with their hashes, in its BOOK_MARK) besides jupyter-book's `_build`, which is left alone; so a
+    file of the user's, wherever it lies, is never removed or overwritten."""
+    if dest.resolve() == ROOT.resolve() or ROOT.resolve().is_relative_to(dest.resolve()):
+        raise DLMAError(f"--book {dest}: give a folder of its own (it is replaced)")
+    if not dest.exists():
+        return
+    if not dest.is_dir():
+        raise DLMAError(f"--book {dest}: is a file; give a new or empty folder (it is replaced)")
+    written = read_json(dest / BOOK_MARK) if (dest / BOOK_MARK).is_file() else {}
+    foreign = [f for f in book_files(dest) if written.get(f) != sha256_file(dest / f)]
+    if foreign:
+        raise DLMAError(f"--book {dest}: holds files an earlier --book did not write, or that were changed since "
+                        f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); give a new or empty folder")
+
+
+def book_sources(run_dir: Path, dest: Path) -> Path:
+    """The book's sources in `dest`, showing this run's executed notebooks instead of the published ones:
+    `jupyter-book build DEST` then builds the run's own book, and book/ is left as it is."""
+    check_book_dest(dest)
+    for name in book_files(dest) if dest.exists() else []:  # only what an earlier --book wrote (checked)
+        (dest / name).unlink()
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in BOOK_SOURCES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name, dirs_exist_ok=True)
+        else:
+            shutil.copyfile(source, dest / name)
+    shown = tuple(s for s in (*STAGES, COMPARE) if (run_dir / f"{s}.ipynb").exists())
+    publish_notebooks(run_dir, shown, dest / "book" / "results")
+    if COMPARE in shown:  # its page, after the stages' (the published book has none)
+        toc = (dest / "_toc.yml").read_text()
+        last = f"      - file: book/results/{STAGES[-1]}\n"
+        (dest / "_toc.yml").write_text(toc.replace(last, last + f"      - file: book/results/{COMPARE}\n"))
+    write_json(dest / BOOK_MARK, {f: sha256_file(dest / f) for f in book_files(dest)})
+    return dest
+
+
+def parameter_table() -> str:
+    """Markdown table of every stage parameter: its notebook(s), its value in each preset (the smoke preset's,
+    else the default, is what the notebooks declare), and its help."""
+    presets = {p.stem: load_preset(p.stem) for p in sorted((ROOT / "params").glob("*.yaml"))}
+    rows: dict[str, dict] = {}
+    for stage in STAGES:
+        for name, f in notebook_fields(stage).items():
+            row = rows.setdefault(name, {"stages": [], "default": f.default, "help": f.metadata["help"]})
+            row["stages"].append(stage.split("_")[0])
+    order = ["smoke"] + [n for n in presets if n != "smoke"]
+    head = "| parameter | notebooks | default | " + " | ".join(f"`{n}`" for n in order) + " | meaning |"
+    lines = [head, "|" + "---|" * (4 + len(order))]
+    def cell(value) -> str:
+        return '`""`' if value == "" else f"`{value}`"
+
+    for name, row in rows.items():
+        values = [cell(presets[n][name]) if name in presets[n] else "" for n in order]
+        where = "all" if len(row["stages"]) == len(STAGES) else ", ".join(row["stages"])
+        lines.append(f"| `{name}` | {where} | {cell(row['default'])} | {' | '.join(values)} | "
+                     f"{row['help'].replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+TABLE_START, TABLE_END = "<!-- PARAMETER TABLE -->", "<!-- END PARAMETER TABLE -->"
+
+
+def update_parameter_table(page: Path | None = None) -> bool:
+    """Write `parameter_table()` between the markers of book/reproduce.md; True if the page changed."""
+    page = page or ROOT / "book" / "reproduce.md"
+    text = page.read_text()
+    head, sep, rest = text.partition(TABLE_START)
+    if not sep:
+        raise DLMAError(f"{page}: no {TABLE_START} marker")
+    tail = rest.partition(TABLE_END)[2]
+    new = f"{head}{TABLE_START}\n\n{parameter_table()}\n{TABLE_END}{tail}"
+    if new != text:
+        page.write_text(new)
+    return new != text
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The notebooks' parameters cells: written from the registry (each parameter's default and help, the smoke
+# preset's value where it sets one), never by hand, so they cannot drift from the CLI.
+
+NOTEBOOK_RUN_DIR = "../runs/nbval"  # nbval runs the notebooks in notebooks/
+
+
+def parameters_source(stage: str) -> str:
+    """The source of a notebook's `parameters` cell: run_dir, then each parameter its commands take."""
+    smoke = resolve_params("smoke", [])  # each value as its option reads it
+
+    def literal(value) -> str:
+        return json.dumps(value) if isinstance(value, str) else repr(value)
+
+    lines = [f"run_dir = {literal(NOTEBOOK_RUN_DIR)}  # the run folder; `dlma run` sets it"]
+    for name, f in notebook_fields(stage).items():
+        lines.append(f"{name} = {literal(smoke.get(name, f.default))}  # {f.metadata['help']}")
+    return "\n".join(lines) + "\n"
+
+
+def update_notebooks() -> list[str]:
+    """Rewrite each notebook's parameters cell from the registry; the names of those that changed."""
+    import nbformat
+
+    changed = []
+    for stage in STAGES:
+        path = notebook_path(stage)
+        nb = nbformat.read(path, as_version=4)
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        if cell.source != parameters_source(stage):
+            cell.source = parameters_source(stage)
+            atomic_write(path, nbformat.writes(nb) + "\n")
+            changed.append(stage)
+    return changed
+
+
+def update_expected(stages: tuple[str, ...] = (*STAGES, "07_compare"), fresh: bool = True) -> list[str]:
+    """`make expected`: run the smoke notebooks as nbval runs them (kernel in `notebooks/`, the run in
+    `runs/nbval`) and store the outputs of their checked cells (`dlma.checked`), which nbval then compares;
+    every other output stays empty, so a notebook's diff is its results. The names of those that changed.
+    `fresh=False`: over the smoke run already in `runs/nbval` (to store one notebook's outputs again)."""
+    import nbformat
+    import papermill as pm
+
+    from .checked import MARK
+
+    if fresh:
+        shutil.rmtree(ROOT / "runs" / "nbval", ignore_errors=True)
+    changed = []
+    with tempfile.TemporaryDirectory(prefix="dlma-expected-") as tmp:
+        for stage in stages:  # in order: each reads the run folder its predecessors wrote
+            path = notebook_path(stage)
+            executed = Path(tmp) / path.name
+            pm.execute_notebook(str(path), str(executed), cwd=str(path.parent), progress_bar=False)
+            nb, ran = nbformat.read(path, as_version=4), nbformat.read(executed, as_version=4)
+            for cell, ran_cell in zip(nb.cells, ran.cells, strict=True):
+                if cell.cell_type == "code":  # nbval compares only a cell that ran: it keeps its count
+                    checked = MARK in cell.source
+                    cell.outputs = ran_cell.outputs if checked else []
+                    cell.execution_count = ran_cell.execution_count if checked else None
+            text = nbformat.writes(nb) + "\n"
+            if text != path.read_text():
+                atomic_write(path, text)
+                changed.append(stage)
+    return changed
