@@ -12,11 +12,17 @@
     alignment  base vs trained: refusals, contrastive score, perplexity
     baselines  the methods the paper compares with, on one budget, judged
     folder     the run-folder helper every stage writes through; `commands` lists the stages
+
+Imports sit at the top of each module, but for the heavy libraries (transformers, peft, trl, datasets,
+accelerate, scipy, matplotlib, papermill, nbformat), imported in the functions that use them: `dlma --help`,
+a command's checks of its input and the light modules (commands, params, data, artifacts) load in a fraction of
+a second, before any of them. A deferred import of a module of the package says why where it is.
 """
 
 import os
 
-from .quiet import quiet_libraries
+from .commands import run_stage
+from .quiet import quiet_libraries, quiet_transformers
 
 __version__ = "0.1.0"
 # Whether HF_HUB_OFFLINE was set by `setup` (for the libraries in a notebook) rather than by the user: only the
@@ -34,7 +40,6 @@ def setup(seed: int = 0) -> None:
     import matplotlib.pyplot as plt
     from transformers import set_seed
 
-    from .quiet import quiet_transformers
 
     quiet_transformers()
     plt.rcParams.update({"figure.dpi": 110, "figure.figsize": (7, 3.6), "axes.grid": True, "grid.alpha": 0.3,
@@ -45,6 +50,4 @@ def setup(seed: int = 0) -> None:
 def stage(name: str, parameters: dict):
     """A notebook's one call: `dlma.stage("01_generate", globals())` parses the parameters the notebook declares
     as the CLI parses them and runs its stage in `run_dir` (see dlma.commands)."""
-    from .commands import run_stage
-
     return run_stage(name, parameters)

@@ -18,7 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Example, Source, check_limit, load_examples
+from .artifacts import PartialJSONL, read_json, read_jsonl, write_json_if_changed, write_jsonl
+from .data import Example, Source, as_source, check_limit, load_examples, read_pairs
+from .errors import DLMAError
+from .folder import StageFolder
 from .generate import GenerateConfig, sample
 from .logprobs import (
     buckets,
@@ -29,8 +32,9 @@ from .logprobs import (
     sequence_logprobs,
     token_budget,
 )
-from .params import PrefData, Queries, documented
-from .preference import PrefAccConfig, summarize, tie_tolerance
+from .models import ModelConfig
+from .params import PrefData, Queries, check_split, documented
+from .preference import PrefAccConfig, implicit_and_loglik, readable_examples, summarize, tie_tolerance
 from .prompts import PAIRS, policy_prompt, prompt_ids
 from .score import contrast, contrast_prompts
 
@@ -71,8 +75,6 @@ class EvalConfig:
     eval_queries_split: str = "test"
 
     def __post_init__(self):
-        from .params import check_split
-
         check_limit(self.eval_n_prompts, "eval_n_prompts")
         check_limit(self.eval_n_pairs, "eval_n_pairs")
         check_split(self.pref_split, "pref_split")
@@ -84,8 +86,6 @@ class EvalConfig:
 
     def query_sources(self, run_dir: Path) -> tuple[Source, Source]:
         """(the queries stage 1 read, those stage 5 answers: the same set and revision at eval_queries_split)."""
-        from .artifacts import read_json
-
         p = read_json(Path(run_dir) / "01_generate" / "params.json")
         generated = Queries(p["queries"], **{k: p[k] for k in ("queries_split", "queries_revision") if k in p}).source()
         return generated, Source(generated.path, self.eval_queries_split, generated.revision, "eval_queries")
@@ -214,13 +214,6 @@ def run_evaluate(model_cfg, cfg: EvalConfig, run) -> dict:
     queries stage 1 did not generate from, human pairs stage 3 did not score, and the pairs stage 4 held
     out. Writes `05_evaluate_alignment/` (responses.jsonl, human_pairs.jsonl, heldout_generated.jsonl,
     alignment.json) and resumes: sampled responses are kept batch by batch, each other file once done."""
-    from .artifacts import PartialJSONL, read_json, read_jsonl, write_json_if_changed, write_jsonl
-    from .data import read_pairs
-    from .errors import DLMAError
-    from .folder import StageFolder
-    from .models import ModelConfig
-    from .preference import implicit_and_loglik, readable_examples
-
     run_dir = Path(run.run_dir)
     out, adapter = run_dir / "05_evaluate_alignment", run_dir / "04_train_dlma" / "adapter"
     generated, heldout_path = run_dir / "01_generate" / "pairs.jsonl", run_dir / "04_train_dlma" / "heldout.jsonl"
@@ -259,23 +252,8 @@ def run_evaluate(model_cfg, cfg: EvalConfig, run) -> dict:
               f"{len(pairs) - len(reused)} of the file (stage 3 trains nothing, so the adapter has seen none)")
     folder.note_dropped(too_long, f"over pref_max_length={cfg.pref_max_length}, with no room for the prompt")
     loaded = folder.model
-
     if not (out / "responses.jsonl").exists():
-        texts = PartialJSONL(out / "generations.jsonl", key=("model", "id"))
-        responses = []
-        for name in MODELS:
-            done = {r["id"]: r["response"] for r in texts.rows if r["model"] == name}
-
-            def save(new: dict, name=name):
-                texts.append([{"model": name, "id": i, "response": t} for i, t in new.items()])
-
-            got = respond(*loaded(), prompts, gen_cfg, adapter=name == "dlma", done=done, save=save)
-            judged = base_judgements(*loaded(), prompts, got, gen_cfg.rendering, pref_cfg.score_batch_size,
-                                     pref_cfg.max_batch_tokens, pref_cfg.pref_max_length)
-            responses += [{"id": ex.id, "model": name, "query": ex.turns[-1], "response": t, **j}
-                          for ex, t, j in zip(prompts, got, judged, strict=True)]
-        write_jsonl(out / "responses.jsonl", responses)
-        texts.finish()
+        write_responses(out, loaded, prompts, gen_cfg, pref_cfg)
     # Human pairs: log-probs under the policy (adapter on) and the reference (off) give at once the DPO
     # implicit reward and each model's own likelihood preference (loglik) for base vs DLMA.
     for name, examples in (("human_pairs", pairs), ("heldout_generated", heldout)):
@@ -290,12 +268,37 @@ def run_evaluate(model_cfg, cfg: EvalConfig, run) -> dict:
     return summary
 
 
+def answered(model, tokenizer, prompts: list[Example], responses: list[str], name: str, gen_cfg: GenerateConfig,
+             pref_cfg: PrefAccConfig) -> list[dict]:
+    """Rows of responses.jsonl: each of a model's answers with the base's judgement of it."""
+    judged = base_judgements(model, tokenizer, prompts, responses, gen_cfg.rendering, pref_cfg.score_batch_size,
+                             pref_cfg.max_batch_tokens, pref_cfg.pref_max_length)
+    return [{"id": ex.id, "model": name, "query": ex.turns[-1], "response": t, **j}
+            for ex, t, j in zip(prompts, responses, judged, strict=True)]
+
+
+def write_responses(out: Path, loaded, prompts: list[Example], gen_cfg: GenerateConfig, pref_cfg: PrefAccConfig
+                    ) -> None:
+    """responses.jsonl: base and DLMA's answers, judged; the answers kept batch by batch (generations.jsonl) so
+    that a killed stage samples only what it had not. `loaded()` gives the model and tokenizer."""
+    texts = PartialJSONL(out / "generations.jsonl", key=("model", "id"))
+    responses = []
+    for name in MODELS:
+        done = {r["id"]: r["response"] for r in texts.rows if r["model"] == name}
+
+        def save(new: dict, name=name):
+            texts.append([{"model": name, "id": i, "response": t} for i, t in new.items()])
+
+        got = respond(*loaded(), prompts, gen_cfg, adapter=name == "dlma", done=done, save=save)
+        responses += answered(*loaded(), prompts, got, name, gen_cfg, pref_cfg)
+    write_jsonl(out / "responses.jsonl", responses)
+    texts.finish()
+
+
 def unused_queries(source, used_ids, n: int, generated_from=None, prefer_pair: str | None = "harmless"
                    ) -> list[Example]:
     """n queries from `source` that generation did not use (`used_ids` of `generated_from`, by default `source`
     itself; of another split, none is), those tagged `prefer_pair` first."""
-    from .data import as_source
-
     same = generated_from is None or as_source(generated_from).key() == as_source(source).key()
     used = set(map(str, used_ids)) if same else set()
     fresh = [e for e in load_examples(source) if e.id not in used]
@@ -315,14 +318,12 @@ def evaluated_pairs(cfg: EvalConfig, used_ids, tokenizer, too_long: list[str]) -
     """The human pairs stage 5 evaluates and stage 6 compares on: the first `eval_n_pairs` of `unused_pairs`,
     less those whose log-probabilities cannot be read within `pref_max_length` (why, appended to `too_long`).
     One function for both stages, so that they agree on the pairs."""
-    from .preference import readable_examples
-
     pairs = unused_pairs(cfg.pref_source(), used_ids, cfg.eval_n_pairs, cfg.label_field)
     return readable_examples(pairs, ["implicit"], cfg.pref_config(), tokenizer, str(cfg.pref_data), too_long) \
         if pairs else pairs
 
 
 def summary(result: dict, run) -> str:
-    from .report import alignment_frame
+    from .report import alignment_frame  # deferred: report loads matplotlib and pandas, for this printout only
 
     return alignment_frame(result).to_string()

@@ -22,6 +22,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from .errors import DLMAError
+
 UMASK = os.umask(0o022)
 os.umask(UMASK)  # read once: os.umask can only be read by setting it
 PACKAGES = ("dlma", "torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "numpy")
@@ -70,8 +72,6 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
 def read_json(path: str | Path) -> Any:
     """A JSON file dlma wrote (params.json, a manifest, metrics): one error naming the file and line when it is
     not JSON any more (hand-edited, truncated by a full disk)."""
-    from .errors import DLMAError
-
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -84,8 +84,6 @@ def read_json(path: str | Path) -> Any:
 def read_jsonl(path: str | Path, text: str | None = None) -> list[dict]:
     """The one JSONL reader of the files dlma writes: a line that is not JSON is one error naming the file
     and the line (from 1)."""
-    from .errors import DLMAError
-
     rows = []
     text = Path(path).read_text(encoding="utf-8") if text is None else text
     for n, line in enumerate(text.splitlines(), start=1):
@@ -182,8 +180,6 @@ class PartialJSONL:
 
 def check_out(folder: str | Path) -> None:
     """An output folder that can be made or written, checked before any work starts."""
-    from .errors import DLMAError
-
     if not str(folder).strip():
         raise DLMAError("an output folder must be named: an empty path would write into the current folder")
     folder = Path(folder)
@@ -233,8 +229,6 @@ def record_params(folder: str | Path, params: dict, hint: str, records: dict | N
     new parameters. A folder holding files that no stage recorded is
     refused. `hint` says what to do. `records`: each input's record (`data.input_record`), by name.
     """
-    from .errors import DLMAError
-
     folder = Path(folder)
     records = records or {}
     record = json.loads(json.dumps({**params, "inputs": records},

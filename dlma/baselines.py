@@ -24,22 +24,27 @@ length: each with a 95% bootstrap interval over prompts (or pairs).
 from __future__ import annotations
 
 import urllib.parse
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from scipy.stats import binomtest
 
-from .alignment import EvalConfig, base_judgements, respond
+from .alignment import EvalConfig, answered, evaluated_pairs, respond, unused_queries
 from .artifacts import PartialJSONL, check_out, read_json, read_jsonl, write_json, write_jsonl
-from .data import Example, Source, load_examples
+from .data import Example, Source, load_examples, read_pairs
 from .errors import DLMAError
 from .folder import StageFolder
 from .judge import ContrastJudge, HttpJudge, RlaifJudge, length_controlled, position_consistency
+from .logprobs import response_ids
 from .models import ModelConfig
-from .params import documented
+from .params import Out, Pairs, check_split, documented
 from .preference import PrefAccConfig, compare, length_strata, policy_logprobs, same_responses, summarize, tie_tolerance
+from .prompts import PromptPair, get_pair, register_pair
+from .score import self_reward_terms, unreadable
 from .stats import bootstrap_ci, bootstrap_items_ci, outcomes
+from .study import StudyConfig, candidate_scores, needs, terms_row
 
 TRAINED = {  # TrainConfig fields each trained method sets; everything else is the shared budget
     "rlcd": {"gamma": 0.0, "weighting": False},
@@ -70,8 +75,6 @@ class BaselineConfig:
     rlhf_revision: str = ""
 
     def __post_init__(self):
-        from .params import check_split
-
         method_list(self.baseline_methods)
         check_split(self.rlhf_split, "rlhf_split")
         if self.rlhf_revision and not self.rlhf_data:
@@ -242,13 +245,6 @@ def study_rewards(model, tokenizer, rows: list[dict], study_dir: Path, score_bat
     """The rows with R replaced by the candidate that stage 3b selected (read from its study.json and params),
     computed by the base model (adapter off) on the generated pairs within `max_length` tokens (the run's
     `pref_max_length`); and the candidate's name. A row that cannot be read so is refused before any is read."""
-    from contextlib import nullcontext
-
-    from .logprobs import response_ids
-    from .prompts import PromptPair, get_pair, register_pair
-    from .score import self_reward_terms, unreadable
-    from .study import StudyConfig, candidate_scores, needs, terms_row
-
     for name in ("study.json", "params.json"):
         if not (study_dir / name).is_file():
             raise DLMAError(f"{study_dir / name}: no such file (dlma_study needs stage 3b's prompt-pair study)")
@@ -303,9 +299,7 @@ class Setting:
 def read_setting(run_dir: Path, study: BaselineConfig, tokenizer) -> Setting:
     """Stage 6's inputs, checked: the shared budget is stage 4's, the evaluation stage 5's (read from what they
     wrote, not given twice). `tokenizer()` gives the model's tokenizer, to leave out what stage 5 left out."""
-    from .alignment import evaluated_pairs, unused_queries
-    from .data import read_pairs
-    from .train import TrainConfig
+    from .train import TrainConfig  # deferred: train loads trl, peft and datasets (seconds), for training only
 
     out, stage4, stage5 = run_dir / "06_baselines", run_dir / "04_train_dlma", run_dir / "05_evaluate_alignment"
     check_out(out)
@@ -357,8 +351,7 @@ def begin(model_cfg: ModelConfig, study: BaselineConfig, run) -> tuple[Setting, 
 def train_methods(s: Setting, folder: StageFolder, model_cfg: ModelConfig) -> dict:
     """Phase 1: each method's training rows and adapter (each adapter folder resumes like stage 4's). Under a
     launch, the main process writes the rows and every process trains (`dlma baselines-train`)."""
-    from .params import Out, Pairs
-    from .train import run_train
+    from .train import run_train  # deferred, as in read_setting
 
     training = {"dlma": {"adapter": str(s.run_dir / "04_train_dlma" / "adapter"),
                          **{k: s.dlma_summary[k] for k in ("n_pairs", "n_steps", "final_loss", "wall_time_s")}}}
@@ -420,10 +413,7 @@ def answer(s: Setting, folder: StageFolder) -> tuple[PartialJSONL, PartialJSONL]
         model.set_adapter(name)
         if not all((m, e.id) in responses.done for e in s.prompts):
             got = respond(model, tok, s.prompts, gen_cfg, adapter=True)
-            judged = base_judgements(model, tok, s.prompts, got, gen_cfg.rendering, pref_cfg.score_batch_size,
-                                     pref_cfg.max_batch_tokens, pref_cfg.pref_max_length)
-            responses.append([{"id": ex.id, "model": m, "query": ex.turns[-1], "response": t, **j}
-                              for ex, t, j in zip(s.prompts, got, judged, strict=True)])
+            responses.append(answered(model, tok, s.prompts, got, m, gen_cfg, pref_cfg))
         if not all((m, i) in human.done for i in s.pairs):
             scores = policy_logprobs(model, tok, list(s.pairs.values()), pref_cfg, m)
             human.append([{"model": m, "id": i, "implicit": pref_cfg.beta * ((a - b) - loglik_base[i]),
@@ -499,6 +489,6 @@ def training_summary(training: dict, run) -> str:
 
 def summary(result: dict, run) -> str:
     """What `dlma baselines` prints: each method's win rate against the base by each judge."""
-    from .report import baselines_frame
+    from .report import baselines_frame  # deferred: report loads matplotlib and pandas, for this printout only
 
     return baselines_frame(result).to_string()

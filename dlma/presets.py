@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from .commands import COMMANDS, NOTEBOOKS, STAGES, notebook_fields, step_values
+from .data import Source, resolve
 from .errors import DLMAError, did_you_mean
 from .params import PATHS, fields_of, parse, read_values
 
@@ -142,8 +143,6 @@ def resolve_params(preset: str, overrides: list[str]) -> dict:
 
 def data_sources(params: dict, stages: tuple[str, ...]) -> list:
     """The datasets the stages will read (queries, their held-out split, human pairs, the rlhf baseline's)."""
-    from .data import Source
-
     values: dict = {}
     for stage in stages:
         values.update({k: v for k, v in stage_params(stage, params, Path("runs/check")).items() if k not in values})
@@ -166,8 +165,6 @@ def data_sources(params: dict, stages: tuple[str, ...]) -> list:
 def check_data(params: dict, stages: tuple[str, ...]) -> None:
     """Every dataset the run reads is found (or fetched) before its first stage: a missing one is one error
     now, not after the stages before the one that reads it have run for minutes."""
-    from .data import resolve
-
     with contextlib.chdir(ROOT):  # a preset's paths are read from the repository root, as the notebooks do
         for source in dict.fromkeys(data_sources(params, stages)):
             resolve(source)

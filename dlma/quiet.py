@@ -19,6 +19,8 @@ import logging
 import os
 import warnings
 
+from .distributed import rank
+
 # (category name, message regex): warnings about library internals, not about the user's run.
 KNOWN_WARNINGS = (
     ("FutureWarning", r"`(is_)?gradient_checkpointing(_enable|_disable|_kwargs)?` is deprecated"),
@@ -55,6 +57,4 @@ def quiet_transformers() -> None:
 def progress() -> bool:
     """Draw progress bars and print timings? Off when DLMA_PROGRESS=0 (set by `dlma run` for its notebooks),
     and on all but the main process of a launch (one bar per launch, not one per GPU)."""
-    from .distributed import rank
-
     return os.environ.get("DLMA_PROGRESS", "1") != "0" and rank() == 0

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .stats import LONGER, SAME_LENGTH, SHORTER, bootstrap_ci
+
 
 def fmt_acc(m: dict) -> str:
     return f"{m['accuracy']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"
@@ -510,7 +512,6 @@ def claim1_reading(metrics: dict, a: str = "dlma", b: str = "rlaif", alpha: floa
     (the balanced accuracies, their paired difference, the stratified test and McNemar within each stratum),
     `claim1_verdict` (what the two comparisons together say of the claim), `claim1_chance` (whether each
     balanced accuracy is distinguishable from 0.5) and `claim1_controlled` (the logistic length control)."""
-    from .preference import LONGER, SAME_LENGTH, SHORTER
 
     acc = metrics["accuracy"]
     if a not in acc or b not in acc:
@@ -618,8 +619,6 @@ def alignment_reading(summary: dict, responses: list[dict], seed: int = 0, alpha
     adapter's answer against the base's: how many differ, and the mean change of the base model's contrastive
     score C(o) and of the log perplexity, with paired bootstrap intervals), then the implicit-reward accuracy
     against chance (0.5)."""
-    from .stats import bootstrap_ci
-
     by_id = {(r["id"], r["model"]): r for r in responses}
     ids = [i for i, m in by_id if m == "base" and (i, "dlma") in by_id]
     imp = summary["implicit"]

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .prompts import PAIRS
 from .readings import compare_readings, fmt_acc, fmt_balanced, fmt_ci, fmt_controlled, fmt_difference
 from .score import SCORE_KEYS
+from .study import StudyConfig
 
 
 def end_reasons(rows: list[dict]) -> pd.DataFrame:
@@ -297,9 +302,6 @@ def study_summary(result: dict, run) -> str:
 def pairs_frame(study_variants: str) -> pd.DataFrame:
     """The prompt pairs of a study (its `study_variants`): each variant's rendering and its p+ and p- (affix
     text, or the system messages of the chat rendering)."""
-    from .prompts import PAIRS
-    from .study import StudyConfig
-
     rows = []
     for v, pair, rendering in StudyConfig(study_variants=study_variants).variant_list():
         p = PAIRS[pair]
@@ -312,9 +314,6 @@ def pairs_frame(study_variants: str) -> pd.DataFrame:
 def run_label(run_dir) -> str:
     """Which run a notebook shows: the run folder's name and its preset's description (from the params.json
     that `dlma run` writes), or the folder's name alone for a notebook run by hand or by nbval."""
-    import json
-    from pathlib import Path
-
     path = Path(run_dir) / "params.json"
     described = json.loads(path.read_text(encoding="utf-8")).get("description") if path.is_file() else None
     name = Path(run_dir).resolve().name

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from .data import pairs_file, read_pairs, usable
+from .distributed import ShardedJSONL
 from .errors import check_fields
+from .folder import StageFolder
 from .logprobs import contrast_spans, fit_prompt, responses_ids, sequence_logprobs, shared_prompt_logprobs
 from .params import documented
-from .prompts import RENDERINGS, PromptPair, get_pair, prompts_ids, render
+from .prompts import RENDERINGS, PromptPair, get_pair, prompts_ids, render, with_custom_pairs
 
 SCORE_KEYS = ("s_o1_pos", "s_o1_neg", "s_o2_pos", "s_o2_neg")
 
@@ -137,11 +140,6 @@ def self_reward(s_o1_pos: float, s_o1_neg: float, s_o2_pos: float, s_o2_neg: flo
 def run_score(model_cfg, pairs, cfg: ScoreConfig, out, chunk: int = 32, model=None) -> list[dict]:
     """Stage 2 (`dlma score`): `scored.jsonl` in `out.out`, each pair of `pairs.pairs` with its four S terms
     and R (under the row's own pair and rendering, if it names them)."""
-    from .data import pairs_file, read_pairs
-    from .distributed import ShardedJSONL
-    from .folder import StageFolder
-    from .prompts import with_custom_pairs
-
     folder = StageFolder(out.out, "score", model_cfg, model)
     empty, too_long = [], []
     rows_in = read_pairs(pairs.pairs, dropped=empty)
@@ -179,8 +177,6 @@ def run_score(model_cfg, pairs, cfg: ScoreConfig, out, chunk: int = 32, model=No
 def readable(rows: list[dict], tokenizer, cfg: ScoreConfig, source: str, sink: list[str]) -> list[dict]:
     """The pairs whose R can be read within `score_max_length` (`unreadable`), each under its own prompt pair and
     rendering; why the others are left out is appended to `sink`. None left is one error."""
-    from .data import usable
-
     settings = [(p.get("pair") or cfg.pair, p.get("rendering") or cfg.rendering) for p in rows]
     why = {}
     for name, rendering in dict.fromkeys(settings):

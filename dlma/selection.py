@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import sys
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,14 +95,13 @@ def select(sel: Selection, upstream: list[dict]) -> list[dict]:
 
 def offline() -> bool:
     """HF_HUB_OFFLINE as the user set it (a notebook's `dlma.setup` defaults it to 1 for the libraries)."""
-    import dlma
+    import dlma  # deferred: the package imports this module while it loads
 
     value = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
     return value in ("1", "true", "yes", "on") and not dlma.OFFLINE_BY_SETUP
 
 
 def cache_path(sel: Selection) -> Path:
-
     return cache_dir() / "data" / sel.file_sha256 / Path(sel.file).name
 
 
@@ -117,8 +117,6 @@ def copies(sel: Selection) -> list[Path]:
 
 def download(sel: Selection) -> Path:
     """The upstream file from its pinned URL into the download cache, checked against its SHA-256."""
-    import urllib.request
-
     target = cache_path(sel)
     print(f"dlma: downloading {sel.url} (once; kept in {target.parent})", flush=True)
     try:

@@ -24,6 +24,14 @@ import numpy as np
 # times it.
 TIE_TOLERANCE = 1e-3
 
+SHORTER, LONGER, SAME_LENGTH = "chosen shorter", "chosen longer", "same length"
+BALANCED = (SHORTER, LONGER)  # the strata a length-balanced figure weighs equally; equal lengths are apart
+
+
+def length_stratum(n_chosen: int, n_rejected: int) -> str:
+    """Which response the human chose, by length."""
+    return SHORTER if n_chosen < n_rejected else LONGER if n_chosen > n_rejected else SAME_LENGTH
+
 
 def outcomes(scores, same=None, tolerance=TIE_TOLERANCE) -> tuple[np.ndarray, np.ndarray]:
     """(correct, tie) of each score (score > 0 picks the human-chosen response): a tie is a score within

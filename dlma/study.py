@@ -22,12 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
+from .artifacts import PartialJSONL, read_json, read_jsonl, write_json_if_changed
+from .data import check_limit, input_record, load_examples
 from .errors import DLMAError, check_fields
+from .folder import StageFolder
+from .logprobs import response_ids
 from .params import documented
-from .preference import PairScoring, compare, length_stratum, same_responses
-from .prompts import RENDERINGS, get_pair
-from .score import SCORE_KEYS
-from .stats import TIE_TOLERANCE, outcomes
+from .preference import PairScoring, compare, same_responses, summarize
+from .prompts import RENDERINGS, get_pair, with_custom_pairs
+from .score import SCORE_KEYS, self_reward_terms, unreadable
+from .stats import TIE_TOLERANCE, length_stratum, outcomes
 
 ENSEMBLE, NORM = "ensemble", "/norm"
 
@@ -127,9 +131,6 @@ def terms_row(terms: dict, n_o1: int, n_o2: int) -> dict:
 def stage3_rows(run_dir: Path, data, study, variant: tuple[str, str, str]) -> dict:
     """{id: dlma row} of stage 3 when it scored `variant` with the very settings the study would use (the same
     numbers, so not computed twice); else {}."""
-    from .artifacts import read_json, read_jsonl
-    from .data import input_record
-
     folder = run_dir / "03_preference_accuracy"
     if not (folder / "predictions.jsonl").is_file():
         return {}
@@ -144,19 +145,51 @@ def stage3_rows(run_dir: Path, data, study, variant: tuple[str, str, str]) -> di
     return {r["id"]: r for r in read_jsonl(folder / "predictions.jsonl") if r["scorer"] == "dlma"}
 
 
-def run_pair_study(model_cfg, data, study: StudyConfig, run, model=None) -> dict:
-    """Stage 3b (`dlma pair-study`) in the run folder `run.run_dir`: the prompt-pair study on the labelled pairs
-    of `data` (params.PrefData). Writes
-    `03b_pair_study/` (scores.jsonl, study.json, manifest.json) and resumes variant by variant, reusing stage
-    3's scores of the reference."""
-    from .artifacts import PartialJSONL, write_json_if_changed
-    from .data import check_limit, load_examples
-    from .folder import StageFolder
-    from .logprobs import response_ids
-    from .preference import summarize
-    from .prompts import with_custom_pairs
-    from .score import self_reward_terms, unreadable
+def score_variant(store, folder, by_id: dict, reuse: dict, study: StudyConfig, variant: tuple[str, str, str],
+                  ids: list[str]) -> None:
+    """One variant's S terms on the pairs `ids` it has not scored yet, appended to `store` (scores.jsonl); stage
+    3's rows of the same reading (`reuse`, by id) are taken rather than read again."""
+    v, pair, rendering = variant
+    todo = [i for i in ids if (v, i) not in store.done]
+    if not todo:
+        return
+    m, tok = folder.model()
+    fresh = [i for i in todo if i not in reuse]
+    items = [(by_id[i].turns, by_id[i].chosen, by_id[i].rejected) for i in fresh]
+    # a pair this variant cannot read within pref_max_length is stored as left out, and leaves every candidate
+    why = dict(zip(fresh, unreadable(items, tok, study.pref_max_length, get_pair(pair), rendering,
+                                     ("chosen", "rejected")), strict=True))
+    ok = [k for k, i in enumerate(fresh) if not why[i]]
+    terms = dict(zip([fresh[k] for k in ok], self_reward_terms(
+        m, tok, [items[k] for k in ok], get_pair(pair), rendering, study.score_batch_size,
+        max_length=study.pref_max_length, desc=v, share_prompts=study.share_prompts,
+        max_tokens=study.max_batch_tokens), strict=True)) if ok else {}
+    store.append([{"variant": v, "id": i, "left_out": f"{by_id[i].source}: {why[i]}"} if why.get(i) else
+                  {"variant": v, "id": i, **terms_row(terms.get(i) or reuse[i],
+                                                     len(response_ids(by_id[i].chosen, tok)),
+                                                     len(response_ids(by_id[i].rejected, tok)))} for i in todo])
 
+
+def kept(ids: list[str], left_out: dict[str, str], pref_data) -> list[str]:
+    """The ids no variant left out; none is one error."""
+    out = [i for i in ids if i not in left_out]
+    if not out:
+        raise DLMAError(f"{pref_data}: no pair left to compare on: {len(ids)} left out, the first: "
+                        f"{left_out[ids[0]]}")
+    return out
+
+
+def facts(rows: dict, by_id: dict, reference: str, candidate: str, ids: list[str]) -> dict:
+    """How a candidate's scores are read: the length strata (from the reference's rows, scored on every pair),
+    the pairs of one text, the candidate's tie tolerance."""
+    return {"strata": stored_strata(rows, reference, ids), "same": same_responses([by_id[i] for i in ids]),
+            "tolerance": candidate_tolerance(candidate, rows, ids)}
+
+
+def run_pair_study(model_cfg, data, study: StudyConfig, run, model=None) -> dict:
+    """Stage 3b (`dlma pair-study`) in `run.run_dir`: the prompt-pair study on the labelled pairs of `data`
+    (params.PrefData). Writes `03b_pair_study/` (scores.jsonl, study.json, manifest.json) and resumes variant
+    by variant, reusing stage 3's scores of the reference."""
     run_dir = Path(run.run_dir)
     folder = StageFolder(run_dir / "03b_pair_study", "pair-study", model_cfg, model)
     check_limit(data.pref_limit, "pref_limit")
@@ -170,67 +203,33 @@ def run_pair_study(model_cfg, data, study: StudyConfig, run, model=None) -> dict
               **with_custom_pairs([p for _, p, _ in variants])}
     folder.begin(params, {"pref_data": data.source()}, run.force)
     store = PartialJSONL(folder.path / "scores.jsonl", key=("variant", "id"))
-
-    def score(variant: tuple[str, str, str], ids: list[str]) -> None:
-        v, pair, rendering = variant
-        todo = [i for i in ids if (v, i) not in store.done]
-        if not todo:
-            return
-        m, tok = folder.model()
-        reuse = stage3_rows(run_dir, data, study, variant)
-        fresh = [i for i in todo if i not in reuse]
-        items = [(by_id[i].turns, by_id[i].chosen, by_id[i].rejected) for i in fresh]
-        # a pair this variant cannot read within pref_max_length is stored as left out, and leaves every candidate
-        why = dict(zip(fresh, unreadable(items, tok, study.pref_max_length, get_pair(pair), rendering,
-                                         ("chosen", "rejected")), strict=True))
-        ok = [k for k, i in enumerate(fresh) if not why[i]]
-        terms = dict(zip([fresh[k] for k in ok], self_reward_terms(
-            m, tok, [items[k] for k in ok], get_pair(pair), rendering, study.score_batch_size,
-            max_length=study.pref_max_length, desc=v, share_prompts=study.share_prompts,
-            max_tokens=study.max_batch_tokens), strict=True)) if ok else {}
-        store.append([{"variant": v, "id": i, "left_out": f"{by_id[i].source}: {why[i]}"} if why.get(i) else
-                      {"variant": v, "id": i, **terms_row(terms.get(i) or reuse[i],
-                                                         len(response_ids(by_id[i].chosen, tok)),
-                                                         len(response_ids(by_id[i].rejected, tok)))} for i in todo])
-
-    def kept(ids: list[str], left_out: dict[str, str]) -> list[str]:
-        """The ids no variant left out; none is one error."""
-        out = [i for i in ids if i not in left_out]
-        if not out:
-            raise DLMAError(f"{data.pref_data}: no pair left to compare on: {len(ids)} left out, the first: "
-                            f"{left_out[ids[0]]}")
-        return out
-
     if not store.finished:
         for variant in variants:  # step 2: every variant on the selection slice
-            score(variant, select_ids)
+            score_variant(store, folder, by_id, stage3_rows(run_dir, data, study, variant), study, variant,
+                          select_ids)
     left_out = {r["id"]: r["left_out"] for r in store.rows if "left_out" in r}
     rows = {(r["variant"], r["id"]): r for r in store.rows}
     names = [v for v, _, _ in variants]
-    select_ids = kept(select_ids, left_out)
+    select_ids = kept(select_ids, left_out, data.pref_data)
     on_slice = candidate_scores(rows, names, select_ids)
     reference = names[0]  # scored on every pair: its rows give each pair's token counts
-
-    def facts(rows, candidate, ids):  # how a candidate's scores are read: length strata, one-text pairs, ties
-        return {"strata": stored_strata(rows, reference, ids), "same": same_responses([by_id[i] for i in ids]),
-                "tolerance": candidate_tolerance(candidate, rows, ids)}
-
-    selection = {c: summarize(s, study.n_bootstrap, study.seed, **facts(rows, c, select_ids))
+    selection = {c: summarize(s, study.n_bootstrap, study.seed, **facts(rows, by_id, reference, c, select_ids))
                  for c, s in on_slice.items()}
     chosen = select(selection)
     if not store.finished:  # step 3: the selected candidate and the reference on the rest
         for variant in variants:
             if variant[0] in needs(chosen, names) or variant[0] == names[0]:
-                score(variant, rest_ids)
+                score_variant(store, folder, by_id, stage3_rows(run_dir, data, study, variant), study, variant,
+                              rest_ids)
         store.finish()
     left_out = {r["id"]: r["left_out"] for r in store.rows if "left_out" in r}
     folder.note_dropped(list(left_out.values()), f"over pref_max_length={study.pref_max_length}, with no room for "
                         "a variant's instruction")
     rows = {(r["variant"], r["id"]): r for r in store.rows}
-    rest_ids = kept(rest_ids, left_out)
+    rest_ids = kept(rest_ids, left_out, data.pref_data)
     scored_rest = [v for v in names if all((v, i) in rows for i in rest_ids)]
     on_rest = candidate_scores(rows, scored_rest, rest_ids)  # the selected candidate and the reference among them
-    sel, ref = facts(rows, chosen, rest_ids), facts(rows, reference, rest_ids)
+    sel, ref = facts(rows, by_id, reference, chosen, rest_ids), facts(rows, by_id, reference, reference, rest_ids)
     result = {
         "split": {"seed": study.seed, "n_select": len(select_ids), "n_rest": len(rest_ids)},
         "reference": reference,
@@ -244,6 +243,6 @@ def run_pair_study(model_cfg, data, study: StudyConfig, run, model=None) -> dict
                               study.seed, sel["strata"]),
         },
     }
-    changed = write_json_if_changed(folder.path / "study.json", result)
-    folder.finish(changed, skipped_rows=skipped, over_pref_max_length=list(left_out.values()), n_examples=len(examples))
+    folder.finish(write_json_if_changed(folder.path / "study.json", result), skipped_rows=skipped,
+                  over_pref_max_length=list(left_out.values()), n_examples=len(examples))
     return result

@@ -16,6 +16,7 @@ trainer (TRL's DPOTrainer with the loss swapped and a step-0 guard). `dlma.train
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 
@@ -162,8 +163,6 @@ COMPUTE_LOSS_ARGS = ("self", "model", "inputs", "return_outputs", "num_items_in_
 def check_compute_loss_signature(trainer_cls) -> None:
     """DLMATrainer.compute_loss replaces TRL's, so it must be called as TRL's is: a TRL that changed its
     arguments is one clear error, not a loss computed on misread arguments."""
-    import inspect
-
     import trl
 
     got = tuple(inspect.signature(trainer_cls.compute_loss).parameters)

@@ -22,17 +22,13 @@ from dlma.errors import DLMAError
 from dlma.models import DEFAULT_MODEL, ModelConfig
 from dlma.params import Out, PrefData
 from dlma.preference import (
-    LONGER,
     RLAIF_HEADER,
     RLAIF_INSTRUCTION,
-    SAME_LENGTH,
-    SHORTER,
     PrefAccConfig,
     accuracy_by_confidence,
     bootstrap_ci,
     judge_metrics,
     length_strata,
-    length_stratum,
     rlaif_prompt,
     run_pref_acc,
     score_examples,
@@ -40,7 +36,7 @@ from dlma.preference import (
     tie_tolerance,
 )
 from dlma.score import SCORE_KEYS, self_reward
-from dlma.stats import outcomes
+from dlma.stats import LONGER, SAME_LENGTH, SHORTER, length_stratum, outcomes
 
 SCORERS = ("dlma", "rlaif", "loglik", "length", "random")
 LIMIT = 6

@@ -89,7 +89,8 @@ def _stage3(dlma=(0.55, 0.41), rlaif=(0.134, 0.795), n=(714, 575, 18), seed=0, l
     import numpy as np
 
     from dlma.data import load_examples
-    from dlma.preference import LONGER, SAME_LENGTH, SHORTER, judge_metrics
+    from dlma.preference import judge_metrics
+    from dlma.stats import LONGER, SAME_LENGTH, SHORTER
 
     strata = [SHORTER] * n[0] + [LONGER] * n[1] + [SAME_LENGTH] * n[2]
     examples = [replace(load_examples("sample:pairs", limit=1)[0], id=f"p{k}") for k in range(len(strata))]
