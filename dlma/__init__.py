@@ -12,6 +12,7 @@
     alignment  base vs trained: refusals, contrastive score, perplexity
     baselines  the methods the paper compares with, on one budget, judged
     folder     the run-folder helper every stage writes through; `commands` lists the stages
+    layout     a run folder's layout (`Run`): each stage's folder and the files later stages read
 
 Imports sit at the top of each module, but for the heavy libraries (transformers, peft, trl, datasets,
 accelerate, scipy, matplotlib, papermill, nbformat), imported in the functions that use them: `dlma --help`,
@@ -22,6 +23,7 @@ a second, before any of them. A deferred import of a module of the package says 
 import os
 
 from .commands import run_stage
+from .layout import Run as Run  # the notebooks read their run folder through dlma.Run
 from .quiet import quiet_libraries, quiet_transformers
 
 __version__ = "0.1.0"

@@ -23,6 +23,7 @@ from .data import Example, Source, as_source, check_limit, load_examples, read_p
 from .errors import DLMAError
 from .folder import StageFolder
 from .generate import GenerateConfig, sample
+from .layout import Run
 from .logprobs import (
     buckets,
     contrast_spans,
@@ -86,7 +87,7 @@ class EvalConfig:
 
     def query_sources(self, run_dir: Path) -> tuple[Source, Source]:
         """(the queries stage 1 read, those stage 5 answers: the same set and revision at eval_queries_split)."""
-        p = read_json(Path(run_dir) / "01_generate" / "params.json")
+        p = Run(run_dir).generate.settings("stage 5")
         generated = Queries(p["queries"], **{k: p[k] for k in ("queries_split", "queries_revision") if k in p}).source()
         return generated, Source(generated.path, self.eval_queries_split, generated.revision, "eval_queries")
 
@@ -214,23 +215,22 @@ def run_evaluate(model_cfg, cfg: EvalConfig, run) -> dict:
     queries stage 1 did not generate from, human pairs stage 3 did not score, and the pairs stage 4 held
     out. Writes `05_evaluate_alignment/` (responses.jsonl, human_pairs.jsonl, heldout_generated.jsonl,
     alignment.json) and resumes: sampled responses are kept batch by batch, each other file once done."""
-    run_dir = Path(run.run_dir)
-    out, adapter = run_dir / "05_evaluate_alignment", run_dir / "04_train_dlma" / "adapter"
-    generated, heldout_path = run_dir / "01_generate" / "pairs.jsonl", run_dir / "04_train_dlma" / "heldout.jsonl"
-    for path in (generated, run_dir / "01_generate" / "params.json", run_dir / "03_preference_accuracy" /
-                 "predictions.jsonl", heldout_path, adapter / "adapter_model.safetensors",
-                 adapter / "train_summary.json"):
+    run_dir, layout = Path(run.run_dir), Run(run.run_dir)
+    out, adapter, heldout_path = layout.evaluate.folder, layout.train.adapter, layout.train.heldout
+    for path in (layout.generate.pairs, layout.generate.params, layout.pref.predictions, heldout_path,
+                 layout.train.weights, layout.train.summary):
         if not path.is_file():
             raise DLMAError(f"{path}: no such file (run the earlier stages first)")
     generated_from, queries = cfg.query_sources(run_dir)
-    used_pairs = {r["id"] for r in read_jsonl(run_dir / "03_preference_accuracy" / "predictions.jsonl")}
-    prompts = unused_queries(queries, [r["id"] for r in read_jsonl(generated)], cfg.eval_n_prompts, generated_from)
+    used_pairs = {r["id"] for r in read_jsonl(layout.pref.predictions)}
+    prompts = unused_queries(queries, [r["id"] for r in read_jsonl(layout.generate.pairs)], cfg.eval_n_prompts,
+                             generated_from)
     heldout = [Example(str(r["id"]), r["turns"], r["o1"], r["o2"], source=f"{heldout_path}: id {r['id']!r}")
                for r in read_pairs(heldout_path)] if heldout_path.read_text(encoding="utf-8").strip() else []
     if not prompts:
         raise DLMAError(f"{queries.path} [{queries.split}]: no query left that stage 1 did not use")
     # the adapter on the base it was trained on (4-bit for QLoRA): read from stage 4, not given twice
-    qlora = read_json(adapter / "train_summary.json")["config"]["qlora"]
+    qlora = read_json(layout.train.summary)["config"]["qlora"]
     model_cfg = ModelConfig(**{**model_cfg.to_dict(), "adapter": str(adapter), "load_in_4bit": qlora})
     folder = StageFolder(out, "evaluate", model_cfg)
     gen_cfg, pref_cfg = cfg.generate_config(), cfg.pref_config()
@@ -242,7 +242,7 @@ def run_evaluate(model_cfg, cfg: EvalConfig, run) -> dict:
     if why:
         raise DLMAError(f"{queries.path} [{queries.split}]: {why}")
     reused = [e.id for e in pairs if e.id in used_pairs]
-    folder.begin(asdict(cfg), {"adapter": adapter / "adapter_model.safetensors", "heldout": heldout_path,
+    folder.begin(asdict(cfg), {"adapter": layout.train.weights, "heldout": heldout_path,
                                "pref_data": cfg.pref_source(), "queries": queries}, run.force,
                  outputs=("responses.jsonl", "human_pairs.jsonl", "heldout_generated.jsonl", "alignment.json"))
     print(f"{len(prompts)} held-out prompts, {len(pairs)} held-out human pairs from {cfg.pref_data}, "

@@ -37,6 +37,7 @@ from .data import Example, Source, load_examples, read_pairs
 from .errors import DLMAError
 from .folder import StageFolder
 from .judge import ContrastJudge, HttpJudge, RlaifJudge, length_controlled, position_consistency
+from .layout import Run
 from .logprobs import response_ids
 from .models import ModelConfig
 from .params import Out, Pairs, check_split, documented
@@ -301,28 +302,29 @@ def read_setting(run_dir: Path, study: BaselineConfig, tokenizer) -> Setting:
     wrote, not given twice). `tokenizer()` gives the model's tokenizer, to leave out what stage 5 left out."""
     from .train import TrainConfig  # deferred: train loads trl, peft and datasets (seconds), for training only
 
-    out, stage4, stage5 = run_dir / "06_baselines", run_dir / "04_train_dlma", run_dir / "05_evaluate_alignment"
+    run = Run(run_dir)
+    out, stage5 = run.baselines.folder, run.evaluate
     check_out(out)
     methods = method_list(study.baseline_methods)
-    inputs = {"train": stage4 / "train.jsonl", "adapter": stage4 / "adapter" / "adapter_model.safetensors",
-              "responses": stage5 / "responses.jsonl", "human_pairs": stage5 / "human_pairs.jsonl"}
-    for path in [*inputs.values(), run_dir / "01_generate" / "pairs.jsonl", stage4 / "adapter" / "train_summary.json",
-                 stage5 / "params.json"]:
+    inputs = {"train": run.train.train, "adapter": run.train.weights, "responses": stage5.responses,
+              "human_pairs": stage5.human_pairs}
+    for path in [*inputs.values(), run.generate.pairs, run.train.summary, stage5.params]:
         if not path.is_file():
             raise DLMAError(f"{path}: no such file (run stages 1 to 5 first)")
-    dlma_summary = read_json(stage4 / "adapter" / "train_summary.json")
-    stage5_params = read_json(stage5 / "params.json")
+    dlma_summary = read_json(run.train.summary)
+    stage5_params = stage5.settings("stage 6")
     cfg = EvalConfig(**{k: stage5_params[k] for k in EvalConfig.__dataclass_fields__ if k in stage5_params})
     generated_from, queries = cfg.query_sources(run_dir)
-    prompts = unused_queries(queries, [r["id"] for r in read_jsonl(run_dir / "01_generate" / "pairs.jsonl")],
-                             cfg.eval_n_prompts, generated_from)
-    stage5_rows, stage5_human = read_jsonl(stage5 / "responses.jsonl"), read_jsonl(stage5 / "human_pairs.jsonl")
-    used = {r["id"] for r in read_jsonl(run_dir / "03_preference_accuracy" / "predictions.jsonl")}
+    prompts = unused_queries(queries, [r["id"] for r in read_jsonl(run.generate.pairs)], cfg.eval_n_prompts,
+                             generated_from)
+    stage5_rows, stage5_human = read_jsonl(stage5.responses), read_jsonl(stage5.human_pairs)
+    used = {r["id"] for r in read_jsonl(run.pref.predictions)}
     pairs = {e.id: e for e in evaluated_pairs(cfg, used, tokenizer(), [])}  # stage 5's: it noted those left out
     if [e.id for e in prompts] != [r["id"] for r in stage5_rows if r["model"] == "base"] or \
             list(pairs) != [r["id"] for r in stage5_human]:
-        raise DLMAError(f"{stage5}: its prompts or human pairs are not the ones these parameters select; rerun stage 5")
-    train_rows = read_pairs(stage4 / "train.jsonl", need_self_reward=True)
+        raise DLMAError(f"{stage5.folder}: its prompts or human pairs are not the ones these parameters select; "
+                        "rerun stage 5")
+    train_rows = read_pairs(run.train.train, need_self_reward=True)
     rlhf_examples, rlhf = [], study.rlhf_source(cfg)
     same = rlhf.key() == cfg.pref_source().key()  # then the evaluated pairs are left out of the pool
     if "rlhf" in methods:  # as many human pairs as generated ones, none of them evaluated
@@ -338,10 +340,10 @@ def read_setting(run_dir: Path, study: BaselineConfig, tokenizer) -> Setting:
 
 
 def begin(model_cfg: ModelConfig, study: BaselineConfig, run) -> tuple[Setting, StageFolder]:
-    folder = StageFolder(Path(run.run_dir) / "06_baselines", "baselines", model_cfg)
+    folder = StageFolder(Run(run.run_dir).baselines.folder, "baselines", model_cfg)
     s = read_setting(Path(run.run_dir), study, folder.tokenizer)
     # the base with stage 4's adapter (the `dlma` method), loaded once, when first needed
-    folder.model_cfg = ModelConfig(**{**model_cfg.to_dict(), "adapter": str(s.run_dir / "04_train_dlma" / "adapter"),
+    folder.model_cfg = ModelConfig(**{**model_cfg.to_dict(), "adapter": str(Run(s.run_dir).train.adapter),
                                       "load_in_4bit": s.train_cfg.qlora})
     params = {**asdict(study), "train": asdict(s.train_cfg), "evaluate": asdict(s.cfg)}
     folder.begin(params, s.inputs, run.force, launched=True, outputs=("baselines.json",))
@@ -353,7 +355,7 @@ def train_methods(s: Setting, folder: StageFolder, model_cfg: ModelConfig) -> di
     launch, the main process writes the rows and every process trains (`dlma baselines-train`)."""
     from .train import run_train  # deferred, as in read_setting
 
-    training = {"dlma": {"adapter": str(s.run_dir / "04_train_dlma" / "adapter"),
+    training = {"dlma": {"adapter": str(Run(s.run_dir).train.adapter),
                          **{k: s.dlma_summary[k] for k in ("n_pairs", "n_steps", "final_loss", "wall_time_s")}}}
     for m in s.methods:
         if m in ("base", "dlma"):
@@ -375,7 +377,7 @@ def train_methods(s: Setting, folder: StageFolder, model_cfg: ModelConfig) -> di
                 note = {"human_pair_ids": [e.id for e in s.rlhf_examples], "source": rlhf.path, "split": rlhf.split,
                         "revision": rlhf.revision}
             elif m == "dlma_study":
-                rows, selected = study_rewards(*folder.model(), s.train_rows, s.run_dir / "03b_pair_study",
+                rows, selected = study_rewards(*folder.model(), s.train_rows, Run(s.run_dir).study.folder,
                                                s.cfg.score_batch_size, s.cfg.pref_max_length, s.cfg.max_batch_tokens)
                 note = {"study_selected": selected}
             write_json(method_dir / "rows_note.json", note)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from pathlib import Path
 
 from . import lock
 from .errors import DLMAError, did_you_mean
+from .layout import FOLDERS, Run
 from .params import PATHS, PairsFile, argument_parser, fields_of, parse
 
 
@@ -88,17 +88,17 @@ class Step:
     launched: bool = False
 
 
-NOTEBOOKS = {
-    "01_generate": (Step("generate", {"out": "01_generate"}, launched=True),),
-    "02_self_reward": (Step("score", {"pairs": "01_generate/pairs.jsonl", "out": "02_self_reward"}, launched=True),),
-    "03_preference_accuracy": (Step("pref-acc", {"out": "03_preference_accuracy"}, launched=True),),
-    "03b_pair_study": (Step("pair-study", {"run_dir": ""}),),
-    "04_train_dlma": (Step("split", {"pairs": "02_self_reward/scored.jsonl", "out": "04_train_dlma"}),
-                      Step("train", {"pairs": "04_train_dlma/train.jsonl", "out": "04_train_dlma/adapter"},
-                           launched=True)),
-    "05_evaluate_alignment": (Step("evaluate", {"run_dir": ""}),),
+F = FOLDERS  # each stage's folder name, from the run layout (`dlma.layout`)
+NOTEBOOKS = {  # a Step's paths are named as the layout names them: "" the run folder, "score" a stage's folder
+    F["generate"]: (Step("generate", {"out": "generate"}, launched=True),),
+    F["score"]: (Step("score", {"pairs": "generate.pairs", "out": "score"}, launched=True),),
+    F["pref"]: (Step("pref-acc", {"out": "pref"}, launched=True),),
+    F["study"]: (Step("pair-study", {"run_dir": ""}),),
+    F["train"]: (Step("split", {"pairs": "score.scored", "out": "train"}),
+                 Step("train", {"pairs": "train.train", "out": "train.adapter"}, launched=True)),
+    F["evaluate"]: (Step("evaluate", {"run_dir": ""}),),
     # the methods' training on every process of a launch first; answers and verdicts in the notebook
-    "06_baselines": (Step("baselines-train", {"run_dir": ""}, in_notebook=False, launched=True),
+    F["baselines"]: (Step("baselines-train", {"run_dir": ""}, in_notebook=False, launched=True),
                      Step("baselines", {"run_dir": ""})),
 }
 STAGES = tuple(NOTEBOOKS)
@@ -116,7 +116,8 @@ def notebook_fields(stage: str) -> dict:
 def step_values(step: Step, values: dict, run_dir) -> dict:
     """The options of one step: its paths in `run_dir`, then the values among `values` that it takes."""
     names = fields_of(COMMANDS[step.command].types())
-    paths = {k: str(Path(run_dir) / rel) if rel else str(run_dir) for k, rel in step.paths.items()}
+    run = Run(run_dir)
+    paths = {k: str(run.path(name)) if name else str(run_dir) for k, name in step.paths.items()}
     return {**paths, **{k: v for k, v in values.items() if k in names and k not in PATHS}}
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from .artifacts import json_text, read_json, read_jsonl, write_json
 from .commands import COMPARE_HELP, STAGES
 from .errors import DLMAError
+from .layout import FOLDERS
 from .preference import PAIR_LENGTHS, tie_tolerance
 from .stats import (
     BALANCED,
@@ -31,7 +32,6 @@ from .stats import (
     paired_comparison,
 )
 
-COMPARED = ("02_self_reward", "03_preference_accuracy", "04_train_dlma", "05_evaluate_alignment", "06_baselines")
 SCORE = {"win": 1.0, "tie": 0.5, "lose": 0.0}  # a verdict's share of a win rate
 
 
@@ -197,6 +197,16 @@ def compare_verdicts(a: Path, b: Path, n_boot: int, seed: int) -> list[dict]:
     return out
 
 
+PAIRED = {  # each stage's paired comparison of two of its folders
+    FOLDERS["score"]: compare_self_reward,
+    FOLDERS["pref"]: lambda a, b, n_boot, seed: {"scorers": compare_preference(a, b, n_boot, seed)},
+    FOLDERS["train"]: lambda a, b, n_boot, seed: compare_training(a, b),
+    FOLDERS["evaluate"]: compare_alignment,
+    FOLDERS["baselines"]: lambda a, b, n_boot, seed: {"verdicts": compare_verdicts(a, b, n_boot, seed)},
+}
+COMPARED = tuple(PAIRED)
+
+
 def compare_runs(paths: list, n_boot: int = 1000, seed: int = 0) -> dict:
     """Each run after the first against the first: {"runs": [...], "comparisons": [{"a", "b", "stages": {stage:
     {"parameters": [...], and the stage's paired results}}, "not_compared": [stages one run lacks]}]}. Every
@@ -213,17 +223,7 @@ def compare_runs(paths: list, n_boot: int = 1000, seed: int = 0) -> dict:
         result = {}
         for s in common:
             a, b = folders[0][s], stages[s]
-            result[s] = {"parameters": param_differences(a, b)}
-            if s == "02_self_reward":
-                result[s] |= compare_self_reward(a, b, n_boot, seed)
-            elif s == "03_preference_accuracy":
-                result[s]["scorers"] = compare_preference(a, b, n_boot, seed)
-            elif s == "04_train_dlma":
-                result[s] |= compare_training(a, b)
-            elif s == "05_evaluate_alignment":
-                result[s] |= compare_alignment(a, b, n_boot, seed)
-            else:
-                result[s]["verdicts"] = compare_verdicts(a, b, n_boot, seed)
+            result[s] = {"parameters": param_differences(a, b), **PAIRED[s](a, b, n_boot, seed)}
         lacking = sorted((set(folders[0]) ^ set(stages)) & set(COMPARED))
         comparisons.append({"a": str(paths[0]), "b": str(path), "stages": result, "not_compared": lacking})
     return {"runs": [str(p) for p in paths], "comparisons": comparisons}

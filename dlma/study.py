@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import PartialJSONL, read_json, read_jsonl, write_json_if_changed
+from .artifacts import PartialJSONL, read_jsonl, write_json_if_changed
 from .data import check_limit, input_record, load_examples
 from .errors import DLMAError, check_fields
 from .folder import StageFolder
+from .layout import Run
 from .logprobs import response_ids
 from .params import documented
 from .preference import PairScoring, compare, same_responses, summarize
@@ -131,10 +132,10 @@ def terms_row(terms: dict, n_o1: int, n_o2: int) -> dict:
 def stage3_rows(run_dir: Path, data, study, variant: tuple[str, str, str]) -> dict:
     """{id: dlma row} of stage 3 when it scored `variant` with the very settings the study would use (the same
     numbers, so not computed twice); else {}."""
-    folder = run_dir / "03_preference_accuracy"
-    if not (folder / "predictions.jsonl").is_file():
+    stage3 = Run(run_dir).pref
+    if not stage3.predictions.is_file():
         return {}
-    before = read_json(folder / "params.json")
+    before = stage3.settings()
     same = {"pref_data": str(data.pref_data), "pref_pair": variant[1], "rendering": variant[2],
             "label_field": data.label_field, "pref_max_length": study.pref_max_length,
             "share_prompts": study.share_prompts, "pref_split": data.pref_split, "pref_revision": data.pref_revision}
@@ -142,7 +143,7 @@ def stage3_rows(run_dir: Path, data, study, variant: tuple[str, str, str]) -> di
     if any(before.get(k) != v for k, v in same.items()) or \
             before["inputs"]["pref_data"] != input_record(data.source()):
         return {}
-    return {r["id"]: r for r in read_jsonl(folder / "predictions.jsonl") if r["scorer"] == "dlma"}
+    return {r["id"]: r for r in read_jsonl(stage3.predictions) if r["scorer"] == "dlma"}
 
 
 def score_variant(store, folder, by_id: dict, reuse: dict, study: StudyConfig, variant: tuple[str, str, str],
@@ -191,7 +192,7 @@ def run_pair_study(model_cfg, data, study: StudyConfig, run, model=None) -> dict
     (params.PrefData). Writes `03b_pair_study/` (scores.jsonl, study.json, manifest.json) and resumes variant
     by variant, reusing stage 3's scores of the reference."""
     run_dir = Path(run.run_dir)
-    folder = StageFolder(run_dir / "03b_pair_study", "pair-study", model_cfg, model)
+    folder = StageFolder(Run(run_dir).study.folder, "pair-study", model_cfg, model)
     check_limit(data.pref_limit, "pref_limit")
     variants = study.variant_list()
     skipped: list[str] = []

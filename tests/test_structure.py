@@ -73,3 +73,28 @@ def test_the_cli_and_its_checks_load_no_model_library():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_run_layout_names_each_stage_folder_and_file_once(tmp_path):
+    import pytest
+
+    from dlma.commands import NOTEBOOKS, STAGES
+    from dlma.errors import DLMAError
+    from dlma.layout import FOLDERS, Run
+
+    run = Run(tmp_path / "r")
+    assert run.generate.pairs == tmp_path / "r" / "01_generate" / "pairs.jsonl"
+    assert run.train.weights == tmp_path / "r" / "04_train_dlma" / "adapter" / "adapter_model.safetensors"
+    assert tuple(FOLDERS.values()) == STAGES  # the registry's stages are the layout's folders, in order
+    for steps in NOTEBOOKS.values():  # every path the registry gives a command is one the layout names
+        for step in steps:
+            for name in step.paths.values():
+                assert str(run.path(name)).startswith(str(run.root))
+    with pytest.raises(AttributeError, match="no file named 'pair'"):
+        _ = run.generate.pair
+    with pytest.raises(DLMAError, match=r"05_evaluate_alignment/params.json: no such file \(run "
+                                        r"05_evaluate_alignment first; stage 6 reads its settings\)"):
+        run.evaluate.settings("stage 6")
+    run.evaluate.folder.mkdir(parents=True)
+    run.evaluate.params.write_text('{"beta": 0.1}')
+    assert run.evaluate.settings() == {"beta": 0.1}
