@@ -71,10 +71,11 @@ def book_sources(run_dir: Path, dest: Path) -> Path:
             shutil.copyfile(source, dest / name)
     shown = tuple(s for s in (*STAGES, COMPARE) if (run_dir / f"{s}.ipynb").exists())
     publish_notebooks(run_dir, shown, dest / "book" / "results")
-    if COMPARE in shown:  # its page, after the stages' (the published book has none)
-        toc = (dest / "_toc.yml").read_text()
+    toc = (dest / "_toc.yml").read_text()
+    page = f"      - file: book/results/{COMPARE}\n"
+    if COMPARE in shown and page not in toc:  # its page, after the stages'
         last = f"      - file: book/results/{STAGES[-1]}\n"
-        (dest / "_toc.yml").write_text(toc.replace(last, last + f"      - file: book/results/{COMPARE}\n"))
+        (dest / "_toc.yml").write_text(toc.replace(last, last + page))
     write_json(dest / BOOK_MARK, {f: sha256_file(dest / f) for f in book_files(dest)})
     return dest
 

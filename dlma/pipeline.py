@@ -34,7 +34,7 @@ from pathlib import Path
 from .artifacts import check_out, read_json, write_json
 from .book import COMPARE, book_sources, check_book_dest, publish_notebooks
 from .commands import NOTEBOOKS, RUN_HELP, STAGES, notebook_fields, step_values
-from .errors import DLMAError
+from .errors import DLMAError, did_you_mean
 from .params import argument_parser, option_text
 from .presets import ROOT, check_data, notebook_path, notebook_run_dir, resolve_params, stage_params
 
@@ -235,6 +235,21 @@ def execute(source: Path, target: Path, parameters: dict) -> None:
     clean_notebook(target)
 
 
+def stage_list(text: str) -> tuple[str, ...]:
+    """`--stages`: comma-separated stages, each by its name or its number (`01`, `03b`), run in the pipeline's
+    order whatever order they are given in."""
+    wanted = set()
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        found = [s for s in STAGES if s == item or s.split("_")[0] == item]
+        if not found:
+            raise argparse.ArgumentTypeError(f"{item!r} is not a stage ({', '.join(STAGES)}; or its number)"
+                                             f"{did_you_mean(item, STAGES)}")
+        wanted.update(found)
+    if not wanted:
+        raise argparse.ArgumentTypeError("no stage given")
+    return tuple(s for s in STAGES if s in wanted)
+
+
 def run_parser() -> argparse.ArgumentParser:
     r = argument_parser([], prog="dlma run", description=f"{RUN_HELP}. Works in a checkout of the repository "
                         "(notebooks/ and params/ beside dlma/). Paths in a preset are read from the repository "
@@ -244,6 +259,9 @@ def run_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset parameter (repeatable; any option of a stage command); unknown keys and "
                         "wrong types are refused")
+    r.add_argument("--stages", type=stage_list, default=STAGES, metavar="LIST",
+                   help="comma-separated stages to run, by name or number, e.g. 01,02,03,04,05 (default: all); a "
+                        "stage reads what the earlier ones wrote into the run folder")
     r.add_argument("--run-id", default=None, help="run folder name under runs/ (default: the preset's name)")
     r.add_argument("--publish", action="store_true", help="copy the executed notebooks into book/results (the "
                    "published book) once every stage has run")
@@ -264,6 +282,7 @@ def run_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> None:
     args = run_parser().parse_args(argv)
-    run_pipeline(args.preset, args.overrides, args.run_id, publish=args.publish, launcher=args.launcher,
+    run_pipeline(args.preset, args.overrides, args.run_id, publish=args.publish, stages=args.stages,
+                 launcher=args.launcher,
                  print_commands=args.print_commands, book=Path(args.book) if args.book else None,
                  compare_with=Path(args.compare_with) if args.compare_with else None)

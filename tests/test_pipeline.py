@@ -264,3 +264,17 @@ def test_a_non_finite_float_option_is_one_line_and_exit_2(tmp_path, argv):
     assert res.returncode == 2 and not (tmp_path / "out").exists()
     assert [line for line in res.stderr.splitlines() if "error:" in line] == [
         next(line for line in res.stderr.splitlines() if "expected a finite number, got" in line)]
+
+
+def test_dlma_run_stages_by_name_or_number_in_the_pipelines_order():
+    from dlma.pipeline import run_parser
+
+    args = run_parser().parse_args(["--stages", "05,01,03b_pair_study"])
+    assert args.stages == ("01_generate", "03b_pair_study", "05_evaluate_alignment")
+    assert run_parser().parse_args([]).stages == STAGES
+    res = subprocess.run([sys.executable, "-m", "dlma", "run", "--stages", "01,03_preferense_accuracy"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        "dlma run: error: argument --stages: '03_preferense_accuracy' is not a stage (01_generate, 02_self_reward, "
+        "03_preference_accuracy, 03b_pair_study, 04_train_dlma, 05_evaluate_alignment, 06_baselines; or its number) "
+        "(did you mean '03_preference_accuracy'?) (see dlma run --help)"]
