@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .layout import FOLDERS
 from .stats import LONGER, SAME_LENGTH, SHORTER, bootstrap_ci
 
 
@@ -667,13 +668,13 @@ def compare_readings(comparison: dict, alpha: float = ALPHA) -> dict[str, str]:
     out = {}
     for stage, r in comparison["stages"].items():
         head = f"{_changed(r['parameters'])}."
-        if stage == "02_self_reward":
+        if stage == FOLDERS["score"]:
             body = (f"R on the {r['n']} generated pairs both runs share: b - a = "
                     f"{fmt_difference(r['difference'], r['ci95'])} ({_verdict(r['ci95'], 0.0)}), the sign the same "
                     f"on {r['sign_agrees']}" if r["n"] else "No generated pair is the same in both runs")
             if r["other_responses"]:
                 body += f"; {r['other_responses']} pairs share an id but not their responses and are left out"
-        elif stage == "03_preference_accuracy":
+        elif stage == FOLDERS["pref"]:
             parts = []
             for scorer, s in r["scorers"].items():
                 raw = _verdict(s["ci95"], s["mcnemar_p"], alpha)
@@ -683,9 +684,9 @@ def compare_readings(comparison: dict, alpha: float = ALPHA) -> dict[str, str]:
             n = max((s["n"] for s in r["scorers"].values()), default=0)
             body = f"Preference accuracy b - a on the {n:,} pairs both scored: {'; '.join(parts)}" if parts else \
                 "No scorer is in both runs"
-        elif stage == "04_train_dlma":
+        elif stage == FOLDERS["train"]:
             body = f"final training loss {r['final_loss_a']} in a, {r['final_loss_b']} in b (the curves are drawn)"
-        elif stage == "06_baselines":
+        elif stage == FOLDERS["baselines"]:
             moved = [v for v in r["verdicts"] if v["difference"] and _verdict(v["ci95"], 0.0) == "beyond noise"]
             changed = sum(v["changed"] for v in r["verdicts"])
             body = (f"{len(r['verdicts'])} judge x method x opponent comparisons on the same prompts; the verdict "

@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .layout import FOLDERS
 from .prompts import PAIRS
 from .readings import compare_readings, fmt_acc, fmt_balanced, fmt_ci, fmt_controlled, fmt_difference
 from .score import SCORE_KEYS
@@ -417,7 +418,7 @@ def compare_frame(comparison: dict) -> pd.DataFrame:
     the paired difference b - a with its interval and exact McNemar p, the length-balanced difference and the
     stratified test (stage 3), and each run's length-controlled accuracy."""
     rows = []
-    for scorer, r in comparison["stages"].get("03_preference_accuracy", {}).get("scorers", {}).items():
+    for scorer, r in comparison["stages"].get(FOLDERS["pref"], {}).get("scorers", {}).items():
         rows.append({"what": f"stage 3: {scorer}", "n": r["n"], "a": round(r["accuracy_a"], 3),
                      "b": round(r["accuracy_b"], 3), "b - a [95% CI]": fmt_difference(r["difference"], r["ci95"]),
                      "McNemar p": round(r["mcnemar_p"], 3),
@@ -426,7 +427,7 @@ def compare_frame(comparison: dict) -> pd.DataFrame:
                      "length-controlled a / b": " / ".join(
                          f"{r[f'length_controlled_{s}']:.3f}" if r[f"length_controlled_{s}"] is not None else "-"
                          for s in "ab")})
-    implicit = comparison["stages"].get("05_evaluate_alignment", {}).get("implicit")
+    implicit = comparison["stages"].get(FOLDERS["evaluate"], {}).get("implicit")
     if implicit:
         rows.append({"what": "stage 5: implicit reward", "n": implicit["n"], "a": round(implicit["accuracy_a"], 3),
                      "b": round(implicit["accuracy_b"], 3),
@@ -439,7 +440,7 @@ def plot_compare(comparison: dict):
     """Left: stage 3's paired differences b - a per scorer, raw and length-balanced, with their intervals.
     Right: both runs' training loss by step (stage 4)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    scorers = comparison["stages"].get("03_preference_accuracy", {}).get("scorers", {})
+    scorers = comparison["stages"].get(FOLDERS["pref"], {}).get("scorers", {})
     for k, (key, ci_key, label, color) in enumerate((("difference", "ci95", "raw", "tab:blue"),
                                                      ("balanced_difference", "balanced_ci95", "length-balanced",
                                                       "tab:orange"))):
@@ -455,7 +456,7 @@ def plot_compare(comparison: dict):
     axes[0].set(title="Preference accuracy, run b - run a (95% CI)", xlabel="difference in accuracy")
     if scorers:
         axes[0].legend()
-    training = comparison["stages"].get("04_train_dlma")
+    training = comparison["stages"].get(FOLDERS["train"])
     if training:
         for side, style in (("a", "-"), ("b", "--")):
             log = training[f"log_{side}"]
