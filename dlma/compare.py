@@ -13,6 +13,7 @@ first.
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import numpy as np
@@ -57,11 +58,31 @@ def flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def stage_params(folder: Path) -> dict:
+    """A stage folder's parameters, flat, with those of its sub-folders' params.json under their folder's name."""
+    out = flat(read_json(folder / "params.json"))
+    for sub in sorted(folder.glob("*/params.json")):
+        out.update(flat(read_json(sub), f"{sub.parent.name}."))
+    return out
+
+
 def param_differences(a: Path, b: Path) -> list[dict]:
     """The parameters and input records (`inputs.NAME.sha256`, ...) whose values differ between two stage
-    folders' params.json, each with both values (None where one run lacks it)."""
-    pa, pb = (flat(read_json(f / "params.json")) for f in (a, b))
-    return [{"name": k, "a": pa.get(k), "b": pb.get(k)} for k in sorted(set(pa) | set(pb)) if pa.get(k) != pb.get(k)]
+    folders' params.json, and those of a folder within them (stage 4's `adapter/params.json`: the training's,
+    named `adapter.gamma`, ...), each with both values (None where one run lacks it)."""
+    pa, pb = (stage_params(f) for f in (a, b))
+    return [{"name": k, "a": pa.get(k), "b": pb.get(k)} for k in sorted(set(pa) | set(pb))
+            if in_run(pa.get(k)) != in_run(pb.get(k))]
+
+
+IN_RUN = re.compile(r"^.*?/(?=(?:" + "|".join(map(re.escape, STAGES)) + r")(?:/|$))")
+
+
+def in_run(value):
+    """A path into a run's stage folder, named from the run folder (`RUN/01_generate/pairs.jsonl`): each run
+    reads its own earlier stages, which is no difference between two runs (their content hashes say if the
+    files differ)."""
+    return IN_RUN.sub("RUN/", value) if isinstance(value, str) else value
 
 
 def _paired(xa: np.ndarray, xb: np.ndarray, strata=None, n_boot: int = 1000, seed: int = 0) -> dict:

@@ -658,8 +658,16 @@ def _verdict(ci: list | None, p: float | None, alpha: float = ALPHA) -> str:
 def _changed(params: list[dict], limit: int = 6) -> str:
     if not params:
         return "the same parameters and inputs"
-    shown = [f"{p['name']} {p['a']!r} -> {p['b']!r}" for p in params[:limit]]
+    def value(v) -> str:  # a content hash by its first 12 digits, as git shows a commit
+        return v[:12] if isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v) \
+            else repr(v)
+
+    shown = [f"{p['name']} {value(p['a'])} -> {value(p['b'])}" for p in params[:limit]]
     return "changed: " + "; ".join(shown) + (f" and {len(params) - limit} more" if len(params) > limit else "")
+
+
+def _loss(value: float | None) -> str:
+    return "none logged" if value is None else f"{value:.4f}"
 
 
 def compare_readings(comparison: dict, alpha: float = ALPHA) -> dict[str, str]:
@@ -685,7 +693,8 @@ def compare_readings(comparison: dict, alpha: float = ALPHA) -> dict[str, str]:
             body = f"Preference accuracy b - a on the {n:,} pairs both scored: {'; '.join(parts)}" if parts else \
                 "No scorer is in both runs"
         elif stage == FOLDERS["train"]:
-            body = f"final training loss {r['final_loss_a']} in a, {r['final_loss_b']} in b (the curves are drawn)"
+            body = (f"final training loss {_loss(r['final_loss_a'])} in a, {_loss(r['final_loss_b'])} in b (the "
+                    "curves are drawn)")
         elif stage == FOLDERS["baselines"]:
             moved = [v for v in r["verdicts"] if v["difference"] and _verdict(v["ci95"], 0.0) == "beyond noise"]
             changed = sum(v["changed"] for v in r["verdicts"])

@@ -43,6 +43,7 @@ def make_run(root: Path, right: int, n: int = 100, extra: int = 0, gamma: float 
                                      "pair_sha256": content(k)} for k, i in enumerate(ids)])
     s4 = root / "04_train_dlma"
     write(s4 / "adapter", "train_log.jsonl", [{"step": k + 1, "loss": v} for k, v in enumerate(losses)])
+    write(s4 / "adapter", "params.json", {"gamma": gamma, "pairs": f"{root}/04_train_dlma/train.jsonl"})
     s5 = root / "05_evaluate_alignment"
     write(s5, "human_pairs.jsonl", [{"id": f"h{k}", "implicit": 0.5 if k < implicit_right else -0.5,
                                      "pair_sha256": content(k)} for k in range(40)])
@@ -78,6 +79,8 @@ def test_compare_pairs_two_runs_on_the_items_they_share(tmp_path):
     assert (s2["n"], s2["other_responses"], s2["sign_agrees"]) == (18, 2, 18)  # two pairs' responses differ
     assert s2["difference"] == pytest.approx(0.5) and s2["ci95"] == [pytest.approx(0.5), pytest.approx(0.5)]
     s4 = c["stages"]["04_train_dlma"]
+    # stage 4's training parameters are its adapter folder's; a path into each run's own folder is no difference
+    assert [p["name"] for p in s4["parameters"]] == ["adapter.gamma", "gamma", "inputs.pref_data.sha256"]
     assert (s4["final_loss_a"], s4["final_loss_b"]) == (0.6, 0.5)
     s5 = c["stages"]["05_evaluate_alignment"]
     assert s5["implicit"]["difference"] == 0 and s5["implicit"]["mcnemar_p"] == 1.0
@@ -194,3 +197,11 @@ def test_pairs_of_one_id_but_other_content_are_not_the_same_item(tmp_path):
     with pytest.raises(DLMAError, match=r"runs of different data \(no labelled pair with the same id and content "
                                         r"in both; 100 ids name other pairs\)"):
         compare_runs([a, other], n_boot=20)
+
+
+def test_a_changed_content_hash_reads_by_its_first_12_digits():
+    from dlma.readings import _changed
+
+    a, b = "0c062483cec1" + "4" * 52, "b830c681c358" + "d" * 52
+    assert _changed([{"name": "inputs.adapter.sha256", "a": a, "b": b}, {"name": "gamma", "a": 0.2, "b": 0.0}]) == \
+        "changed: inputs.adapter.sha256 0c062483cec1 -> b830c681c358; gamma 0.2 -> 0.0"
