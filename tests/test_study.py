@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-import dlma.score
+import dlma.study
 from dlma.errors import DLMAError
 from dlma.models import DEFAULT_MODEL, ModelConfig
 from dlma.params import Out, PrefData, Run
@@ -85,13 +85,13 @@ def test_study_stage_reuses_stage3_and_resumes(tmp_path, monkeypatch):
     study = StudyConfig(study_variants="harmless,helpful", study_select=3, pref_max_length=256, seed=0)
     run_pref_acc(model_cfg, data, cfg, Out(str(tmp_path / "run" / "03_preference_accuracy")))
     scored = []
-    real = dlma.score.self_reward_terms
+    real = dlma.study.self_reward_terms  # what the study calls (imported at the top of dlma.study)
 
     def counting(model, tok, items, *args, **kwargs):
         scored.append(len(items))
         return real(model, tok, items, *args, **kwargs)
 
-    monkeypatch.setattr(dlma.score, "self_reward_terms", counting)
+    monkeypatch.setattr(dlma.study, "self_reward_terms", counting)
     result = run_pair_study(model_cfg, data, study, Run(str(tmp_path / "run")))
     assert result["split"] == {"seed": 0, "n_select": 3, "n_rest": 3}
     assert scored in ([3], [3, 3])  # harmless from stage 3; helpful on the slice (and on the rest if selected)
