@@ -333,6 +333,7 @@ def metrics_table(metrics: dict) -> str:
 
 
 SHARD_CHUNK = 64  # pairs per chunk when preference accuracy is shared among the processes of a launch
+RESUME_CHUNK = 256  # pairs per call on one process: at most this much of a scorer is redone after a kill
 
 
 def run_pref_acc(model_cfg, data, cfg: PrefAccConfig, out, exclude_ids=(), model=None) -> dict:
@@ -388,11 +389,12 @@ def run_pref_acc(model_cfg, data, cfg: PrefAccConfig, out, exclude_ids=(), model
 
 
 def scorer_parts(todo: list[Example], scorer: str, at) -> list[list[Example]]:
-    """The pairs this process scores, in calls: one process, all in one call; several, chunks of SHARD_CHUNK,
-    every world-th to each (their scores agree with one process's within float tolerance, the batches being
-    others); `length` and `random` need no model and are the main process's, in one call."""
+    """The pairs this process scores, in calls, each call's scores kept before the next (a killed stage resumes
+    from the last): one process, chunks of RESUME_CHUNK; several, chunks of SHARD_CHUNK, every world-th to each
+    (their scores agree with one process's within float tolerance, the batches being others); `length` and
+    `random` need no model and are the main process's, in one call."""
     if at.world == 1:
-        return [todo]
+        return [todo[k : k + RESUME_CHUNK] for k in range(0, len(todo), RESUME_CHUNK)]
     if scorer in ("length", "random"):
         return [todo] if at.main else []
     return [part for _, part in at.mine([todo[k : k + SHARD_CHUNK] for k in range(0, len(todo), SHARD_CHUNK)])]

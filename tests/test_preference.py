@@ -315,3 +315,14 @@ def test_shared_prompts_give_the_same_scores(embedded):
         shared = score_examples(model, tok, examples, scorer, PrefAccConfig(score_batch_size=4))
         separate = score_examples(model, tok, examples, scorer, PrefAccConfig(score_batch_size=4, share_prompts=False))
         assert max(abs(a["score"] - b["score"]) for a, b in zip(shared, separate, strict=True)) <= 1e-3, scorer
+
+
+def test_one_process_scores_in_chunks_each_kept_before_the_next():
+    """A killed stage 3 redoes at most RESUME_CHUNK pairs of the scorer it was in, not the whole scorer."""
+    from dlma.distributed import Launch
+    from dlma.preference import RESUME_CHUNK, scorer_parts
+
+    todo = list(range(2 * RESUME_CHUNK + 88))
+    parts = scorer_parts(todo, "rlaif", Launch(0, 1))
+    assert [len(p) for p in parts] == [RESUME_CHUNK, RESUME_CHUNK, 88] and sum(parts, []) == todo
+    assert scorer_parts([], "rlaif", Launch(0, 1)) == []
