@@ -37,7 +37,8 @@ from .quiet import progress
 @documented
 @dataclass
 class GenerateConfig:
-    """Sampling as released: do_sample, temperature 1, top-k 50, 200 new tokens; a query row's own `pair` wins."""
+    """Sampling: do_sample at the paper's temperature 1 and 200 new tokens, top-k 50 (transformers' default, which
+    the released code leaves in place; it sets no temperature); a query row's own `pair` wins."""
 
     pair: str = "harmless"
     rendering: str = "affix"
