@@ -13,19 +13,42 @@ import dataclasses
 import math
 from types import MappingProxyType
 
+from .artifacts import ADDED_LATER
 from .data import Source
 from .errors import DLMAError, did_you_mean
 from .prompts import load_pairs_file
 
+
+class Help(str):
+    """A parameter's help text, with what else is declared of it once: `path` (a file or folder, which `--set`
+    reads from where the user stands) and `added_in` (the date it was added: a folder made before then is the
+    same run at the parameter's default, `artifacts.ADDED_LATER`)."""
+
+    path: bool = False
+    added_in: str = ""
+
+
+def path(text: str) -> Help:
+    h = Help(text)
+    h.path = True
+    return h
+
+
+def added(date: str, text: str | Help) -> Help:
+    h = Help(text)
+    h.path, h.added_in = getattr(text, "path", False), date
+    return h
+
+
 HELP = {
     # the run and the model
     "run_dir": "the run folder; `dlma run` sets it",
-    "model": "alias, local folder or hub id",
+    "model": path("alias, local folder or hub id"),
     "dtype": "auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16",
     "device": "auto (cuda if torch sees a GPU, else cpu), cpu, cuda, cuda:N or mps",
     "load_in_4bit": "load the model's weights in 4-bit NF4 through bitsandbytes (CPU or CUDA)",
     "trust_remote_code": "run a model folder's own code (off unless you trust it)",
-    "adapter": "a trained LoRA adapter folder to apply on top (the `implicit` scorer needs one)",
+    "adapter": path("a trained LoRA adapter folder to apply on top (the `implicit` scorer needs one)"),
     "seed": "seeds sampling, the hold-out split, the bootstrap and training",
     "rendering": "affix (the paper's raw-text prompts) or chat (the model's chat template)",
     # inputs and outputs of the CLI's commands
@@ -34,20 +57,25 @@ HELP = {
              "inputs) and start over",
     "pairs": "pairs.jsonl from `dlma generate` or scored.jsonl from `dlma score` (or the stage's folder)",
     # 1 generate
-    "queries": "JSONL/JSON/Parquet file, sample:queries (shipped), a folder laid out as the hub lays out a dataset, or "
-               "a hub dataset id (ID/FOLDER reads a folder of it, as datasets' data_dir)",
-    "queries_split": "the split of queries read in stage 1, for a folder or hub id (a file has none)",
-    "queries_revision": "the hub revision of queries (commit, branch or tag; empty: main); the commit read is recorded",
+    "queries": path(
+        "JSONL/JSON/Parquet file, sample:queries (shipped), a folder laid out as the hub lays out a dataset, or "
+        "a hub dataset id (ID/FOLDER reads a folder of it, as datasets' data_dir)"),
+    "queries_split": added("2026-11-29",
+        "the split of queries read in stage 1, for a folder or hub id (a file has none)"),
+    "queries_revision": added("2026-11-29",
+        "the hub revision of queries (commit, branch or tag; empty: main); the commit read is recorded"),
     "n_queries": "first N queries of the query set (all if not given)",
     "pair": "default prompt pair when a query row names none",
-    "pairs_file": "a YAML or JSON file of further prompt pairs, named like the built-in ones (none if empty)",
+    "pairs_file": path("a YAML or JSON file of further prompt pairs, named like the built-in ones (none if empty)"),
     "temperature": "sampling temperature (the paper: 1.0; the released code sets none: the checkpoint's)",
     "top_k": "top-k sampling (the paper names none; the released code: transformers' default, 50)",
     "top_p": "nucleus sampling, 1.0 is off (the paper names none; the released code: the checkpoint's)",
     "max_new_tokens": "response length cap (the paper and the released code: 200)",
-    "max_batch_tokens": "tokens per batch, prompts and new tokens padded (0: batches by count on a CPU, half "
-                        "the free memory on a GPU)",
-    "static_cache": "generate with a static KV cache, whose decode step transformers compiles on a GPU",
+    "max_batch_tokens": added("2026-11-27",
+        "tokens per batch, prompts and new tokens padded (0: batches by count on a CPU, half "
+        "the free memory on a GPU)"),
+    "static_cache": added("2026-11-27",
+        "generate with a static KV cache, whose decode step transformers compiles on a GPU"),
     "max_query_words": "longer queries are left out and counted, as in the released code",
     "gen_batch_size": "queries per generation batch (2 sequences each)",
     # 2 self-reward
@@ -58,11 +86,12 @@ HELP = {
                         "middle where that would cut what tells p+ from p- (a chat system message); a pair whose "
                         "response leaves no room for that is left out and counted",
     # 3 preference accuracy
-    "pref_data": "human-labelled pairs (rows of HH-RLHF, PKU-SafeRLHF, its processed HH or TRL): a file, folder or "
-                 "hub id, as queries, or a committed row list of a public dataset (params/data/*.rows.json, its "
-                 "rows fetched from the source or read from DLMA_DATA_DIR)",
-    "pref_split": "the split of pref_data read by stages 3, 3b and 5 (a file has none)",
-    "pref_revision": "the hub revision of pref_data (commit, branch or tag; empty: main)",
+    "pref_data": path(
+        "human-labelled pairs (rows of HH-RLHF, PKU-SafeRLHF, its processed HH or TRL): a file, folder or "
+        "hub id, as queries, or a committed row list of a public dataset (params/data/*.rows.json, its "
+        "rows fetched from the source or read from DLMA_DATA_DIR)"),
+    "pref_split": added("2026-11-29", "the split of pref_data read by stages 3, 3b and 5 (a file has none)"),
+    "pref_revision": added("2026-11-29", "the hub revision of pref_data (commit, branch or tag; empty: main)"),
     "pref_limit": "the first N valid pairs (all if not given)",
     "pref_max_length": "prompt + response tokens, cut as score_max_length is (a pair left out is left out of every "
                        "scorer, and counted)",
@@ -70,7 +99,8 @@ HELP = {
     "scorers": "comma-separated: dlma, rlaif, loglik, length, random (implicit needs an adapter)",
     "rlaif_instruction": "RLAIF's principle, asked after the two options",
     "n_bootstrap": "bootstrap resamples of each 95% interval",
-    "on_invalid": "skip or error: rows with an empty response or mismatched contexts (real HH-RLHF has a few)",
+    "on_invalid": added("2026-11-29",
+        "skip or error: rows with an empty response or mismatched contexts (real HH-RLHF has a few)"),
     "label_field": "PKU-SafeRLHF label column: safer_response_id or better_response_id",
     # 3b prompt-pair study
     "study_variants": "comma-separated prompt pairs to compare (pair@chat for the chat rendering), the paper's "
@@ -102,12 +132,14 @@ HELP = {
     "gradient_checkpointing": "recompute activations in the backward pass (TRL's default; what fits 7B)",
     "logging_steps": "log the loss and reward metrics every N steps",
     "report_to": "none, or tensorboard (offline event files in the adapter's runs/ folder)",
-    "save_steps": "save a checkpoint every N steps in the adapter folder's checkpoints/ (removed once the adapter "
-                  "is written): a training killed or stopped resumes from it, to the same adapter; 0: none",
+    "save_steps": added("2026-12-02",
+        "save a checkpoint every N steps in the adapter folder's checkpoints/ (removed once the adapter "
+        "is written): a training killed or stopped resumes from it, to the same adapter; 0: none"),
     # 5 evaluate
     "eval_n_prompts": "held-out queries answered by base and DLMA",
-    "eval_queries_split": "the split of stage 1's query set (at its revision) stage 5 answers; from a file, or the "
-                          "split stage 1 read, the queries stage 1 did not use",
+    "eval_queries_split": added("2026-11-29",
+        "the split of stage 1's query set (at its revision) stage 5 answers; from a file, or the "
+        "split stage 1 read, the queries stage 1 did not use"),
     "eval_n_pairs": "held-out human pairs for implicit-reward accuracy",
     "eval_max_new_tokens": "response length cap in stage 5",
     "eval_batch_size": "queries per generation batch in stage 5 (each batch seeded by its position)",
@@ -115,25 +147,41 @@ HELP = {
     "baseline_methods": "comma-separated methods trained on stage 4's pairs and budget, then judged against base and "
                         "DLMA: rlcd, dlma_weighting, rlaif_dpo, context_distillation, rlhf, and the ablations "
                         "dlma_gamma0.1, dlma_gamma0.5, dlma_clamp20, dlma_study",
-    "rlhf_data": "the human pairs the rlhf baseline trains on (empty: pref_data at pref_revision)",
-    "rlhf_split": "the split of the rlhf baseline's pairs (the paper's RLHF learns from the train split); from the "
-                  "source stage 5 evaluates on, its evaluated pairs are left out",
-    "rlhf_revision": "the hub revision of rlhf_data (empty: main; with rlhf_data empty, pref_revision)",
-    "judge_url": "an OpenAI-compatible endpoint (its base URL, before /chat/completions) judging beside the local "
-                 "judges (none if empty)",
-    "judge_model": "the model name sent to judge_url",
-    "judge_key_env": "the environment variable holding judge_url's API key (read at each request, never written)",
+    "rlhf_data": added("2026-11-29", path(
+        "the human pairs the rlhf baseline trains on (empty: pref_data at pref_revision)")),
+    "rlhf_split": added("2026-11-29",
+        "the split of the rlhf baseline's pairs (the paper's RLHF learns from the train split); from the "
+        "source stage 5 evaluates on, its evaluated pairs are left out"),
+    "rlhf_revision": added("2026-11-29",
+        "the hub revision of rlhf_data (empty: main; with rlhf_data empty, pref_revision)"),
+    "judge_url": added("2026-11-28",
+        "an OpenAI-compatible endpoint (its base URL, before /chat/completions) judging beside the local "
+        "judges (none if empty)"),
+    "judge_model": added("2026-11-28", "the model name sent to judge_url"),
+    "judge_key_env": added("2026-11-28",
+        "the environment variable holding judge_url's API key (read at each request, never written)"),
 }
 
 
 def documented(cls):
-    """Class decorator: each field's metadata gets its help from HELP (a field without one is an error)."""
+    """Class decorator: each field's metadata gets its help from HELP (a field without one is an error); a field
+    added later (`added`) registers its default in `artifacts.ADDED_LATER`, which every config class does when it
+    is defined, before any stage records its parameters. (`path` and `added_in` stay on the help text: the
+    metadata is handed to argparse by HfArgumentParser, key by key.)"""
     for f in dataclasses.fields(cls):
         if "help" not in f.metadata:
             if f.name not in HELP:
                 raise KeyError(f"{cls.__name__}.{f.name}: no help text in dlma.params.HELP")
-            f.metadata = MappingProxyType({**f.metadata, "help": HELP[f.name]})
+            f.metadata = MappingProxyType({**f.metadata, "help": str(HELP[f.name])})
+        if getattr(HELP.get(f.name), "added_in", ""):
+            if ADDED_LATER.setdefault(f.name, f.default) != f.default:  # one default, or old folders would differ
+                raise ValueError(f"{cls.__name__}.{f.name}: default {f.default!r}, another config's "
+                                 f"{ADDED_LATER[f.name]!r}: a parameter added later has one default")
     return cls
+
+
+# the parameters that name a file or folder: `--set` reads them from where the user stands
+PATH_PARAMETERS = frozenset(name for name, h in HELP.items() if getattr(h, "path", False))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -13,11 +13,10 @@ import yaml
 from .commands import COMMANDS, NOTEBOOKS, STAGES, notebook_fields, step_values
 from .data import Source, resolve
 from .errors import DLMAError, did_you_mean
-from .params import PATHS, fields_of, parse, read_values
+from .params import PATH_PARAMETERS, PATHS, fields_of, parse, read_values
 
 ROOT = Path(__file__).resolve().parents[1]
 # read from where the user stands
-PATH_PARAMETERS = ("model", "queries", "pref_data", "rlhf_data", "pairs_file", "adapter")
 
 
 def check_checkout() -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import PartialJSONL, read_jsonl, write_json_if_changed
+from .artifacts import PartialJSONL, read_jsonl, with_added_later, write_json_if_changed
 from .data import check_limit, input_record, load_examples
 from .errors import DLMAError, check_fields
 from .folder import StageFolder
@@ -139,7 +139,7 @@ def stage3_rows(run_dir: Path, data, study, variant: tuple[str, str, str]) -> di
     same = {"pref_data": str(data.pref_data), "pref_pair": variant[1], "rendering": variant[2],
             "label_field": data.label_field, "pref_max_length": study.pref_max_length,
             "share_prompts": study.share_prompts, "pref_split": data.pref_split, "pref_revision": data.pref_revision}
-    before = {"pref_split": "test", "pref_revision": "", **before}  # a folder made before they were recorded
+    before = with_added_later(before, same)  # a folder made before pref_split and pref_revision were recorded
     if any(before.get(k) != v for k, v in same.items()) or \
             before["inputs"]["pref_data"] != input_record(data.source()):
         return {}
