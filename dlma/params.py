@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import typing
 from types import MappingProxyType
 
 from .artifacts import ADDED_LATER
@@ -270,13 +271,47 @@ PATHS = ("out", "pairs", "run_dir", "force")
 
 
 # ----------------------------------------------------------------------------------------------------------
-# One parser: the CLI's. Presets, `--set` and notebook parameters go through the type functions of the very
-# argparse actions `dlma COMMAND --help` shows, so a value is read the same way wherever it is given.
+# One parser: the CLI's. A preset's values, `--set` items and a notebook's parameters are written as the command
+# line that gives them (`arguments`) and read by the command's own parser, once: a value means the same wherever
+# it is given, and `dlma run` hands a launched stage the very same arguments.
 
 
-def argument_parser(types: list[type], prog: str | None = None, description: str | None = None):
-    """`HfArgumentParser` over `types`, reporting a wrong or misspelt option as one line with exit status 2."""
-    from transformers import HfArgumentParser
+def integer(text: str) -> int:
+    """An int option's type (argparse's own message would name the function: "invalid int value")."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def finite_float(text: str) -> float:
+    """A float option's type: a finite number (inf and nan break the loss, the schedule and params.json)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def boolean(text) -> bool:
+    """A bool option's type (HfArgumentParser's words, with a message of ours)."""
+    if isinstance(text, bool):
+        return text
+    if text.lower() in ("yes", "true", "t", "y", "1"):
+        return True
+    if text.lower() in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def argument_parser(types: list[type], prog: str | None = None, description: str | None = None,
+                    exit_on_error: bool = True):
+    """`HfArgumentParser` over `types`, reporting a wrong or misspelt option as one line with exit status 2
+    (or raising argparse.ArgumentError, with `exit_on_error=False`)."""
+    from transformers import HfArgumentParser  # deferred: transformers loads slowly (seconds)
+    from transformers.hf_argparser import string_to_bool  # deferred: as above
 
     class OneLineParser(HfArgumentParser):
         def error(self, message: str):
@@ -288,9 +323,7 @@ def argument_parser(types: list[type], prog: str | None = None, description: str
 
         def parse(self, argv: list[str]) -> list:
             """The dataclasses from a command line; an unknown or misspelt option is one line, exit status 2."""
-            namespace = self.parse_args(argv)
-            return [t(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(t) if f.init})
-                    for t in self.dataclass_types]
+            return configs_of(self.dataclass_types, vars(self.parse_args(argv)))
 
     class Help(argparse.ArgumentDefaultsHelpFormatter):
         """Shows an option's default, but not "(default: None)": for a required option it misleads, and for
@@ -301,24 +334,16 @@ def argument_parser(types: list[type], prog: str | None = None, description: str
                 return action.help
             return super()._get_help_string(action)
 
-    parser = OneLineParser(types, prog=prog, description=description, allow_abbrev=False, formatter_class=Help)
+    parser = OneLineParser(types, prog=prog, description=description, allow_abbrev=False, formatter_class=Help,
+                           exit_on_error=exit_on_error)
+    # the option types, as the parser looks them up: messages that say what was expected; inf and nan are no
+    # setting, refused where given, before anything is written
+    for kind, read in ((int, integer), (float, finite_float), (string_to_bool, boolean)):
+        parser.register("type", kind, read)
     for action in parser._actions:  # argparse reads help as a %-format string: a literal % must be doubled
         if action.help and action.help is not argparse.SUPPRESS:
             action.help = action.help.replace("%", "%%")
-        if action.type is float:  # inf and nan are no setting: refused where given, before anything is written
-            action.type = finite_float
     return parser
-
-
-def finite_float(text: str) -> float:
-    """A float option's type: a finite number (inf and nan break the loss, the schedule and params.json)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
 
 
 def option_text(value) -> str:
@@ -326,45 +351,46 @@ def option_text(value) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def arguments(values: dict) -> list[str]:
+    """The command line that gives `values` ({name: value}): `--gen-batch-size=16`; a None is left out (the
+    option's default None, "all if not given")."""
+    return [f"--{name.replace('_', '-')}={option_text(value)}" for name, value in values.items() if value is not None]
+
+
+def configs_of(types: list[type], read: dict) -> list:
+    """The dataclasses of `types` from the values their options read ({name: value})."""
+    return [t(**{f.name: read[f.name] for f in dataclasses.fields(t) if f.init}) for t in types]
+
+
 def parse(types: list[type], values: dict, where=lambda key: f"parameter '{key}'") -> list:
-    """The dataclasses of `types` built from `values` ({name: value}, from a preset, `--set` or a notebook):
-    each value read by its CLI option's type function, as if typed after `--name`. `where(key)` says where a
-    value came from, for the one-line error a wrong one gets. Names not in `values` take their default."""
-    read = read_values(types, values, where)
-    missing = [f.name for t in types for f in dataclasses.fields(t)
-               if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-               and f.name not in read]
-    if missing:
-        raise DLMAError(f"{where(missing[0])}: required, not given")
-    return [t(**{f.name: read[f.name] for f in dataclasses.fields(t) if f.init and f.name in read}) for t in types]
+    """The dataclasses of `types` built from `values` ({name: value}, from a preset, `--set` or a notebook) as
+    `dlma COMMAND` builds them from its command line. `where(key)` says where a value came from, for the one-line
+    error a wrong one gets. Names not in `values` take their default."""
+    return configs_of(types, read_values(types, values, where))
 
 
 def read_values(types: list[type], values: dict, where=lambda key: f"parameter '{key}'") -> dict:
-    """`values` as the options of `types` read them (see `parse`)."""
-    actions = {}
-    for a in argument_parser(types)._actions:  # the first per name: a default-true flag's --no_x comes after
-        actions.setdefault(a.dest, a)
-    actions.pop("help", None)
-    read = {}
+    """{name: value} of every option of `types`, `values` read as the command line `arguments(values)` by the
+    command's parser (see `parse`); a value no command line could give (a list, a None for a setting) is refused
+    before it."""
+    fields = fields_of(types)
+    hints = {k: v for t in types for k, v in typing.get_type_hints(t).items()}
     for key, value in values.items():
-        action = actions.get(key)
-        if action is None:
-            raise DLMAError(f"{where(key)}: unknown parameter '{key}'{did_you_mean(key, actions)}")
-        field = next(f for t in types for f in dataclasses.fields(t) if f.name == key)
-        if value is None and field.default is None:
-            read[key] = None  # "all if not given"
-            continue
-        try:
-            if isinstance(value, (list, dict)) or value is None:
-                raise ValueError
-            read[key] = action.type(option_text(value)) if action.type else option_text(value)
-        except (ValueError, TypeError, argparse.ArgumentTypeError):
-            kind = {"int": "an integer", "finite_float": "a finite number", "string_to_bool": "true or false"}.get(
-                getattr(action.type, "__name__", ""), "text")
-            raise DLMAError(f"{where(key)}: expected {kind}, got {value!r}") from None
-        if action.choices and read[key] not in action.choices:
-            raise DLMAError(f"{where(key)}: expected one of {', '.join(map(str, action.choices))}, got {value!r}")
-    return read
+        if key not in fields:
+            raise DLMAError(f"{where(key)}: unknown parameter '{key}'{did_you_mean(key, fields)}")
+        if isinstance(value, (list, dict)) or (value is None and fields[key].default is not None):
+            kind = {int: "an integer", float: "a finite number", bool: "true or false"}
+            expected = next((kind[t] for t in (hints[key], *typing.get_args(hints[key])) if t in kind), "text")
+            raise DLMAError(f"{where(key)}: expected {expected}, got {value!r}")
+    missing = [k for k, f in fields.items() if f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING and values.get(k) is None]
+    if missing:
+        raise DLMAError(f"{where(missing[0])}: required, not given")
+    try:
+        return vars(argument_parser(types, exit_on_error=False).parse_args(arguments(values)))
+    except argparse.ArgumentError as err:
+        key = (err.argument_name or "").split("/")[0].lstrip("-").replace("-", "_")
+        raise DLMAError(f"{where(key)}: {err.message}") from None
 
 
 def fields_of(types: list[type]) -> dict[str, dataclasses.Field]:

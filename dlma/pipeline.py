@@ -35,7 +35,7 @@ from .artifacts import check_out, read_json, write_json
 from .book import COMPARE, book_sources, check_book_dest, publish_notebooks
 from .commands import NOTEBOOKS, RUN_HELP, STAGES, notebook_fields, step_values
 from .errors import DLMAError, did_you_mean
-from .params import argument_parser, option_text
+from .params import argument_parser, arguments
 from .presets import ROOT, check_data, notebook_path, notebook_run_dir, resolve_params, stage_params
 
 
@@ -91,12 +91,8 @@ def quiet_kernels():
 
 
 def command_args(command: str, values: dict) -> list[str]:
-    """`dlma COMMAND` arguments for `values` (the same names: `gen_batch_size` is `--gen-batch-size`)."""
-    args = [command]
-    for name, value in values.items():
-        if value is not None:
-            args += [f"--{name.replace('_', '-')}", option_text(value)]
-    return args
+    """`dlma COMMAND` arguments for `values`: the command line a notebook's `parse` reads them as."""
+    return [command, *arguments(values)]
 
 
 def stage_commands(stage: str, nb_params: dict) -> list[tuple[bool, list[str]]]:

@@ -13,7 +13,7 @@ import yaml
 from .commands import COMMANDS, NOTEBOOKS, STAGES, notebook_fields, step_values
 from .data import Source, resolve
 from .errors import DLMAError, did_you_mean
-from .params import PATH_PARAMETERS, PATHS, fields_of, parse, read_values
+from .params import PATH_PARAMETERS, PATHS, configs_of, read_values
 
 ROOT = Path(__file__).resolve().parents[1]
 # read from where the user stands
@@ -135,8 +135,9 @@ def resolve_params(preset: str, overrides: list[str]) -> dict:
     for stage in STAGES:  # each value read by the options of the stages that take it, and checked by their configs
         for step in NOTEBOOKS[stage]:
             types = COMMANDS[step.command].types()
-            parse(types, step_values(step, params, "runs/check"), where)
-            read.update(read_values(types, {k: v for k, v in params.items() if k in fields_of(types)}, where))
+            step_read = read_values(types, step_values(step, params, "runs/check"), where)
+            configs_of(types, step_read)  # the configs' own checks (a prompt pair's name, a split), as the stage's
+            read.update({k: v for k, v in step_read.items() if k in params})
     return {k: read[k] for k in params}
 
 

@@ -189,7 +189,7 @@ CASES = [
     ("gen-limit-negative", lambda t, m: gen(t, m, "--n-queries", "-3"),
      ["n_queries must be an integer >= 1", "got -3"]),
     ("gen-limit-not-a-number", lambda t, m: gen(t, m, "--n-queries", "ten"),
-     ["--n-queries", "invalid int value: 'ten'"]),
+     ["--n-queries", "expected an integer, got 'ten'"]),
     ("gen-batch-size-0", lambda t, m: gen(t, m, "--gen-batch-size", "0"), ["gen_batch_size=0: must be >= 1"]),
     ("gen-temperature-0", lambda t, m: gen(t, m, "--temperature", "0"), ["temperature=0.0: must be > 0"]),
     ("gen-top-p-2", lambda t, m: gen(t, m, "--top-p", "2"), ["top_p=2.0"]),
@@ -367,7 +367,7 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path, tiny_model_dir
 
 @pytest.mark.parametrize("argv_of, needles", [
     (lambda t, m: gen(t, m, queries=binary_file(t)), ["q.jsonl:2:", "not UTF-8"]),
-    (lambda t, m: gen(t, m, "--n-queries", "zero"), ["invalid int value"]),
+    (lambda t, m: gen(t, m, "--n-queries", "zero"), ["expected an integer, got 'zero'"]),
 ], ids=["binary-garbage", "argparse"])
 def test_bad_input_through_a_real_process(argv_of, needles, tmp_path, tiny_model_dir):
     """The same contract seen from outside: exit status 2, our line, no traceback, whatever libraries print."""
