@@ -22,12 +22,32 @@ BOOK_SOURCES = ("_config.yml", "_toc.yml", "references.bib", "_static", "book")
 COMPARE = "07_compare"  # not a stage: the page `--compare-with` adds, this run beside another
 
 
+RECORDS = "run"  # book/results/run/<stage>/: the published run's records, beside its notebooks
+RECORD_FILES = ("*.json", "*.jsonl")  # parameters, manifest and results as text: no weights, no checkpoints
+
+
+def stage_records(folder: Path) -> list[Path]:
+    """A finished stage folder's records: its JSON and JSONL files (sub-folders' too, stage 4's adapter/params.json
+    and train_log.jsonl), not its weights or a training's checkpoints. None holds a row of the labelled data:
+    stages 3, 3b and 5 store a pair's id and numbers, and the text they store is the shipped queries' and the
+    model's answers (tests/test_book.py)."""
+    return sorted({p for pattern in RECORD_FILES for p in folder.rglob(pattern)
+                   if not any(part.startswith(("checkpoint", ".")) for part in p.relative_to(folder).parts)})
+
+
 def publish_notebooks(run_dir: Path, stages: tuple[str, ...] = STAGES, book_dir: Path | None = None) -> None:
-    """Copy the executed notebooks into the book (each atomically), only once all have run."""
+    """Copy the executed notebooks into the book (each atomically), only once all have run, and each stage's
+    records into `RECORDS/<stage>/` beside them (replacing that stage's), so that a rerun can be set beside the
+    published run: `dlma compare book/results/run runs/full`."""
     book_dir = book_dir or ROOT / "book" / "results"
     for stage in stages:
         atomic_write(book_dir / f"{stage}.ipynb", (run_dir / f"{stage}.ipynb").read_bytes())
-    print(f"[dlma run] published {len(stages)} notebooks to {book_dir}")
+        if (run_dir / stage).is_dir():
+            records = book_dir / RECORDS / stage
+            shutil.rmtree(records, ignore_errors=True)
+            for p in stage_records(run_dir / stage):
+                atomic_write(records / p.relative_to(run_dir / stage), p.read_bytes())
+    print(f"[dlma run] published {len(stages)} notebooks and their stages' records to {book_dir}")
 
 
 BOOK_MARK = ".dlma-book.json"  # what --book wrote into its folder, file by file: all it may replace
@@ -66,7 +86,9 @@ def book_sources(run_dir: Path, dest: Path) -> Path:
     for name in BOOK_SOURCES:
         source = ROOT / name
         if source.is_dir():
-            shutil.copytree(source, dest / name, dirs_exist_ok=True)
+            # the published run's records stay out: publish_notebooks puts this run's there
+            shutil.copytree(source, dest / name, dirs_exist_ok=True,
+                            ignore=lambda folder, names: [RECORDS] if Path(folder).name == "results" else [])
         else:
             shutil.copyfile(source, dest / name)
     shown = tuple(s for s in (*STAGES, COMPARE) if (run_dir / f"{s}.ipynb").exists())

@@ -1,0 +1,76 @@
+"""Publishing a run: its notebooks and its stages' records (book/results/run), which a rerun is compared with, and
+which hold no row of the labelled data and no path of the machine that ran them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from test_compare import make_run
+from test_selection import OUTSIDE
+
+from dlma.book import RECORDS, publish_notebooks, stage_records
+from dlma.compare import compare_runs
+from dlma.selection import selected_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+PUBLISHED = ROOT / "book" / "results" / RECORDS
+
+
+def published_run(tmp_path: Path) -> tuple[Path, Path]:
+    """A run folder (test_compare's, with weights, a checkpoint and executed notebooks) and a book to publish to."""
+    run = make_run(tmp_path / "run", right=60)
+    (run / "04_train_dlma" / "adapter" / "adapter_model.safetensors").write_bytes(b"weights")
+    (run / "04_train_dlma" / "adapter" / "checkpoint-2").mkdir()
+    (run / "04_train_dlma" / "adapter" / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    for stage in ("02_self_reward", "03_preference_accuracy", "04_train_dlma"):
+        (run / f"{stage}.ipynb").write_text(json.dumps({"cells": [], "stage": stage}))
+    return run, tmp_path / "book"
+
+
+def test_publishing_copies_each_stages_records_and_replaces_only_that_stages(tmp_path):
+    run, book = published_run(tmp_path)
+    stale = book / RECORDS / "04_train_dlma" / "stale.json"
+    kept = book / RECORDS / "06_baselines" / "judgements.jsonl"
+    for p in (stale, kept):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("{}")
+    publish_notebooks(run, ("02_self_reward", "03_preference_accuracy", "04_train_dlma"), book)
+    assert sorted(str(p.relative_to(book / RECORDS / "04_train_dlma"))
+                  for p in (book / RECORDS / "04_train_dlma").rglob("*") if p.is_file()) == \
+        ["adapter/params.json", "adapter/train_log.jsonl", "manifest.json", "params.json"]  # no weights, no checkpoint
+    assert not stale.exists() and kept.exists()  # a stage not published keeps the records of its notebook
+    assert (book / RECORDS / "03_preference_accuracy" / "predictions.jsonl").read_bytes() == \
+        (run / "03_preference_accuracy" / "predictions.jsonl").read_bytes()
+    assert (book / "04_train_dlma.ipynb").read_bytes() == (run / "04_train_dlma.ipynb").read_bytes()
+
+
+def test_a_rerun_compares_with_the_published_records_as_with_its_run(tmp_path):
+    run, book = published_run(tmp_path)
+    publish_notebooks(run, ("02_self_reward", "03_preference_accuracy", "04_train_dlma"), book)
+    (c,) = compare_runs([book / RECORDS, run], n_boot=50)["comparisons"]
+    assert list(c["stages"]) == ["02_self_reward", "03_preference_accuracy", "04_train_dlma"]
+    stage3 = c["stages"]["03_preference_accuracy"]
+    assert stage3["parameters"] == [] and stage3["scorers"]["dlma"]["difference"] == 0
+
+
+def test_the_published_records_hold_no_path_of_the_machine_that_ran_them():
+    text = "".join(p.read_text(encoding="utf-8") for p in sorted(PUBLISHED.rglob("*")) if p.is_file())
+    assert text and not [w for w in OUTSIDE if w in text]
+
+
+def test_the_published_records_hold_no_row_of_the_labelled_data(hh_dev):
+    """Stages 3, 3b and 5 store ids and numbers: no response of a labelled row (its last turns, where they are
+    long enough to be a row's own words) is in any record."""
+    answers = set()
+    _, rows = selected_rows(hh_dev.with_name("hh-rlhf-harmless-base-test-dev1312.rows.json"))  # the full run's
+    for row in rows:
+        for side in ("chosen", "rejected"):
+            last = row[side].rsplit("\n\nAssistant:", 1)[-1].strip()
+            if len(last) >= 40:
+                answers.add(last[:40])
+    records = [p for stage in sorted(PUBLISHED.iterdir()) for p in stage_records(stage)]
+    assert len(answers) > 1000 and records
+    for p in records:
+        text = p.read_text(encoding="utf-8")
+        assert not [a for a in answers if a in text], p
