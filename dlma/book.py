@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .artifacts import atomic_write, read_json, sha256_file, write_json
+from .artifacts import atomic_write, json_text, read_json, sha256_file, write_json
 from .checked import MARK
 from .commands import STAGES, notebook_fields
 from .errors import DLMAError
@@ -35,6 +35,18 @@ def stage_records(folder: Path) -> list[Path]:
                    if not any(part.startswith(("checkpoint", ".")) for part in p.relative_to(folder).parts)})
 
 
+MACHINE_PATHS = ("argv", "model.resolved")  # a manifest's fields that name paths of the machine that ran it
+
+
+def published_manifest(manifest: dict) -> dict:
+    """A stage's manifest as published: without the fields that name paths of the machine that ran it (the
+    kernel's command line, the model's folder in its cache), which it lists under `left_out`."""
+    out = {k: v for k, v in manifest.items() if k != "argv"}
+    if isinstance(out.get("model"), dict):
+        out["model"] = {k: v for k, v in out["model"].items() if k != "resolved"}
+    return {**out, "left_out": list(MACHINE_PATHS)}
+
+
 def publish_notebooks(run_dir: Path, stages: tuple[str, ...] = STAGES, book_dir: Path | None = None) -> None:
     """Copy the executed notebooks into the book (each atomically), only once all have run, and each stage's
     records into `RECORDS/<stage>/` beside them (replacing that stage's), so that a rerun can be set beside the
@@ -46,7 +58,8 @@ def publish_notebooks(run_dir: Path, stages: tuple[str, ...] = STAGES, book_dir:
             records = book_dir / RECORDS / stage
             shutil.rmtree(records, ignore_errors=True)
             for p in stage_records(run_dir / stage):
-                atomic_write(records / p.relative_to(run_dir / stage), p.read_bytes())
+                data = p.read_bytes() if p.name != "manifest.json" else json_text(published_manifest(read_json(p)))
+                atomic_write(records / p.relative_to(run_dir / stage), data)
     print(f"[dlma run] published {len(stages)} notebooks and their stages' records to {book_dir}")
 
 

@@ -23,6 +23,9 @@ def published_run(tmp_path: Path) -> tuple[Path, Path]:
     (run / "04_train_dlma" / "adapter" / "adapter_model.safetensors").write_bytes(b"weights")
     (run / "04_train_dlma" / "adapter" / "checkpoint-2").mkdir()
     (run / "04_train_dlma" / "adapter" / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (run / "04_train_dlma" / "manifest.json").write_text(json.dumps(
+        {"stage": "04_train_dlma", "argv": ["/home/me/.venv/bin/dlma", "train"], "git_commit": "abc",
+         "model": {"model": "m", "resolved": "/home/me/.cache/dlma/models/m", "weights_sha256": "ff"}}))
     for stage in ("02_self_reward", "03_preference_accuracy", "04_train_dlma"):
         (run / f"{stage}.ipynb").write_text(json.dumps({"cells": [], "stage": stage}))
     return run, tmp_path / "book"
@@ -42,6 +45,10 @@ def test_publishing_copies_each_stages_records_and_replaces_only_that_stages(tmp
     assert not stale.exists() and kept.exists()  # a stage not published keeps the records of its notebook
     assert (book / RECORDS / "03_preference_accuracy" / "predictions.jsonl").read_bytes() == \
         (run / "03_preference_accuracy" / "predictions.jsonl").read_bytes()
+    # the manifest, but for what names the machine's paths: listed as left out
+    assert json.loads((book / RECORDS / "04_train_dlma" / "manifest.json").read_text()) == {
+        "stage": "04_train_dlma", "git_commit": "abc", "model": {"model": "m", "weights_sha256": "ff"},
+        "left_out": ["argv", "model.resolved"]}
     assert (book / "04_train_dlma.ipynb").read_bytes() == (run / "04_train_dlma.ipynb").read_bytes()
 
 
