@@ -164,31 +164,61 @@ def main() -> None:
         "",
     ]
     lines += gpu_section()
+    # every figure below the title is this script's: tests/test_pages.py reads the marked region as written by code
+    lines = [*lines[:2], "<!-- BENCHMARKS -->", *lines[2:], "<!-- END BENCHMARKS -->", ""]
     (ROOT / "book" / "benchmarks.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 
-GPU_NOTES = """\
+GPU_SETUP = """\
 Each table is one run of `benchmarks/gpu_check.py` (the command is above it): a random-weight model of
-LLaMA2-7B's shape (6.9 B parameters, the embedded model's tokenizer, bf16), 64 HH-RLHF harmless-base
+LLaMA2-7B's shape ({params} parameters, the embedded model's tokenizer, bf16), 64 HH-RLHF harmless-base
 contexts, one response of up to 200 new tokens under each prompt of the `harmless` pair, through the
 pipeline's own stage functions. A random model rarely emits EOS, so every sequence runs to 200 tokens: the
 worst case for memory. The baseline (one batch of 128 sequences by count, transformers' `stop_strings`) is
 measured in the same run; read the ratios. Peak memory is PyTorch's allocated peak; a card needs about 1 GiB
 more (the CUDA context). A 24 GB card holds about 22 GiB.
+"""
+KV_MIB_PER_TOKEN = 2 * 32 * 4096 * 2 / 2**20  # K and V, 32 layers of width 4096, bf16: LLaMA2-7B's cache per token
+PAPER_BUDGET = 8192  # params/paper.yaml's max_batch_tokens, for a 24 GB card
 
+
+def throughput(row: dict) -> float:
+    return float(row["throughput"].split()[0].replace(",", ""))
+
+
+def gpu_reading(auto: dict, budget: dict) -> str:
+    """What the two GPU runs show (the automatic token budget, and 16,384 tokens), every figure read from them."""
+    def row(run, start):
+        return next(r for r in run["rows"] if r["setting"].startswith(start))
+
+    base_a, base_b = row(auto, "baseline"), row(budget, "baseline")
+    static_a, static_b = row(auto, "same, static cache (second"), row(budget, "same, static cache (second")
+    stops, small = row(auto, "token budget"), row(budget, "token budget")
+    train = next(r for r in auto["rows"] if r["step"] == "train")
+    weights = next(r for r in auto["rows"] if r["step"] == "build")["peak_gib"]
+    tokens = small["setting"].split()[2]  # "token budget 16,384 (given), ..."
+    return f"""\
 What the two runs show:
 - The compiled decode step (`static_cache`) is what makes generation fast: on the second call, after the
-  first paid for compiling, 4.6x the baseline of the same run with the automatic budget (5,189 against
-  1,119 new tokens/s) and 2.4x under a budget of 16,384 tokens (2,996 against 1,267). Token-id stops
-  alone cost no speed against the baseline (1,179 against 1,119 in one batch).
-- A token budget bounds memory: 16,384 tokens keep generation at 20.9 GiB (dynamic cache), where the one
-  batch of 128 sequences takes 47 GiB; but small batches decode slowly without the compiled step (300 new
-  tokens/s), whose static cache takes 27 GiB at that budget. For a 24 GB card the paper preset sets
-  `max_batch_tokens: 8192` (not measured: by the 0.5 MiB of KV cache per token, about 4 GiB of cache
-  beside the 12.8 GiB of weights).
+  first paid for compiling, {throughput(static_a) / throughput(base_a):.1f}x the baseline of the same run with \
+the automatic budget ({static_a['throughput'].split()[0]} against
+  {base_a['throughput'].split()[0]} new tokens/s) and {throughput(static_b) / throughput(base_b):.1f}x under a \
+budget of {tokens} tokens ({static_b['throughput'].split()[0]} against {base_b['throughput'].split()[0]}). \
+Token-id stops
+  alone cost no speed against the baseline ({stops['throughput'].split()[0]} against \
+{base_a['throughput'].split()[0]} in one batch).
+- A token budget bounds memory: {tokens} tokens keep generation at {small['peak_gib']:.1f} GiB (dynamic cache), \
+where the one
+  batch of 128 sequences takes {base_b['peak_gib']:.0f} GiB; but small batches decode slowly without the \
+compiled step ({small['throughput']}), whose static cache takes {static_b['peak_gib']:.0f} GiB at that budget. \
+For a 24 GB card the paper preset sets
+  `max_batch_tokens: {PAPER_BUDGET}` (not measured: by the {KV_MIB_PER_TOKEN:.1f} MiB of KV cache per token, \
+about {KV_MIB_PER_TOKEN * PAPER_BUDGET / 1024:.0f} GiB of cache
+  beside the {weights:.1f} GiB of weights).
 - QLoRA training at the paper's global batch 64 (per-device 8 x accumulation 8, 512 tokens) peaks at
-  11.7 GiB, within 24 GB; a step of 64 pairs takes about 21 s on this card.
+  {train['peak_gib']:.1f} GiB, within 24 GB; a step of 64 pairs takes about {train['s_per_step']:.0f} s on \
+this card.
 """
 
 
@@ -209,7 +239,10 @@ def gpu_section() -> list[str]:
         lines += [f"| {r['step']} | {r['setting']} | {r['seconds']} | {r['throughput']} | {r['peak_gib']} |"
                   for r in run["rows"] if r["step"] != "build"]
         lines.append("")
-    return lines + [GPU_NOTES]
+    runs = {f.name: json.loads(f.read_text()) for f in files}
+    auto, budget = (next(r for n, r in runs.items() if key in n) for key in ("auto", "16k"))
+    params = next(r for r in auto["rows"] if r["step"] == "build")["setting"].split(", ")[1].split(" parameters")[0]
+    return lines + [GPU_SETUP.format(params=params), gpu_reading(auto, budget)]
 
 
 if __name__ == "__main__":
