@@ -60,6 +60,8 @@ def publish_notebooks(run_dir: Path, stages: tuple[str, ...] = STAGES, book_dir:
             for p in stage_records(run_dir / stage):
                 data = p.read_bytes() if p.name != "manifest.json" else json_text(published_manifest(read_json(p)))
                 atomic_write(records / p.relative_to(run_dir / stage), data)
+    if (book_dir.parent / "reproduce.md").is_file():  # the book's Reproducing page: the times of the run it shows
+        update_stage_times(book_dir.parent / "reproduce.md", book_dir / RECORDS)
     print(f"[dlma run] published {len(stages)} notebooks and their stages' records to {book_dir}")
 
 
@@ -138,21 +140,51 @@ def parameter_table() -> str:
     return "\n".join(lines) + "\n"
 
 
-TABLE_START, TABLE_END = "<!-- PARAMETER TABLE -->", "<!-- END PARAMETER TABLE -->"
+def write_region(page: Path, name: str, text: str) -> bool:
+    """Write `text` between the page's `<!-- NAME -->` and `<!-- END NAME -->` (a region the code writes, never
+    typed: tests/test_pages.py reads it so); True if the page changed."""
+    start, end = f"<!-- {name} -->", f"<!-- END {name} -->"
+    old = page.read_text()
+    head, sep, rest = old.partition(start)
+    if not sep or end not in rest:
+        raise DLMAError(f"{page}: no {start} ... {end} markers")
+    new = f"{head}{start}\n\n{text}\n{end}{rest.partition(end)[2]}"
+    if new != old:
+        page.write_text(new)
+    return new != old
 
 
 def update_parameter_table(page: Path | None = None) -> bool:
-    """Write `parameter_table()` between the markers of book/reproduce.md; True if the page changed."""
-    page = page or ROOT / "book" / "reproduce.md"
-    text = page.read_text()
-    head, sep, rest = text.partition(TABLE_START)
-    if not sep:
-        raise DLMAError(f"{page}: no {TABLE_START} marker")
-    tail = rest.partition(TABLE_END)[2]
-    new = f"{head}{TABLE_START}\n\n{parameter_table()}\n{TABLE_END}{tail}"
-    if new != text:
-        page.write_text(new)
-    return new != text
+    """Write `parameter_table()` into book/reproduce.md; True if the page changed."""
+    return write_region(page or ROOT / "book" / "reproduce.md", "PARAMETER TABLE", parameter_table())
+
+
+def duration(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s" if m else f"{s} s"
+
+
+def stage_times(records: Path) -> str:
+    """A table of each published stage's wall time, machine, date and commit, as its manifest records them."""
+    rows, total = [], 0.0
+    for stage in STAGES:
+        if not (records / stage / "manifest.json").is_file():
+            continue
+        m = read_json(records / stage / "manifest.json")
+        cpu = m.get("machine", {})
+        total += m["wall_time_s"]
+        rows.append(f"| {stage} | {duration(m['wall_time_s'])} | {cpu.get('processor', '?')}, {cpu.get('cores', '?')} "
+                    f"cores, {m.get('processes', 1)} process(es) | {m['finished_at'][:10]} | "
+                    f"`{m.get('git_commit', '?')[:7]}` |")
+    return "\n".join(["| stage | wall time | machine | finished | commit |", "|---|---|---|---|---|", *rows,
+                      f"| all {len(rows)} | {duration(total)} | | | |", ""])
+
+
+def update_stage_times(page: Path | None = None, records: Path | None = None) -> bool:
+    """Write the published run's stage times (book/results/run's manifests) into book/reproduce.md."""
+    return write_region(page or ROOT / "book" / "reproduce.md", "STAGE TIMES",
+                        stage_times(records or ROOT / "book" / "results" / RECORDS))
 
 
 # ----------------------------------------------------------------------------------------------------------

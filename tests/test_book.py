@@ -81,3 +81,26 @@ def test_the_published_records_hold_no_row_of_the_labelled_data(hh_dev):
     for p in records:
         text = p.read_text(encoding="utf-8")
         assert not [a for a in answers if a in text], p
+
+
+def test_publishing_writes_the_stage_times_its_manifests_record_into_the_books_page(tmp_path):
+    run, book = published_run(tmp_path)
+    for k, stage in enumerate(("02_self_reward", "03_preference_accuracy")):
+        (run / stage / "manifest.json").write_text(json.dumps(
+            {"stage": stage, "wall_time_s": [61.4, 3725.0][k], "finished_at": "2026-12-02T11:00:00Z",
+             "git_commit": "0123456789ab", "processes": 1, "machine": {"processor": "Some CPU", "cores": 2}}))
+    page = book / "reproduce.md"
+    page.parent.mkdir(parents=True)
+    page.write_text("before\n<!-- STAGE TIMES -->\nstale\n<!-- END STAGE TIMES -->\nafter\n")
+    publish_notebooks(run, ("02_self_reward", "03_preference_accuracy"), book / "results")
+    text = page.read_text()
+    assert text.startswith("before\n<!-- STAGE TIMES -->\n\n| stage |") and text.endswith("<!-- END STAGE TIMES -->\nafter\n")
+    assert "| 02_self_reward | 1 min 01 s | Some CPU, 2 cores, 1 process(es) | 2026-12-02 | `0123456` |" in text
+    assert "| 03_preference_accuracy | 1 h 02 min |" in text and "| all 2 | 1 h 03 min |" in text and "stale" not in text
+
+
+def test_the_reproducing_pages_stage_times_are_the_published_manifests():
+    from dlma.book import stage_times
+
+    assert f"<!-- STAGE TIMES -->\n\n{stage_times(PUBLISHED)}\n<!-- END STAGE TIMES -->" in \
+        (ROOT / "book" / "reproduce.md").read_text(encoding="utf-8")
