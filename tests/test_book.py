@@ -94,9 +94,11 @@ def test_publishing_writes_the_stage_times_its_manifests_record_into_the_books_p
     page.write_text("before\n<!-- STAGE TIMES -->\nstale\n<!-- END STAGE TIMES -->\nafter\n")
     publish_notebooks(run, ("02_self_reward", "03_preference_accuracy"), book / "results")
     text = page.read_text()
-    assert text.startswith("before\n<!-- STAGE TIMES -->\n\n| stage |") and text.endswith("<!-- END STAGE TIMES -->\nafter\n")
+    assert text.startswith("before\n<!-- STAGE TIMES -->\n\n| stage |")
+    assert text.endswith("<!-- END STAGE TIMES -->\nafter\n")
     assert "| 02_self_reward | 1 min 01 s | Some CPU, 2 cores, 1 process(es) | 2026-12-02 | `0123456` |" in text
-    assert "| 03_preference_accuracy | 1 h 02 min |" in text and "| all 2 | 1 h 03 min |" in text and "stale" not in text
+    assert "| 03_preference_accuracy | 1 h 02 min |" in text and "| all 2 | 1 h 03 min |" in text
+    assert "stale" not in text
 
 
 def test_the_reproducing_pages_stage_times_are_the_published_manifests():
