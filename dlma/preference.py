@@ -391,12 +391,13 @@ def run_pref_acc(model_cfg, data, cfg: PrefAccConfig, out, exclude_ids=(), model
 def scorer_parts(todo: list[Example], scorer: str, at) -> list[list[Example]]:
     """The pairs this process scores, in calls, each call's scores kept before the next (a killed stage resumes
     from the last): one process, chunks of RESUME_CHUNK; several, chunks of SHARD_CHUNK, every world-th to each
-    (their scores agree with one process's within float tolerance, the batches being others); `length` and
-    `random` need no model and are the main process's, in one call."""
-    if at.world == 1:
-        return [todo[k : k + RESUME_CHUNK] for k in range(0, len(todo), RESUME_CHUNK)]
+    (their scores agree with one process's within float tolerance, the batches being others). `length` and
+    `random` need no model and are the main process's, in one call: `random` draws one seeded sequence over
+    all the pairs, which chunks would restart (every chunk the same draws)."""
     if scorer in ("length", "random"):
         return [todo] if at.main else []
+    if at.world == 1:
+        return [todo[k : k + RESUME_CHUNK] for k in range(0, len(todo), RESUME_CHUNK)]
     return [part for _, part in at.mine([todo[k : k + SHARD_CHUNK] for k in range(0, len(todo), SHARD_CHUNK)])]
 
 

@@ -326,3 +326,22 @@ def test_one_process_scores_in_chunks_each_kept_before_the_next():
     parts = scorer_parts(todo, "rlaif", Launch(0, 1))
     assert [len(p) for p in parts] == [RESUME_CHUNK, RESUME_CHUNK, 88] and sum(parts, []) == todo
     assert scorer_parts([], "rlaif", Launch(0, 1)) == []
+
+
+@pytest.mark.slow
+def test_the_random_judge_draws_one_sequence_however_the_scoring_is_chunked(embedded, tmp_path, monkeypatch):
+    """The model-free judges are scored in one call: were `random` chunked like the model's judges, every chunk
+    would restart its seeded draws and repeat the first chunk's scores (the republish of 2026-12-02 caught it:
+    random's accuracy 0.547 instead of 0.520 on the published run's pairs)."""
+    from dlma.distributed import Launch
+    from dlma.preference import scorer_parts
+
+    monkeypatch.setattr(dlma.preference, "RESUME_CHUNK", 2)
+    assert [len(p) for p in scorer_parts(list(range(LIMIT)), "random", Launch(0, 1))] == [LIMIT]
+    assert [len(p) for p in scorer_parts(list(range(LIMIT)), "loglik", Launch(0, 1))] == [2, 2, 2]
+    cfg = PrefAccConfig(scorers="length,random", n_bootstrap=50, seed=3)
+    run_pref_acc(ModelConfig(DEFAULT_MODEL), PrefData("sample:pairs", LIMIT), cfg, Out(str(tmp_path)), model=embedded)
+    rows = [json.loads(ln) for ln in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    random = [r["score"] for r in rows if r["scorer"] == "random"]
+    assert random == pytest.approx(np.random.default_rng(3).uniform(-1, 1, LIMIT).tolist(), abs=0)
+    assert len(set(random)) == LIMIT
