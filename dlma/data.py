@@ -36,7 +36,7 @@ from typing import TypedDict
 from .artifacts import sha256_file
 from .errors import DLMAError, where
 from .prompts import PAIRS, RENDERINGS, get_pair
-from .selection import KEY, is_selection, selected_rows, selection_record
+from .selection import KEY, is_selection, read_selection, selected_rows, selection_record
 
 SAMPLES = {"queries": "queries.jsonl", "pairs": "pairs.jsonl"}
 LABEL_FIELDS = ("safer_response_id", "better_response_id")
@@ -134,8 +134,10 @@ def resolve(source) -> Resolved:
         if source.revision:
             raise DLMAError(f"{path_text}: a selection file pins its own source ({opt}_revision is "
                             f"{source.revision!r}): leave it empty")
-        found, _ = selected_rows(local)
-        return Resolved(str(found), "selection", [local])
+        selected_rows(local)  # found and checked now, before any stage runs
+        sel = read_selection(local)
+        # named as the dataset names the file, wherever the copy lies: a row's messages are the same on every machine
+        return Resolved(f"{sel.dataset}/{sel.file}", "selection", [local])
     if local.exists() or data_suffix:
         if not local.exists():
             raise DLMAError(f"{local}: no such file")
@@ -277,9 +279,8 @@ def read_rows(source, split: str = "train", revision: str = "") -> tuple[str, li
     hub dataset (its rows numbered from 1 across its files, in order)."""
     found = resolve(as_source(source, split, revision))
     if found.kind == "selection":
-        read, rows = selected_rows(found.files[0])
-        copy = read.name.endswith(".jsonl")  # the selected rows themselves: numbered by line; else by test_index
-        return found.name, [(k + 1 if copy else row[KEY] + 1, row) for k, row in enumerate(rows)]
+        _, rows = selected_rows(found.files[0])  # numbered by their line in the upstream file, wherever read from
+        return found.name, [(row[KEY] + 1, row) for row in rows]
     if found.kind == "file":
         return found.name, _read_file(found.files[0])
     if found.dataset is not None:

@@ -65,7 +65,8 @@ def test_rows_from_a_copy_of_the_upstream_file_in_its_layout(setup, monkeypatch)
     examples = load_examples(sel, require="labelled")
     assert [e.id for e in examples] == ["7", "2", "9"]  # the selection's order; ids are the test_index
     assert examples[0].turns == ["invented question 7?"] and examples[0].chosen == "A kind answer 7."
-    assert examples[1].source.endswith(f"{FILE}:3")  # the upstream file's line: test_index + 1
+    # named by the dataset's file and the row's line there (test_index + 1), not by where the copy lies
+    assert examples[1].source == f"Invented/hh/{FILE}:3"
     record = source_record(str(sel))
     assert record["rows_sha256"] == json.loads(sel.read_text())["sha256"]
     assert str(tmp_path / "copy") not in json.dumps(record)  # the same rows from another copy: the same input
@@ -77,7 +78,9 @@ def test_rows_from_a_copy_of_the_selected_rows(setup, monkeypatch):
     folder.mkdir()
     (folder / "invented.jsonl").write_bytes(canonical(chosen))
     monkeypatch.setenv(selection.ENV, str(folder))
-    assert [e.id for e in load_examples(sel)] == ["7", "2", "9"]
+    examples = load_examples(sel)
+    assert [e.id for e in examples] == ["7", "2", "9"]
+    assert [e.source for e in examples] == [f"Invented/hh/{FILE}:{i + 1}" for i in (7, 2, 9)]  # as from the upstream
     (folder / "invented.jsonl").write_bytes(canonical([chosen[1], chosen[0], chosen[2]]))  # another order
     selection._ROWS.clear()
     with pytest.raises(DLMAError, match=r"invented\.jsonl: field 'test_index': its rows are not the ones"):
