@@ -24,6 +24,9 @@ COMPARE = "07_compare"  # not a stage: the page `--compare-with` adds, this run 
 
 RECORDS = "run"  # book/results/run/<stage>/: the published run's records, beside its notebooks
 RECORD_FILES = ("*.json", "*.jsonl")  # parameters, manifest and results as text: no weights, no checkpoints
+# saved beside an adapter for peft and transformers: the model's tokenizer (megabytes) and peft's config, which
+# names the base model's folder on the machine that trained it (the training's parameters are in its params.json)
+NOT_RECORDS = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "adapter_config.json")
 
 
 def stage_records(folder: Path) -> list[Path]:
@@ -31,8 +34,8 @@ def stage_records(folder: Path) -> list[Path]:
     and train_log.jsonl), not its weights or a training's checkpoints. None holds a row of the labelled data:
     stages 3, 3b and 5 store a pair's id and numbers, and the text they store is the shipped queries' and the
     model's answers (tests/test_book.py)."""
-    return sorted({p for pattern in RECORD_FILES for p in folder.rglob(pattern)
-                   if not any(part.startswith(("checkpoint", ".")) for part in p.relative_to(folder).parts)})
+    return sorted({p for pattern in RECORD_FILES for p in folder.rglob(pattern) if p.name not in NOT_RECORDS
+                   and not any(part.startswith(("checkpoint", ".")) for part in p.relative_to(folder).parts)})
 
 
 MACHINE_PATHS = ("argv", "model.resolved")  # a manifest's fields that name paths of the machine that ran it
@@ -173,8 +176,10 @@ def stage_times(records: Path) -> str:
             continue
         m = read_json(records / stage / "manifest.json")
         cpu = m.get("machine", {})
-        total += m["wall_time_s"]
-        rows.append(f"| {stage} | {duration(m['wall_time_s'])} | {cpu.get('processor', '?')}, {cpu.get('cores', '?')} "
+        # a stage's steps each record theirs: stage 4's split and its training (adapter/), stage 6's methods
+        wall = sum(read_json(p).get("wall_time_s", 0.0) for p in (records / stage).rglob("manifest.json"))
+        total += wall
+        rows.append(f"| {stage} | {duration(wall)} | {cpu.get('processor', '?')}, {cpu.get('cores', '?')} "
                     f"cores, {m.get('processes', 1)} process(es) | {m['finished_at'][:10]} | "
                     f"`{m.get('git_commit', '?')[:7]}` |")
     return "\n".join(["| stage | wall time | machine | finished | commit |", "|---|---|---|---|---|", *rows,

@@ -21,6 +21,7 @@ def published_run(tmp_path: Path) -> tuple[Path, Path]:
     """A run folder (test_compare's, with weights, a checkpoint and executed notebooks) and a book to publish to."""
     run = make_run(tmp_path / "run", right=60)
     (run / "04_train_dlma" / "adapter" / "adapter_model.safetensors").write_bytes(b"weights")
+    (run / "04_train_dlma" / "adapter" / "tokenizer.json").write_text("{}")  # the model's, not the run's
     (run / "04_train_dlma" / "adapter" / "checkpoint-2").mkdir()
     (run / "04_train_dlma" / "adapter" / "checkpoint-2" / "trainer_state.json").write_text("{}")
     (run / "04_train_dlma" / "manifest.json").write_text(json.dumps(
@@ -41,7 +42,8 @@ def test_publishing_copies_each_stages_records_and_replaces_only_that_stages(tmp
     publish_notebooks(run, ("02_self_reward", "03_preference_accuracy", "04_train_dlma"), book)
     assert sorted(str(p.relative_to(book / RECORDS / "04_train_dlma"))
                   for p in (book / RECORDS / "04_train_dlma").rglob("*") if p.is_file()) == \
-        ["adapter/params.json", "adapter/train_log.jsonl", "manifest.json", "params.json"]  # no weights, no checkpoint
+        ["adapter/params.json", "adapter/train_log.jsonl", "manifest.json", "params.json"]  # no weights, checkpoint
+    # or tokenizer
     assert not stale.exists() and kept.exists()  # a stage not published keeps the records of its notebook
     assert (book / RECORDS / "03_preference_accuracy" / "predictions.jsonl").read_bytes() == \
         (run / "03_preference_accuracy" / "predictions.jsonl").read_bytes()
