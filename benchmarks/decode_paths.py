@@ -5,6 +5,9 @@ emulated: each 4-bit layer's weights dequantised and cast to bf16, its input cas
 
 Both answer sets are sampled from the base model with the same seeds and judged by the same (portable) base, as
 stage 5 judges them: how many answers are the same text, and the paired differences of C(o) and perplexity.
+On a machine with AVX512-BF16 the kernel itself runs too (a second copy of the model, whose layers keep
+bitsandbytes' choice): its answers against the portable path's and the emulation's, and the time each path takes
+to sample them (in the same run, one after the other: read the ratio).
 
     python benchmarks/decode_paths.py [--n-prompts 32]
 """
@@ -14,11 +17,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import platform
+import time
 
 import numpy as np
 import torch
 
 from dlma.alignment import base_judgements, respond
+from dlma.artifacts import machine
 from dlma.data import load_examples
 from dlma.generate import GenerateConfig
 from dlma.models import ModelConfig, load_model
@@ -52,19 +57,37 @@ def main() -> None:
     model, tok = load_model(ModelConfig(load_in_4bit=True, device="cpu"))
     examples = load_examples("sample:queries", limit=args.n_prompts)
     cfg = GenerateConfig(max_new_tokens=args.max_new_tokens, gen_batch_size=16, seed=0)
+    started = time.perf_counter()
     portable = respond(model, tok, examples, cfg)
+    seconds = {"portable": time.perf_counter() - started}
     with bf16_4bit_layers():
         bf16 = respond(model, tok, examples, cfg)
-    judged = [base_judgements(model, tok, examples, answers) for answers in (portable, bf16)]
-    same = sum(a == b for a, b in zip(portable, bf16, strict=True))
-    print(f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-          f"{len(examples)} queries of sample:queries, {args.max_new_tokens} new tokens, seed 0")
-    print(f"same answer on both paths: {same} of {len(examples)}")
-    for key in ("contrastive_score", "perplexity"):
-        a, b = (np.array([r[key] for r in rows]) for rows in judged)
-        lo, hi = bootstrap_items_ci((b - a,), lambda d: d.mean(axis=-1))
-        print(f"{key}: mean {a.mean():.3f} (portable) vs {b.mean():.3f} (bf16); paired difference "
-              f"{(b - a).mean():+.3f} [{lo:+.3f}, {hi:+.3f}]")
+    answers = {"portable": portable, "bf16 emulated": bf16}
+    print(f"{platform.machine()} ({machine()['processor']}), AVX512-BF16: {machine()['avx512_bf16']}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}; {len(examples)} queries of "
+          f"sample:queries, {args.max_new_tokens} new tokens, seed 0")
+    if machine()["avx512_bf16"]:  # the kernel itself, on a copy whose layers keep bitsandbytes' choice (it repacks
+        kernel, _ = load_model(ModelConfig(load_in_4bit=True, device="cpu"))  # the weights in place: not `model`)
+        for layer in kernel.modules():
+            if hasattr(layer, "support_avx512bf16_for_cpu"):
+                layer.support_avx512bf16_for_cpu = True
+        started = time.perf_counter()
+        answers["bf16 kernel"] = respond(kernel, tok, examples, cfg)
+        seconds["bf16 kernel"] = time.perf_counter() - started
+        print(f"sampling time: portable {seconds['portable']:.1f} s, bf16 kernel {seconds['bf16 kernel']:.1f} s "
+              f"(kernel / portable: {seconds['bf16 kernel'] / seconds['portable']:.2f})")
+    judged = {name: base_judgements(model, tok, examples, a) for name, a in answers.items()}
+    for name in list(answers)[1:]:
+        same = sum(a == b for a, b in zip(portable, answers[name], strict=True))
+        print(f"same answer, portable and {name}: {same} of {len(examples)}")
+        for key in ("contrastive_score", "perplexity"):
+            a, b = (np.array([r[key] for r in judged[n]]) for n in ("portable", name))
+            lo, hi = bootstrap_items_ci((b - a,), lambda d: d.mean(axis=-1))
+            print(f"  {key}: mean {a.mean():.3f} (portable) vs {b.mean():.3f} ({name}); paired difference "
+                  f"{(b - a).mean():+.3f} [{lo:+.3f}, {hi:+.3f}]")
+    if "bf16 kernel" in answers:
+        same = sum(a == b for a, b in zip(answers["bf16 emulated"], answers["bf16 kernel"], strict=True))
+        print(f"same answer, bf16 emulated and bf16 kernel: {same} of {len(examples)}")
 
 
 if __name__ == "__main__":
