@@ -53,6 +53,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-prompts", type=int, default=32, help="queries answered on each path")
     ap.add_argument("--max-new-tokens", type=int, default=40, help="as the presets' eval_max_new_tokens")
+    ap.add_argument("--pref-max-length", type=int, default=384, help="the judge's length, as the full preset's")
     args = ap.parse_args()
     model, tok = load_model(ModelConfig(load_in_4bit=True, device="cpu"))
     examples = load_examples("sample:queries", limit=args.n_prompts)
@@ -76,7 +77,8 @@ def main() -> None:
         seconds["bf16 kernel"] = time.perf_counter() - started
         print(f"sampling time: portable {seconds['portable']:.1f} s, bf16 kernel {seconds['bf16 kernel']:.1f} s "
               f"(kernel / portable: {seconds['bf16 kernel'] / seconds['portable']:.2f})")
-    judged = {name: base_judgements(model, tok, examples, a) for name, a in answers.items()}
+    judged = {name: base_judgements(model, tok, examples, a, "affix", 8, 0, args.pref_max_length)
+              for name, a in answers.items()}
     for name in list(answers)[1:]:
         same = sum(a == b for a, b in zip(portable, answers[name], strict=True))
         print(f"same answer, portable and {name}: {same} of {len(examples)}")
