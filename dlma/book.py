@@ -23,7 +23,8 @@ COMPARE = "07_compare"  # not a stage: the page `--compare-with` adds, this run 
 
 
 RECORDS = "run"  # book/results/run/<stage>/: the published run's records, beside its notebooks
-RECORD_FILES = ("*.json", "*.jsonl")  # parameters, manifest and results as text: no weights, no checkpoints
+RECORD_FILES = ("*.json", "*.jsonl")  # parameters, manifest and results as text: no weights, no checkpoints, no
+# figure (a notebook redraws its figures from these on every run)
 # saved beside an adapter for peft and transformers: the model's tokenizer (megabytes) and peft's config, which
 # names the base model's folder on the machine that trained it (the training's parameters are in its params.json)
 NOT_RECORDS = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "adapter_config.json")
@@ -31,7 +32,8 @@ NOT_RECORDS = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.js
 
 def stage_records(folder: Path) -> list[Path]:
     """A finished stage folder's records: its JSON and JSONL files (sub-folders' too, stage 4's adapter/params.json
-    and train_log.jsonl), not its weights or a training's checkpoints. None holds a row of the labelled data:
+    and train_log.jsonl), not its weights or a training's checkpoints; a stage without weights (3, 3b) is whole
+    (every file its manifest lists but the figures, which are redrawn) and can be put back into a run folder. None holds a row of the labelled data:
     stages 3, 3b and 5 store a pair's id and numbers, and the text they store is the shipped queries' and the
     model's answers (tests/test_book.py)."""
     return sorted({p for pattern in RECORD_FILES for p in folder.rglob(pattern) if p.name not in NOT_RECORDS

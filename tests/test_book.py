@@ -108,3 +108,23 @@ def test_the_reproducing_pages_stage_times_are_the_published_manifests():
 
     assert f"<!-- STAGE TIMES -->\n\n{stage_times(PUBLISHED)}\n<!-- END STAGE TIMES -->" in \
         (ROOT / "book" / "reproduce.md").read_text(encoding="utf-8")
+
+
+def test_a_stage_without_weights_is_published_whole_and_resumes_from_its_records(tmp_path):
+    """Stage 3's records are every file its manifest lists but its figures (redrawn on every run), so a run folder
+    can take them back (a later stage resumes from them) and the folder's check of its outputs passes."""
+    from dlma.artifacts import sha256_file, write_manifest
+    from dlma.folder import StageFolder
+
+    run, book = published_run(tmp_path)
+    stage = run / "03_preference_accuracy"
+    (stage / "preference_accuracy.png").write_bytes(b"\x89PNG figure")
+    write_manifest(stage, "pref-acc", {"beta": 0.1}, 0.0)
+    publish_notebooks(run, ("03_preference_accuracy",), book)
+    records = book / RECORDS / "03_preference_accuracy"
+    listed = json.loads((stage / "manifest.json").read_text())["files"]
+    assert "preference_accuracy.png" in listed and not (records / "preference_accuracy.png").exists()
+    listed.pop("preference_accuracy.png")
+    assert {name: sha256_file(records / name) for name in listed} == listed
+    folder = StageFolder(records, "pref-acc")
+    folder.check_outputs()
