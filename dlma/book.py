@@ -33,9 +33,9 @@ NOT_RECORDS = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.js
 def stage_records(folder: Path) -> list[Path]:
     """A finished stage folder's records: its JSON and JSONL files (sub-folders' too, stage 4's adapter/params.json
     and train_log.jsonl), not its weights or a training's checkpoints; a stage without weights (3, 3b) is whole
-    (every file its manifest lists but the figures, which are redrawn) and can be put back into a run folder. None holds a row of the labelled data:
-    stages 3, 3b and 5 store a pair's id and numbers, and the text they store is the shipped queries' and the
-    model's answers (tests/test_book.py)."""
+    (every file its manifest lists but the figures, which are redrawn) and can be put back into a run folder.
+    None holds a row of the labelled data: stages 3, 3b and 5 store a pair's id and numbers, and the text they
+    store is the shipped queries' and the model's answers (tests/test_book.py)."""
     return sorted({p for pattern in RECORD_FILES for p in folder.rglob(pattern) if p.name not in NOT_RECORDS
                    and not any(part.startswith(("checkpoint", ".")) for part in p.relative_to(folder).parts)})
 
