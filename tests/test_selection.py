@@ -173,7 +173,7 @@ def test_dlma_run_stops_before_its_first_stage_without_the_rows(tmp_path):
 OUTSIDE = ("../shared", "SPEC", "/work/", "/tmp/", "/root/", "/home/")  # what a reader's clone does not have
 # Published notebooks run before the data came from its source: they name the local copy they read. Each is
 # republished by `dlma run --preset full --publish`; strict, so this list must shrink when one is.
-NOT_YET_REPUBLISHED = {"03b_pair_study", "06_baselines"}
+NOT_YET_REPUBLISHED = {"06_baselines"}
 
 
 @pytest.mark.parametrize("stage", sorted(p.stem for p in (ROOT / "book" / "results").glob("*.ipynb")))
