@@ -183,8 +183,13 @@ KV_MIB_PER_TOKEN = 2 * 32 * 4096 * 2 / 2**20  # K and V, 32 layers of width 4096
 PAPER_BUDGET = 8192  # params/paper.yaml's max_batch_tokens, for a 24 GB card
 
 
+def shown(row: dict) -> str:
+    """A row's throughput as the table prints it, without its unit: "5,189"."""
+    return row["throughput"].split()[0]
+
+
 def throughput(row: dict) -> float:
-    return float(row["throughput"].split()[0].replace(",", ""))
+    return float(shown(row).replace(",", ""))
 
 
 def gpu_reading(auto: dict, budget: dict) -> str:
@@ -202,12 +207,12 @@ def gpu_reading(auto: dict, budget: dict) -> str:
 What the two runs show:
 - The compiled decode step (`static_cache`) is what makes generation fast: on the second call, after the
   first paid for compiling, {throughput(static_a) / throughput(base_a):.1f}x the baseline of the same run with \
-the automatic budget ({static_a['throughput'].split()[0]} against
-  {base_a['throughput'].split()[0]} new tokens/s) and {throughput(static_b) / throughput(base_b):.1f}x under a \
-budget of {tokens} tokens ({static_b['throughput'].split()[0]} against {base_b['throughput'].split()[0]}). \
+the automatic budget ({shown(static_a)} against
+  {shown(base_a)} new tokens/s) and {throughput(static_b) / throughput(base_b):.1f}x under a \
+budget of {tokens} tokens ({shown(static_b)} against {shown(base_b)}). \
 Token-id stops
-  alone cost no speed against the baseline ({stops['throughput'].split()[0]} against \
-{base_a['throughput'].split()[0]} in one batch).
+  alone cost no speed against the baseline ({shown(stops)} against \
+{shown(base_a)} in one batch).
 - A token budget bounds memory: {tokens} tokens keep generation at {small['peak_gib']:.1f} GiB (dynamic cache), \
 where the one
   batch of 128 sequences takes {base_b['peak_gib']:.0f} GiB; but small batches decode slowly without the \

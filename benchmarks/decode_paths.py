@@ -64,10 +64,11 @@ def main() -> None:
     with bf16_4bit_layers():
         bf16 = respond(model, tok, examples, cfg)
     answers = {"portable": portable, "bf16 emulated": bf16}
-    print(f"{platform.machine()} ({machine()['processor']}), AVX512-BF16: {machine()['avx512_bf16']}, "
+    cpu = machine()
+    print(f"{platform.machine()} ({cpu['processor']}), AVX512-BF16: {cpu['avx512_bf16']}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}; {len(examples)} queries of "
           f"sample:queries, {args.max_new_tokens} new tokens, seed 0")
-    if machine()["avx512_bf16"]:  # the kernel itself, on a copy whose layers keep bitsandbytes' choice (it repacks
+    if cpu["avx512_bf16"]:  # the kernel itself, on a copy whose layers keep bitsandbytes' choice (it repacks
         kernel, _ = load_model(ModelConfig(load_in_4bit=True, device="cpu"))  # the weights in place: not `model`)
         for layer in kernel.modules():
             if hasattr(layer, "support_avx512bf16_for_cpu"):

@@ -46,9 +46,14 @@ MACHINE_PATHS = ("argv", "model.resolved")  # a manifest's fields that name path
 def published_manifest(manifest: dict) -> dict:
     """A stage's manifest as published: without the fields that name paths of the machine that ran it (the
     kernel's command line, the model's folder in its cache), which it lists under `left_out`."""
-    out = {k: v for k, v in manifest.items() if k != "argv"}
-    if isinstance(out.get("model"), dict):
-        out["model"] = {k: v for k, v in out["model"].items() if k != "resolved"}
+    out = dict(manifest)
+    for dotted in MACHINE_PATHS:
+        *parents, key = dotted.split(".")
+        holder = out
+        for name in parents:  # copied on the way down: the manifest read is left as it was
+            holder[name] = dict(holder.get(name) or {})
+            holder = holder[name]
+        holder.pop(key, None)
     return {**out, "left_out": list(MACHINE_PATHS)}
 
 
