@@ -34,7 +34,19 @@ from .logprobs import (
     token_budget,
 )
 from .models import ModelConfig
-from .params import PrefData, Queries, check_split, documented
+from .params import (
+    Beta,
+    PrefLength,
+    PrefSource,
+    Queries,
+    Rendering,
+    Scoring,
+    Seed,
+    check_split,
+    documented,
+    param,
+    shared,
+)
 from .preference import PrefAccConfig, implicit_and_loglik, readable_examples, summarize, tie_tolerance
 from .prompts import PAIRS, policy_prompt, prompt_ids
 from .score import contrast, contrast_prompts
@@ -55,35 +67,25 @@ def is_refusal(text: str) -> bool:
 
 @documented
 @dataclass
-class EvalConfig:
+class EvalConfig(Seed, PrefLength, Beta, Rendering, Scoring, PrefSource):
     """Stage 5: the trained adapter against its base, on queries and human pairs no earlier stage used
-    (the human pairs stage 3 scored are passed over)."""
+    (the human pairs stage 3 scored are passed over). It samples as stage 1 does and scores as stage 3 does,
+    with the settings it shares with them (`generate_config`, `pref_config`)."""
 
-    pref_data: str = "sample:pairs"
-    eval_n_prompts: int = 2
-    eval_n_pairs: int = 4
-    eval_max_new_tokens: int = 24
-    eval_batch_size: int = 8
-    score_batch_size: int = 8
-    max_batch_tokens: int = 0
-    rendering: str = "affix"
-    beta: float = 0.1
-    pref_max_length: int = 1024
-    label_field: str = "safer_response_id"
-    seed: int = 0
-    pref_split: str = "test"
-    pref_revision: str = ""
-    eval_queries_split: str = "test"
+    eval_n_prompts: int = param(2, "held-out queries answered by base and DLMA")
+    eval_n_pairs: int = param(4, "held-out human pairs for implicit-reward accuracy")
+    eval_max_new_tokens: int = param(24, "response length cap in stage 5")
+    eval_batch_size: int = param(8, "queries per generation batch in stage 5 (each batch seeded by its position)")
+    eval_queries_split: str = param("test", "the split of stage 1's query set (at its revision) stage 5 answers; "
+                                            "from a file, or the split stage 1 read, the queries stage 1 did not "
+                                            "use", added_in="2026-11-29")
 
     def __post_init__(self):
+        super().__post_init__()
         check_limit(self.eval_n_prompts, "eval_n_prompts")
         check_limit(self.eval_n_pairs, "eval_n_pairs")
-        check_split(self.pref_split, "pref_split")
         check_split(self.eval_queries_split, "eval_queries_split")
         self.generate_config(), self.pref_config()  # their own checks
-
-    def pref_source(self) -> Source:
-        return PrefData(self.pref_data, pref_split=self.pref_split, pref_revision=self.pref_revision).source()
 
     def query_sources(self, run_dir: Path) -> tuple[Source, Source]:
         """(the queries stage 1 read, those stage 5 answers: the same set and revision at eval_queries_split)."""
@@ -92,14 +94,11 @@ class EvalConfig:
         return generated, Source(generated.path, self.eval_queries_split, generated.revision, "eval_queries")
 
     def generate_config(self) -> GenerateConfig:
-        return GenerateConfig(rendering=self.rendering, max_new_tokens=self.eval_max_new_tokens,
-                              gen_batch_size=self.eval_batch_size, max_batch_tokens=self.max_batch_tokens,
-                              seed=self.seed)
+        return shared(self, GenerateConfig, max_new_tokens=self.eval_max_new_tokens,
+                      gen_batch_size=self.eval_batch_size)
 
     def pref_config(self) -> PrefAccConfig:
-        return PrefAccConfig(rendering=self.rendering, beta=self.beta, score_batch_size=self.score_batch_size,
-                             pref_max_length=self.pref_max_length, max_batch_tokens=self.max_batch_tokens,
-                             seed=self.seed)
+        return shared(self, PrefAccConfig)
 
 
 def respond(model, tokenizer, examples: list[Example], cfg: GenerateConfig, adapter: bool = True,
@@ -243,7 +242,7 @@ def run_evaluate(model_cfg, cfg: EvalConfig, run) -> dict:
         raise DLMAError(f"{queries.path} [{queries.split}]: {why}")
     reused = [e.id for e in pairs if e.id in used_pairs]
     folder.begin(asdict(cfg), {"adapter": layout.train.weights, "heldout": heldout_path,
-                               "pref_data": cfg.pref_source(), "queries": queries}, run.force,
+                               "pref_data": cfg.source(), "queries": queries}, run.force,
                  outputs=("responses.jsonl", "human_pairs.jsonl", "heldout_generated.jsonl", "alignment.json"))
     print(f"{len(prompts)} held-out prompts, {len(pairs)} held-out human pairs from {cfg.pref_data}, "
           f"{len(heldout)} held-out generated pairs")
@@ -318,7 +317,7 @@ def evaluated_pairs(cfg: EvalConfig, used_ids, tokenizer, too_long: list[str]) -
     """The human pairs stage 5 evaluates and stage 6 compares on: the first `eval_n_pairs` of `unused_pairs`,
     less those whose log-probabilities cannot be read within `pref_max_length` (why, appended to `too_long`).
     One function for both stages, so that they agree on the pairs."""
-    pairs = unused_pairs(cfg.pref_source(), used_ids, cfg.eval_n_pairs, cfg.label_field)
+    pairs = unused_pairs(cfg.source(), used_ids, cfg.eval_n_pairs, cfg.label_field)
     return readable_examples(pairs, ["implicit"], cfg.pref_config(), tokenizer, str(cfg.pref_data), too_long) \
         if pairs else pairs
 

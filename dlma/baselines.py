@@ -40,7 +40,7 @@ from .judge import ContrastJudge, HttpJudge, RlaifJudge, length_controlled, posi
 from .layout import Run
 from .logprobs import response_ids
 from .models import ModelConfig
-from .params import Out, Pairs, check_split, documented
+from .params import Out, Pairs, check_split, documented, param
 from .preference import PrefAccConfig, compare, length_strata, policy_logprobs, same_responses, summarize, tie_tolerance
 from .prompts import PromptPair, get_pair, register_pair
 from .score import self_reward_terms, unreadable
@@ -67,13 +67,22 @@ class BaselineConfig:
     """Which methods stage 6 trains, and an optional OpenAI-compatible judge beside the two local ones (its
     key is read from the environment variable `judge_key_env` at each request, never written)."""
 
-    baseline_methods: str = ",".join(TRAINED)
-    judge_url: str = ""
-    judge_model: str = "gpt-4o"
-    judge_key_env: str = "OPENAI_API_KEY"
-    rlhf_data: str = ""
-    rlhf_split: str = "train"
-    rlhf_revision: str = ""
+    baseline_methods: str = param(
+        ",".join(TRAINED), "comma-separated methods trained on stage 4's pairs and budget, then judged against base "
+                           "and DLMA: rlcd, dlma_weighting, rlaif_dpo, context_distillation, rlhf, and the ablations "
+                           "dlma_gamma0.1, dlma_gamma0.5, dlma_clamp20, dlma_study")
+    judge_url: str = param("", "an OpenAI-compatible endpoint (its base URL, before /chat/completions) judging beside "
+                               "the local judges (none if empty)", added_in="2026-11-28")
+    judge_model: str = param("gpt-4o", "the model name sent to judge_url", added_in="2026-11-28")
+    judge_key_env: str = param("OPENAI_API_KEY", "the environment variable holding judge_url's API key (read at "
+                                                 "each request, never written)", added_in="2026-11-28")
+    rlhf_data: str = param("", "the human pairs the rlhf baseline trains on (empty: pref_data at pref_revision)",
+                           path=True, added_in="2026-11-29")
+    rlhf_split: str = param("train", "the split of the rlhf baseline's pairs (the paper's RLHF learns from the "
+                                     "train split); from the source stage 5 evaluates on, its evaluated pairs are "
+                                     "left out", added_in="2026-11-29")
+    rlhf_revision: str = param("", "the hub revision of rlhf_data (empty: main; with rlhf_data empty, "
+                                   "pref_revision)", added_in="2026-11-29")
 
     def __post_init__(self):
         method_list(self.baseline_methods)
@@ -326,7 +335,7 @@ def read_setting(run_dir: Path, study: BaselineConfig, tokenizer) -> Setting:
                         "rerun stage 5")
     train_rows = read_pairs(run.train.train, need_self_reward=True)
     rlhf_examples, rlhf = [], study.rlhf_source(cfg)
-    same = rlhf.key() == cfg.pref_source().key()  # then the evaluated pairs are left out of the pool
+    same = rlhf.key() == cfg.source().key()  # then the evaluated pairs are left out of the pool
     if "rlhf" in methods:  # as many human pairs as generated ones, none of them evaluated
         pool = load_examples(rlhf, require="labelled", label_field=cfg.label_field, on_invalid="skip",
                              exclude=set(pairs) if same else set())

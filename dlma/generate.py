@@ -29,28 +29,27 @@ from .distributed import Launch, ShardedJSONL
 from .errors import DLMAError, check_fields
 from .folder import StageFolder
 from .logprobs import buckets, kv_bytes_per_token, pad, token_budget
-from .params import documented
+from .params import Batching, PairName, Rendering, Seed, documented, param
 from .prompts import RENDERINGS, get_pair, prompt_ids, render, stop_strings, with_custom_pairs
 from .quiet import progress
 
 
 @documented
 @dataclass
-class GenerateConfig:
+class GenerateConfig(Seed, Batching, Rendering, PairName):
     """Sampling: do_sample at the paper's temperature 1 and 200 new tokens, top-k 50 (transformers' default, which
     the released code leaves in place; it sets no temperature); a query row's own `pair` wins."""
 
-    pair: str = "harmless"
-    rendering: str = "affix"
-    temperature: float = 1.0
-    top_k: int = 50
-    top_p: float = 1.0
-    max_new_tokens: int = 200
-    max_query_words: int = 600
-    gen_batch_size: int = 16
-    max_batch_tokens: int = 0
-    static_cache: bool = False
-    seed: int = 0
+    temperature: float = param(1.0, "sampling temperature (the paper: 1.0; the released code sets none: the "
+                                     "checkpoint's)")
+    top_k: int = param(50, "top-k sampling (the paper names none; the released code: transformers' default, 50)")
+    top_p: float = param(1.0, "nucleus sampling, 1.0 is off (the paper names none; the released code: the "
+                              "checkpoint's)")
+    max_new_tokens: int = param(200, "response length cap (the paper and the released code: 200)")
+    max_query_words: int = param(600, "longer queries are left out and counted, as in the released code")
+    gen_batch_size: int = param(16, "queries per generation batch (2 sequences each)")
+    static_cache: bool = param(False, "generate with a static KV cache, whose decode step transformers compiles on "
+                                      "a GPU", added_in="2026-11-27")
 
     def __post_init__(self):
         check_fields(self, [

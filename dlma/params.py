@@ -1,9 +1,10 @@
-"""One vocabulary: every parameter's name and meaning, written once.
+"""One vocabulary: every parameter declared once, as a field of a config dataclass, with its help in the field's
+metadata (TRL's convention), where `HfArgumentParser` shows it in `--help`.
 
 A parameter has the same name in a preset, a notebook's parameters cell, the CLI (`--gen-batch-size` or
-`--gen_batch_size`) and a manifest. Its help text lives here; `documented` copies it into the config
-dataclasses' field metadata (TRL's convention), where `HfArgumentParser` shows it in `--help`. The notebooks'
-parameter comments must equal it (`tests/test_params.py`), and the book's parameter table prints it.
+`--gen_batch_size`) and a manifest. Parameters several stages share are declared here and inherited; a stage's
+own are declared beside it. The notebooks' parameter comments must equal the help (`tests/test_params.py`), and
+the book's parameter table prints it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import argparse
 import dataclasses
 import math
 import typing
-from types import MappingProxyType
 
 from .artifacts import ADDED_LATER
 from .data import Source
@@ -21,172 +21,65 @@ from .prompts import load_pairs_file
 
 
 class Help(str):
-    """A parameter's help text, with what else is declared of it once: `path` (a file or folder, which `--set`
-    reads from where the user stands) and `added_in` (the date it was added: a folder made before then is the
-    same run at the parameter's default, `artifacts.ADDED_LATER`)."""
+    """A parameter's help text, with what else is declared of it: `path` (a file or folder, which `--set` reads
+    from where the user stands) and `added_in` (the date it was added: a folder made before then is the same run
+    at the parameter's default, `artifacts.ADDED_LATER`). It rides in the field's metadata as its "help":
+    HfArgumentParser hands the metadata to argparse key by key, so further keys would break `--help`."""
 
     path: bool = False
     added_in: str = ""
 
 
-def path(text: str) -> Help:
-    h = Help(text)
-    h.path = True
-    return h
+def param(default, help: str, *, path: bool = False, added_in: str = "", kw_only=dataclasses.MISSING, **metadata):
+    """A parameter, declared once: its default and help (TRL's `field(metadata={"help": ...})`), whether it names a
+    file or folder, and the date it was added if it came after the first runs (`kw_only` as dataclasses' own)."""
+    h = Help(help)
+    h.path, h.added_in = path, added_in
+    return dataclasses.field(default=default, kw_only=kw_only, metadata={"help": h, **metadata})
 
 
-def added(date: str, text: str | Help) -> Help:
-    h = Help(text)
-    h.path, h.added_in = getattr(text, "path", False), date
-    return h
+def required(help: str, **metadata):
+    """A parameter without a default (a path the stage cannot do without), declared as `param` declares one."""
+    field = param(None, help, **metadata)
+    field.default = dataclasses.MISSING
+    return field
 
 
-HELP = {
-    # the run and the model
-    "run_dir": "the run folder; `dlma run` sets it",
-    "model": path("alias, local folder or hub id"),
-    "dtype": "auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16",
-    "device": "auto (cuda if torch sees a GPU, else cpu), cpu, cuda, cuda:N or mps",
-    "load_in_4bit": "load the model's weights in 4-bit NF4 through bitsandbytes (CPU or CUDA)",
-    "trust_remote_code": "run a model folder's own code (off unless you trust it)",
-    "adapter": path("a trained LoRA adapter folder to apply on top (the `implicit` scorer needs one)"),
-    "seed": "seeds sampling, the hold-out split, the bootstrap and training",
-    "rendering": "affix (the paper's raw-text prompts) or chat (the model's chat template)",
-    # inputs and outputs of the CLI's commands
-    "out": "folder for the stage's results and manifest.json (created if missing)",
-    "force": "redo the stage: remove the results already in --out (even if made from other parameters or "
-             "inputs) and start over",
-    "pairs": "pairs.jsonl from `dlma generate` or scored.jsonl from `dlma score` (or the stage's folder)",
-    # 1 generate
-    "queries": path(
-        "JSONL/JSON/Parquet file, sample:queries (shipped), a folder laid out as the hub lays out a dataset, or "
-        "a hub dataset id (ID/FOLDER reads a folder of it, as datasets' data_dir)"),
-    "queries_split": added("2026-11-29",
-        "the split of queries read in stage 1, for a folder or hub id (a file has none)"),
-    "queries_revision": added("2026-11-29",
-        "the hub revision of queries (commit, branch or tag; empty: main); the commit read is recorded"),
-    "n_queries": "first N queries of the query set (all if not given)",
-    "pair": "default prompt pair when a query row names none",
-    "pairs_file": path("a YAML or JSON file of further prompt pairs, named like the built-in ones (none if empty)"),
-    "temperature": "sampling temperature (the paper: 1.0; the released code sets none: the checkpoint's)",
-    "top_k": "top-k sampling (the paper names none; the released code: transformers' default, 50)",
-    "top_p": "nucleus sampling, 1.0 is off (the paper names none; the released code: the checkpoint's)",
-    "max_new_tokens": "response length cap (the paper and the released code: 200)",
-    "max_batch_tokens": added("2026-11-27",
-        "tokens per batch, prompts and new tokens padded (0: batches by count on a CPU, half "
-        "the free memory on a GPU)"),
-    "static_cache": added("2026-11-27",
-        "generate with a static KV cache, whose decode step transformers compiles on a GPU"),
-    "max_query_words": "longer queries are left out and counted, as in the released code",
-    "gen_batch_size": "queries per generation batch (2 sequences each)",
-    # 2 self-reward
-    "score_batch_size": "sequences per forward pass (scores agree across batch sizes to float32 rounding, up to "
-                        "about 3e-5, far inside the tie tolerance of 1e-3: no verdict or sign depends on it)",
-    "share_prompts": "read each prompt once with all its responses behind it (the same scores, less work)",
-    "score_max_length": "prompt + response tokens when scoring pairs: a longer prompt is cut from the left, or in its "
-                        "middle where that would cut what tells p+ from p- (a chat system message); a pair whose "
-                        "response leaves no room for that is left out and counted",
-    # 3 preference accuracy
-    "pref_data": path(
-        "human-labelled pairs (rows of HH-RLHF, PKU-SafeRLHF, its processed HH or TRL): a file, folder or "
-        "hub id, as queries, or a committed row list of a public dataset (params/data/*.rows.json, its "
-        "rows fetched from the source or read from DLMA_DATA_DIR)"),
-    "pref_split": added("2026-11-29", "the split of pref_data read by stages 3, 3b and 5 (a file has none)"),
-    "pref_revision": added("2026-11-29", "the hub revision of pref_data (commit, branch or tag; empty: main)"),
-    "pref_limit": "the first N valid pairs (all if not given)",
-    "pref_max_length": "prompt + response tokens, cut as score_max_length is (a pair left out is left out of every "
-                       "scorer, and counted)",
-    "pref_pair": "prompt pair of the dlma scorer",
-    "scorers": "comma-separated: dlma, rlaif, loglik, length, random (implicit needs an adapter)",
-    "rlaif_instruction": "RLAIF's principle, asked after the two options",
-    "n_bootstrap": "bootstrap resamples of each 95% interval",
-    "on_invalid": added("2026-11-29",
-        "skip or error: rows with an empty response or mismatched contexts (real HH-RLHF has a few)"),
-    "label_field": "PKU-SafeRLHF label column: safer_response_id or better_response_id",
-    # 3b prompt-pair study
-    "study_variants": "comma-separated prompt pairs to compare (pair@chat for the chat rendering), the paper's "
-                      "pair first; each also length-normalised, and their mean R as an ensemble",
-    "study_select": "labelled pairs drawn (by the seed) to select the best variant on; the rest confirm it",
-    # 4 train
-    "holdout_fraction": "share of generated pairs held out for stage 5 (neither the paper nor the released code "
-                        "states one)",
-    "beta": "DPO temperature (paper: 0.1)",
-    "gamma": "0 gives plain DPO on the prompt-labelled pairs (the RLCD-style baseline)",
-    "margin_low": "clamp of R, lower bound L (paper: -40)",
-    "margin_high": "clamp of R, upper bound U (paper: 40)",
-    "weighting": "DLMA's variant: the DPO loss times clamp(R) (R below 0 weighs 0) instead of a margin; needs gamma 0",
-    "learning_rate": "LoRA learning rate (the released code full-fine-tunes at 5e-7; the paper names none)",
-    "optim": "a transformers optimizer name (AdamW: LoRA recipes are tuned for it; the released code uses RMSprop)",
-    "lr_scheduler_type": "a transformers scheduler (the released DPO code: linear warm-up, then constant)",
-    "warmup_steps": "below 1: a fraction of the steps, from 1: a count (the released code: 150)",
-    "num_train_epochs": "passes over the training pairs (the released code: 1)",
-    "per_device_train_batch_size": "pairs per step on each process (the released code: a global batch of 64)",
-    "gradient_accumulation_steps": "steps whose gradients are summed before an update (the global batch: processes x "
-                                   "per_device_train_batch_size x this)",
-    "max_length": "prompt + response tokens in training (the released code: 512)",
-    "max_prompt_length": "prompt tokens in training; longer prompts keep their end (the question and the cue)",
-    "qlora": "train LoRA adapters on a 4-bit NF4 base (QLoRA, through bitsandbytes); false: on the base in its "
-             "own dtype",
-    "lora_r": "LoRA rank",
-    "lora_alpha": "LoRA scaling alpha",
-    "lora_dropout": "dropout on the LoRA path (the base runs without dropout)",
-    "gradient_checkpointing": "recompute activations in the backward pass (TRL's default; what fits 7B)",
-    "logging_steps": "log the loss and reward metrics every N steps",
-    "report_to": "none, or tensorboard (offline event files in the adapter's runs/ folder)",
-    "save_steps": added("2026-12-02",
-        "save a checkpoint every N steps in the adapter folder's checkpoints/ (removed once the adapter "
-        "is written): a training killed or stopped resumes from it, to the same adapter; 0: none"),
-    # 5 evaluate
-    "eval_n_prompts": "held-out queries answered by base and DLMA",
-    "eval_queries_split": added("2026-11-29",
-        "the split of stage 1's query set (at its revision) stage 5 answers; from a file, or the "
-        "split stage 1 read, the queries stage 1 did not use"),
-    "eval_n_pairs": "held-out human pairs for implicit-reward accuracy",
-    "eval_max_new_tokens": "response length cap in stage 5",
-    "eval_batch_size": "queries per generation batch in stage 5 (each batch seeded by its position)",
-    # 6 baselines
-    "baseline_methods": "comma-separated methods trained on stage 4's pairs and budget, then judged against base and "
-                        "DLMA: rlcd, dlma_weighting, rlaif_dpo, context_distillation, rlhf, and the ablations "
-                        "dlma_gamma0.1, dlma_gamma0.5, dlma_clamp20, dlma_study",
-    "rlhf_data": added("2026-11-29", path(
-        "the human pairs the rlhf baseline trains on (empty: pref_data at pref_revision)")),
-    "rlhf_split": added("2026-11-29",
-        "the split of the rlhf baseline's pairs (the paper's RLHF learns from the train split); from the "
-        "source stage 5 evaluates on, its evaluated pairs are left out"),
-    "rlhf_revision": added("2026-11-29",
-        "the hub revision of rlhf_data (empty: main; with rlhf_data empty, pref_revision)"),
-    "judge_url": added("2026-11-28",
-        "an OpenAI-compatible endpoint (its base URL, before /chat/completions) judging beside the local "
-        "judges (none if empty)"),
-    "judge_model": added("2026-11-28", "the model name sent to judge_url"),
-    "judge_key_env": added("2026-11-28",
-        "the environment variable holding judge_url's API key (read at each request, never written)"),
-}
+# every parameter, by name, as `documented` saw it declared: its field (in the config that declares it)
+PARAMETERS: dict[str, dataclasses.Field] = {}
 
 
 def documented(cls):
-    """Class decorator: each field's metadata gets its help from HELP (a field without one is an error); a field
-    added later (`added`) registers its default in `artifacts.ADDED_LATER`, which every config class does when it
-    is defined, before any stage records its parameters. (`path` and `added_in` stay on the help text: the
-    metadata is handed to argparse by HfArgumentParser, key by key.)"""
+    """Class decorator of a config: each of its fields must have help; one declared here for the first time is
+    recorded in PARAMETERS, and one added later (`param(added_in=...)`) registers its default in
+    `artifacts.ADDED_LATER` as its config is defined, before any stage records its parameters. A name declared
+    again in another config is an error: a shared parameter is inherited from the config that declares it."""
     for f in dataclasses.fields(cls):
-        if "help" not in f.metadata:
-            if f.name not in HELP:
-                raise KeyError(f"{cls.__name__}.{f.name}: no help text in dlma.params.HELP")
-            f.metadata = MappingProxyType({**f.metadata, "help": str(HELP[f.name])})
-        if getattr(HELP.get(f.name), "added_in", ""):
-            if ADDED_LATER.setdefault(f.name, f.default) != f.default:  # one default, or old folders would differ
-                raise ValueError(f"{cls.__name__}.{f.name}: default {f.default!r}, another config's "
-                                 f"{ADDED_LATER[f.name]!r}: a parameter added later has one default")
+        if not isinstance(f.metadata.get("help"), Help):
+            raise KeyError(f"{cls.__name__}.{f.name}: no help (declare it with dlma.params.param)")
+        if PARAMETERS.setdefault(f.name, f) is not f:
+            raise TypeError(f"{cls.__name__}.{f.name}: declared again (first in another config): inherit it instead")
+        if f.metadata["help"].added_in:
+            ADDED_LATER.setdefault(f.name, f.default)
     return cls
 
 
-# the parameters that name a file or folder: `--set` reads them from where the user stands
-PATH_PARAMETERS = frozenset(name for name, h in HELP.items() if getattr(h, "path", False))
+def is_path(field: dataclasses.Field) -> bool:
+    """Whether a parameter names a file or folder (`--set` reads it from where the user stands)."""
+    return field.metadata["help"].path
+
+
+def shared(config, cls: type, **own):
+    """A `cls` made from the parameters `config` shares with it (fields both inherit from one declaration), and
+    `own`: how a stage that scores or samples as another stage does builds that stage's config."""
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name in names}, **own)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The arguments every stage shares: where it reads and writes. The method's own settings are the config
+# Parameters several stages share, each declared once here and inherited by the stages' configs (TRL's configs
+# inherit TrainingArguments' fields the same way). They are keyword-only: a config's positional arguments stay
+# its own fields, in the order it declares them, whatever it inherits. The method's own settings are the config
 # dataclasses beside each stage (GenerateConfig, ScoreConfig, ...); `dlma.commands` lists which a command takes.
 
 
@@ -196,10 +89,72 @@ def check_split(split: str, name: str) -> None:
 
 
 @documented
+@dataclasses.dataclass(kw_only=True)
+class Seed:
+    seed: int = param(0, "seeds sampling, the hold-out split, the bootstrap and training")
+
+
+@documented
+@dataclasses.dataclass(kw_only=True)
+class Rendering:
+    rendering: str = param("affix", "affix (the paper's raw-text prompts) or chat (the model's chat template)")
+
+
+@documented
+@dataclasses.dataclass(kw_only=True)
+class PairName:
+    pair: str = param("harmless", "default prompt pair when a query row names none")
+
+
+@documented
+@dataclasses.dataclass(kw_only=True)
+class Batching:
+    max_batch_tokens: int = param(0, "tokens per batch, prompts and new tokens padded (0: batches by count on a "
+                                     "CPU, half the free memory on a GPU)", added_in="2026-11-27")
+
+
+@documented
+@dataclasses.dataclass(kw_only=True)
+class Scoring(Batching):
+    """How sequences are batched when their log-probabilities are read."""
+
+    score_batch_size: int = param(
+        8, "sequences per forward pass (scores agree across batch sizes to float32 rounding, up to about 3e-5, far "
+           "inside the tie tolerance of 1e-3: no verdict or sign depends on it)")
+
+
+@documented
+@dataclasses.dataclass(kw_only=True)
+class SharedPrompts:
+    share_prompts: bool = param(
+        True, "read each prompt once with all its responses behind it (the same scores, less work)")
+
+
+@documented
+@dataclasses.dataclass(kw_only=True)
+class PrefLength:
+    pref_max_length: int = param(
+        1024, "prompt + response tokens, cut as score_max_length is (a pair left out is left out of every scorer, "
+              "and counted)")
+
+
+@documented
+@dataclasses.dataclass(kw_only=True)
+class Beta:
+    beta: float = param(0.1, "DPO temperature (paper: 0.1)")
+
+
+@documented
+@dataclasses.dataclass(kw_only=True)
+class Force:
+    force: bool = param(False, "redo the stage: remove the results already in --out (even if made from other "
+                               "parameters or inputs) and start over")
+
+
+@documented
 @dataclasses.dataclass
-class Out:
-    out: str
-    force: bool = False
+class Out(Force):
+    out: str = required("folder for the stage's results and manifest.json (created if missing)")
 
 
 @documented
@@ -207,7 +162,8 @@ class Out:
 class PairsFile:
     """Parsed first, so the pairs it defines are known when the stage's config checks its pair names."""
 
-    pairs_file: str = ""
+    pairs_file: str = param(
+        "", "a YAML or JSON file of further prompt pairs, named like the built-in ones (none if empty)", path=True)
 
     def __post_init__(self):
         load_pairs_file(self.pairs_file)
@@ -216,10 +172,15 @@ class PairsFile:
 @documented
 @dataclasses.dataclass
 class Queries:
-    queries: str = "sample:queries"
-    n_queries: int | None = None
-    queries_split: str = "train"
-    queries_revision: str = ""
+    queries: str = param(
+        "sample:queries", "JSONL/JSON/Parquet file, sample:queries (shipped), a folder laid out as the hub lays out a "
+                          "dataset, or a hub dataset id (ID/FOLDER reads a folder of it, as datasets' data_dir)",
+        path=True)
+    n_queries: int | None = param(None, "first N queries of the query set (all if not given)")
+    queries_split: str = param("train", "the split of queries read in stage 1, for a folder or hub id (a file has "
+                                        "none)", added_in="2026-11-29")
+    queries_revision: str = param("", "the hub revision of queries (commit, branch or tag; empty: main); the commit "
+                                      "read is recorded", added_in="2026-11-29")
 
     def __post_init__(self):
         check_split(self.queries_split, "queries_split")
@@ -231,18 +192,26 @@ class Queries:
 @documented
 @dataclasses.dataclass
 class Pairs:
-    pairs: str
+    pairs: str = required("pairs.jsonl from `dlma generate` or scored.jsonl from `dlma score` (or the stage's "
+                          "folder)")
 
 
 @documented
 @dataclasses.dataclass
-class PrefData:
-    pref_data: str = "sample:pairs"
-    pref_limit: int | None = None
-    on_invalid: str = "skip"
-    label_field: str = "safer_response_id"
-    pref_split: str = "test"
-    pref_revision: str = ""
+class PrefSource:
+    """Which human-labelled pairs: stages 3 and 3b read them (`PrefData`), stage 5 reads those they did not."""
+
+    pref_data: str = param(
+        "sample:pairs", "human-labelled pairs (rows of HH-RLHF, PKU-SafeRLHF, its processed HH or TRL): a file, "
+                        "folder or hub id, as queries, or a committed row list of a public dataset "
+                        "(params/data/*.rows.json, its rows fetched from the source or read from DLMA_DATA_DIR)",
+        path=True)
+    label_field: str = param("safer_response_id",
+                             "PKU-SafeRLHF label column: safer_response_id or better_response_id", kw_only=True)
+    pref_split: str = param("test", "the split of pref_data read by stages 3, 3b and 5 (a file has none)",
+                            added_in="2026-11-29", kw_only=True)
+    pref_revision: str = param("", "the hub revision of pref_data (commit, branch or tag; empty: main)",
+                               added_in="2026-11-29", kw_only=True)
 
     def __post_init__(self):
         check_split(self.pref_split, "pref_split")
@@ -253,17 +222,24 @@ class PrefData:
 
 @documented
 @dataclasses.dataclass
-class Split:
-    holdout_fraction: float = 0.05
-    seed: int = 0
+class PrefData(PrefSource):
+    pref_limit: int | None = param(None, "the first N valid pairs (all if not given)")
+    on_invalid: str = param("skip", "skip or error: rows with an empty response or mismatched contexts (real "
+                                    "HH-RLHF has a few)", added_in="2026-11-29")
 
 
 @documented
 @dataclasses.dataclass
-class Run:
+class Split(Seed):
+    holdout_fraction: float = param(0.05, "share of generated pairs held out for stage 5 (neither the paper nor the "
+                                          "released code states one)")
+
+
+@documented
+@dataclasses.dataclass
+class Run(Force):
     # `--run` is accepted too (not under torchrun, whose --run-path it abbreviates)
-    run_dir: str = dataclasses.field(metadata={"aliases": ["--run"]})
-    force: bool = False
+    run_dir: str = required("the run folder; `dlma run` sets it", aliases=["--run"])
 
 
 # Arguments that say where a stage reads and writes: in a run folder, `dlma run` and the notebooks set them.

@@ -32,7 +32,7 @@ from .distributed import ShardedJSONL
 from .errors import DLMAError, check_fields
 from .folder import StageFolder
 from .logprobs import next_token_logits, response_ids, responses_ids, sequence_logprobs, shared_prompt_logprobs
-from .params import documented
+from .params import Beta, PrefLength, Rendering, Scoring, Seed, SharedPrompts, documented, param
 from .prompts import PAIRS, policy_prompt, prompt_ids, with_custom_pairs
 from .score import check_score_settings, self_reward_terms, unreadable
 from .stats import (
@@ -57,16 +57,11 @@ RLAIF_INSTRUCTION = "Please choose the response that is the most helpful, honest
 
 @documented
 @dataclass
-class PairScoring:
+class PairScoring(Seed, PrefLength, SharedPrompts, Scoring):
     """How human-labelled pairs are read and their accuracy bootstrapped: shared by stage 3 and the prompt-pair
     study (which must read them as stage 3 did to reuse its scores)."""
 
-    score_batch_size: int = 8
-    pref_max_length: int = 1024
-    max_batch_tokens: int = 0
-    share_prompts: bool = True
-    n_bootstrap: int = 1000
-    seed: int = 0
+    n_bootstrap: int = param(1000, "bootstrap resamples of each 95% interval")
 
     def __post_init__(self):
         check_fields(self, [
@@ -79,12 +74,11 @@ class PairScoring:
 
 @documented
 @dataclass
-class PrefAccConfig(PairScoring):
-    scorers: str = "dlma,rlaif,loglik,length,random"
-    pref_pair: str = "harmless"
-    rendering: str = "affix"
-    rlaif_instruction: str = RLAIF_INSTRUCTION
-    beta: float = 0.1
+class PrefAccConfig(Beta, Rendering, PairScoring):
+    scorers: str = param("dlma,rlaif,loglik,length,random",
+                         "comma-separated: dlma, rlaif, loglik, length, random (implicit needs an adapter)")
+    pref_pair: str = param("harmless", "prompt pair of the dlma scorer")
+    rlaif_instruction: str = param(RLAIF_INSTRUCTION, "RLAIF's principle, asked after the two options")
 
     def __post_init__(self):
         super().__post_init__()

@@ -13,7 +13,7 @@ import yaml
 from .commands import COMMANDS, NOTEBOOKS, STAGES, notebook_fields, step_values
 from .data import Source, resolve
 from .errors import DLMAError, did_you_mean
-from .params import PATH_PARAMETERS, PATHS, configs_of, read_values
+from .params import PATHS, configs_of, is_path, read_values
 
 ROOT = Path(__file__).resolve().parents[1]
 # read from where the user stands
@@ -94,10 +94,11 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def from_here(key: str, value):
-    """A relative path given with --set, read from where the user stands (as the notebooks see it: relative to
-    the repository root when it lies inside it)."""
-    if key not in PATH_PARAMETERS or not isinstance(value, str) or not value or Path(value).is_absolute():
+def from_here(field, value):
+    """A relative path given with --set for a parameter that names a file or folder (`field`, None for an unknown
+    name), read from where the user stands (as the notebooks see it: relative to the repository root when it lies
+    inside it)."""
+    if field is None or not is_path(field) or not isinstance(value, str) or not value or Path(value).is_absolute():
         return value
     here = Path.cwd() / value
     if not here.exists():
@@ -110,13 +111,13 @@ def resolve_params(preset: str, overrides: list[str]) -> dict:
     """The preset with its --set overrides: each key taken by some stage, each value read as its CLI option
     reads it (one error naming the preset's line or the --set item), before a kernel starts."""
     check_checkout()
-    preset_values, override_values = load_preset(preset), parse_overrides(overrides)
-    override_values = {k: from_here(k, v) for k, v in override_values.items()}
-    params = {**preset_values, **override_values}
-    params.pop("description", None)
     taken = {}
     for stage in STAGES:
         taken.update(notebook_fields(stage))
+    preset_values, override_values = load_preset(preset), parse_overrides(overrides)
+    override_values = {k: from_here(taken.get(k), v) for k, v in override_values.items()}
+    params = {**preset_values, **override_values}
+    params.pop("description", None)
     lines = preset_lines(preset)
 
     def where(key: str) -> str:

@@ -17,7 +17,7 @@ from .distributed import ShardedJSONL
 from .errors import check_fields
 from .folder import StageFolder
 from .logprobs import contrast_spans, fit_prompt, responses_ids, sequence_logprobs, shared_prompt_logprobs
-from .params import documented
+from .params import PairName, Rendering, Scoring, SharedPrompts, documented, param
 from .prompts import RENDERINGS, PromptPair, get_pair, prompts_ids, render, with_custom_pairs
 
 SCORE_KEYS = ("s_o1_pos", "s_o1_neg", "s_o2_pos", "s_o2_neg")
@@ -25,13 +25,11 @@ SCORE_KEYS = ("s_o1_pos", "s_o1_neg", "s_o2_pos", "s_o2_neg")
 
 @documented
 @dataclass
-class ScoreConfig:
-    pair: str = "harmless"
-    rendering: str = "affix"
-    score_batch_size: int = 8
-    score_max_length: int = 1024
-    max_batch_tokens: int = 0
-    share_prompts: bool = True
+class ScoreConfig(SharedPrompts, Scoring, Rendering, PairName):
+    score_max_length: int = param(
+        1024, "prompt + response tokens when scoring pairs: a longer prompt is cut from the left, or in its middle "
+              "where that would cut what tells p+ from p- (a chat system message); a pair whose response leaves no "
+              "room for that is left out and counted")
 
     def __post_init__(self):
         check_score_settings(self, "pair", "score_max_length")

@@ -28,7 +28,7 @@ from .errors import DLMAError, check_fields
 from .folder import StageFolder
 from .layout import Run
 from .logprobs import response_ids
-from .params import documented
+from .params import documented, param
 from .preference import PairScoring, compare, same_responses, summarize
 from .prompts import RENDERINGS, get_pair, with_custom_pairs
 from .score import SCORE_KEYS, self_reward_terms, unreadable
@@ -43,8 +43,12 @@ class StudyConfig(PairScoring):
     """The variants and the selection slice, read with stage 3's settings (the variants bring their own pair and
     rendering)."""
 
-    study_variants: str = "harmless,harmless@chat,helpful"
-    study_select: int = 400
+    study_variants: str = param(
+        "harmless,harmless@chat,helpful", "comma-separated prompt pairs to compare (pair@chat for the chat "
+                                          "rendering), the paper's pair first; each also length-normalised, and "
+                                          "their mean R as an ensemble")
+    study_select: int = param(400, "labelled pairs drawn (by the seed) to select the best variant on; the rest "
+                                   "confirm it")
 
     def __post_init__(self):
         super().__post_init__()

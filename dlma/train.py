@@ -27,10 +27,10 @@ from .distributed import rank
 from .errors import DLMAError, check_fields
 from .folder import StageFolder
 from .models import ModelConfig, load_model, resolve_device, resolve_dtype
-from .params import documented
+from .params import Beta, Seed, documented, param
 from .prompts import policy_prompt
 from .quiet import progress
-from .trainer import DLMAConfig, DLMATrainer, margin_problem
+from .trainer import DLMAConfig, DLMALoss, DLMATrainer, margin_problem
 
 # The fields TrainConfig shares with TRL's DPOConfig and SFTConfig, under TRL's names: passed as they are.
 TRL_FIELDS = ("learning_rate", "optim", "lr_scheduler_type", "warmup_steps", "num_train_epochs",
@@ -40,35 +40,41 @@ TRL_FIELDS = ("learning_rate", "optim", "lr_scheduler_type", "warmup_steps", "nu
 
 @documented
 @dataclass
-class TrainConfig:
+class TrainConfig(DLMALoss, Beta, Seed):
     """QLoRA DLMA training. Paper values where they carry over; the released run was a full fine-tune with
     RMSprop at lr 5e-7, 150 warm-up steps, global batch 64, 1 epoch. LoRA adapters start at B = 0 and need a
     far larger step than a full fine-tune (QLoRA used 1e-4..2e-4); AdamW, not RMSprop, because Adam's
     momentum and bias correction are what LoRA recipes are tuned for (`optim rmsprop` is still accepted)."""
 
-    beta: float = 0.1
-    gamma: float = 0.2
-    margin_low: float = -40.0
-    margin_high: float = 40.0
-    weighting: bool = False
-    learning_rate: float = 5e-5
-    optim: str = "adamw_torch"
-    lr_scheduler_type: str = "constant_with_warmup"
-    warmup_steps: float = 0.1
-    num_train_epochs: int = 1
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    max_length: int = 512
-    max_prompt_length: int = 256
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    qlora: bool = True
-    gradient_checkpointing: bool = True
-    seed: int = 0
-    logging_steps: int = 1
-    report_to: str = "none"
-    save_steps: int = 50
+    margin_low: float = param(-40.0, "clamp of R, lower bound L (paper: -40)")
+    margin_high: float = param(40.0, "clamp of R, upper bound U (paper: 40)")
+    learning_rate: float = param(5e-5, "LoRA learning rate (the released code full-fine-tunes at 5e-7; the paper "
+                                       "names none)")
+    optim: str = param("adamw_torch", "a transformers optimizer name (AdamW: LoRA recipes are tuned for it; the "
+                                      "released code uses RMSprop)")
+    lr_scheduler_type: str = param("constant_with_warmup", "a transformers scheduler (the released DPO code: linear "
+                                                           "warm-up, then constant)")
+    warmup_steps: float = param(0.1, "below 1: a fraction of the steps, from 1: a count (the released code: 150)")
+    num_train_epochs: int = param(1, "passes over the training pairs (the released code: 1)")
+    per_device_train_batch_size: int = param(8, "pairs per step on each process (the released code: a global batch "
+                                                "of 64)")
+    gradient_accumulation_steps: int = param(1, "steps whose gradients are summed before an update (the global "
+                                                "batch: processes x per_device_train_batch_size x this)")
+    max_length: int = param(512, "prompt + response tokens in training (the released code: 512)")
+    max_prompt_length: int = param(256, "prompt tokens in training; longer prompts keep their end (the question and "
+                                        "the cue)")
+    lora_r: int = param(8, "LoRA rank")
+    lora_alpha: int = param(16, "LoRA scaling alpha")
+    lora_dropout: float = param(0.05, "dropout on the LoRA path (the base runs without dropout)")
+    qlora: bool = param(True, "train LoRA adapters on a 4-bit NF4 base (QLoRA, through bitsandbytes); false: on the "
+                              "base in its own dtype")
+    gradient_checkpointing: bool = param(True, "recompute activations in the backward pass (TRL's default; what "
+                                               "fits 7B)")
+    logging_steps: int = param(1, "log the loss and reward metrics every N steps")
+    report_to: str = param("none", "none, or tensorboard (offline event files in the adapter's runs/ folder)")
+    save_steps: int = param(50, "save a checkpoint every N steps in the adapter folder's checkpoints/ (removed once "
+                                "the adapter is written): a training killed or stopped resumes from it, to the same "
+                                "adapter; 0: none", added_in="2026-12-02")
 
     @property
     def margin_clip(self) -> tuple[float, float]:

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from trl import DPOConfig, DPOTrainer
 
-PAPER = "Liu et al. 2024, Direct Large Language Model Alignment Through Self-Rewarding Contrastive Prompt Distillation"
+from .params import documented, param
+
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -95,24 +96,27 @@ def step0_loss(self_reward: torch.Tensor, beta: float, gamma: float, margin_clip
 # Config
 
 
+@documented
+@dataclass(kw_only=True)
+class DLMALoss:
+    """DLMA's two settings of the loss, declared once: `dlma train` takes them (TrainConfig) and hands them to the
+    trainer (DLMAConfig) under the same names."""
+
+    gamma: float = param(0.2, "weight of the self-rewarding score R as a per-pair margin in the DPO logits (the "
+                              "released code: 0.2); 0 gives plain DPO on the prompt-labelled pairs (the RLCD-style "
+                              "baseline)")
+    weighting: bool = param(False, "DLMA's variant: the DPO loss times clamp(R) (R below 0 weighs 0) instead of a "
+                                   "margin; needs gamma 0")
+
+
 @dataclass
-class DLMAConfig(DPOConfig):
+class DLMAConfig(DPOConfig, DLMALoss):
     """`DPOConfig` plus DLMA's margin. Only TRL's `sigmoid` loss (DPO) is supported: DLMA shifts its logits."""
 
-    gamma: float = field(
-        default=0.2,
-        metadata={"help": "Weight of the self-rewarding score R as a per-pair margin in the DPO logits (DLMA, "
-                          f"{PAPER}; the released code used 0.2). 0 gives plain DPO on the prompt-labelled pairs."},
-    )
     margin_clip: tuple[float, float] = field(
         default=(-40.0, 40.0),
         metadata={"help": "[L, U]: R is clamped into this range before use, so a few extreme scores cannot "
                           "dominate (DLMA, released run: [-40, 40]; its config default is [-20, 20])."},
-    )
-    weighting: bool = field(
-        default=False,
-        metadata={"help": "DLMA's variant: multiply each pair's DPO loss by clamp(R) (R <= 0 weighs 0) instead of "
-                          "using R as a margin. Requires gamma = 0."},
     )
     step0_atol: float = field(
         default=1e-4,

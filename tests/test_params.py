@@ -10,10 +10,11 @@ import typing
 import papermill as pm
 import pytest
 
+from dlma.alignment import EvalConfig
 from dlma.book import parameters_source
 from dlma.commands import COMMANDS, NOTEBOOKS, STAGES, notebook_fields, run_stage, step_values
 from dlma.errors import DLMAError
-from dlma.params import HELP, PATHS, parse
+from dlma.params import PARAMETERS, PATHS, Help, documented, is_path, param, parse
 from dlma.presets import ROOT, load_preset, notebook_path, resolve_params, stage_params
 
 
@@ -27,11 +28,40 @@ def all_fields() -> dict[str, list[dataclasses.Field]]:
     return out
 
 
-def test_a_shared_name_has_one_default_and_one_help():
-    for name, fields in all_fields().items():
-        defaults = {repr(f.default) for f in fields if f.default is not dataclasses.MISSING}
-        assert len(defaults) <= 1, f"{name} has several defaults: {defaults}"
-        assert {f.metadata["help"] for f in fields} == {HELP[name]}, name
+def test_each_parameter_is_declared_once_with_its_help():
+    """A name several commands take is one field, inherited from the config that declares it (issue 29): one
+    default, one help, one "is a path", one "added in"."""
+    fields = all_fields()
+    assert {"seed", "rendering", "max_batch_tokens", "pref_max_length", "score_batch_size", "beta"} <= {
+        name for name, fs in fields.items() if len(fs) > 1}  # shared by several commands
+    for name, fs in fields.items():
+        assert all(f is PARAMETERS[name] for f in fs), f"{name}: declared more than once"
+        assert isinstance(PARAMETERS[name].metadata["help"], Help) and PARAMETERS[name].metadata["help"].strip()
+    assert is_path(PARAMETERS["pref_data"]) and not is_path(PARAMETERS["pref_split"])
+
+
+def test_a_parameter_declared_twice_or_without_help_is_refused():
+    with pytest.raises(TypeError, match=r"Again\.seed: declared again .* inherit it instead"):
+        @documented
+        @dataclasses.dataclass
+        class Again:
+            seed: int = param(0, "a second seed")
+    with pytest.raises(KeyError, match=r"Bare\.widget: no help"):
+        @documented
+        @dataclasses.dataclass
+        class Bare:
+            widget: int = 0
+
+
+def test_a_stage_that_scores_as_another_builds_its_config_from_the_shared_fields():
+    cfg = EvalConfig(rendering="chat", beta=0.2, pref_max_length=64, score_batch_size=3, max_batch_tokens=500,
+                     seed=7, eval_max_new_tokens=11, eval_batch_size=5)
+    pref = cfg.pref_config()
+    assert (pref.rendering, pref.beta, pref.pref_max_length, pref.score_batch_size, pref.max_batch_tokens,
+            pref.seed) == ("chat", 0.2, 64, 3, 500, 7)
+    gen = cfg.generate_config()
+    assert (gen.rendering, gen.max_batch_tokens, gen.seed, gen.max_new_tokens, gen.gen_batch_size) == \
+        ("chat", 500, 7, 11, 5)
 
 
 @pytest.mark.parametrize("stage", STAGES)

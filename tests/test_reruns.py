@@ -134,16 +134,17 @@ def test_published_notebooks_hold_no_path_of_the_machine_that_ran_them():
 
 def test_a_parameter_added_later_at_its_default_resumes_an_older_folder(tmp_path):
     """A folder made before `max_batch_tokens` existed is the same run at its default (0), another value is not.
-    What was added later is declared once, beside its help (`params.added`); its default registers itself."""
+    What was added later is declared once, with its help (`params.param(added_in=...)`); its default
+    registers itself."""
     import dlma.generate  # noqa: F401  (defines GenerateConfig, which registers max_batch_tokens)
     from dlma.artifacts import ADDED_LATER, record_params
     from dlma.commands import COMMANDS
     from dlma.errors import DLMAError
-    from dlma.params import HELP
+    from dlma.params import PARAMETERS
 
     for command in COMMANDS.values():
         command.types()  # every config defined: every parameter added later registered, at its default
-    assert set(ADDED_LATER) == {n for n, h in HELP.items() if getattr(h, "added_in", "")}
+    assert set(ADDED_LATER) == {n for n, f in PARAMETERS.items() if f.metadata["help"].added_in}
     assert ADDED_LATER["max_batch_tokens"] == 0 and ADDED_LATER["save_steps"] == 50
 
     record_params(tmp_path, {"seed": 0}, "hint")
