@@ -42,7 +42,7 @@ from .logprobs import response_ids
 from .models import ModelConfig
 from .params import Out, Pairs, check_split, documented, param
 from .preference import PrefAccConfig, compare, length_strata, policy_logprobs, same_responses, summarize, tie_tolerance
-from .prompts import PromptPair, get_pair, register_pair
+from .prompts import get_pair, pairs_from_definitions
 from .score import self_reward_terms, unreadable
 from .stats import bootstrap_ci, bootstrap_items_ci, outcomes
 from .study import StudyConfig, candidate_scores, needs, terms_row
@@ -260,15 +260,15 @@ def study_rewards(model, tokenizer, rows: list[dict], study_dir: Path, score_bat
             raise DLMAError(f"{study_dir / name}: no such file (dlma_study needs stage 3b's prompt-pair study)")
     selected = read_json(study_dir / "study.json")["selected"]
     study_params = read_json(study_dir / "params.json")
-    for definition in study_params.get("pair_definitions", {}).values():  # the study's own pairs file, as it read it
-        register_pair(PromptPair(**definition))
+    prompt_pairs = pairs_from_definitions(study_params.get("pair_definitions", {}))  # the study's own, as it read them
     variants = StudyConfig(study_variants=study_params["study_variants"]).variant_list()
     ids = [str(r["id"]) for r in rows]
     items = [(r["turns"], r["o1"], r["o2"]) for r in rows]
     wanted = needs(selected, [v for v, _, _ in variants])
     used = [(v, pair, rendering) for v, pair, rendering in variants if v in wanted]
+    used = [(v, get_pair(pair, prompt_pairs), rendering) for v, pair, rendering in used]
     for v, pair, rendering in used:
-        for i, why in zip(ids, unreadable(items, tokenizer, max_length, get_pair(pair), rendering), strict=True):
+        for i, why in zip(ids, unreadable(items, tokenizer, max_length, pair, rendering), strict=True):
             if why:
                 raise DLMAError(f"{study_dir.parent / '04_train_dlma' / 'train.jsonl'}: pair {i!r} under {v}: {why} "
                                 f"(dlma_study reads the training pairs at pref_max_length)")
@@ -276,7 +276,7 @@ def study_rewards(model, tokenizer, rows: list[dict], study_dir: Path, score_bat
     ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
     with ctx:
         for v, pair, rendering in used:
-            terms = self_reward_terms(model, tokenizer, items, get_pair(pair), rendering, score_batch_size,
+            terms = self_reward_terms(model, tokenizer, items, pair, rendering, score_batch_size,
                                       max_length=max_length, desc=v,
                                       share_prompts=True, max_tokens=max_tokens)
             for i, r, t in zip(ids, rows, terms, strict=True):

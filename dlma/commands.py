@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from . import lock
 from .errors import DLMAError, did_you_mean
 from .layout import FOLDERS, Run
-from .params import PATHS, PairsFile, argument_parser, fields_of, parse
+from .params import PATHS, PairsFile, argument_parser, fields_of, pairs_of, parse
 
 
 def load(name: str):
@@ -27,7 +27,7 @@ def load(name: str):
 class Command:
     help: str
     configs: tuple[str, ...]  # the dataclasses its options come from, in order
-    stage: str  # called with one instance of each (the pairs file did its work when parsed)
+    stage: str  # called with one instance of each; a pairs file as the prompt pairs it read (`prompt_pairs=`)
     summary: str  # (result, its out or run argument) -> the line(s) the CLI prints
 
     def types(self) -> list[type]:
@@ -37,6 +37,8 @@ class Command:
         return argument_parser(self.types(), prog=f"dlma {name}", description=self.help)
 
     def run(self, configs: list, **kwargs):
+        if any(isinstance(c, PairsFile) for c in configs):
+            kwargs["prompt_pairs"] = pairs_of(configs)
         try:
             return load(self.stage)(*[c for c in configs if not isinstance(c, PairsFile)], **kwargs)
         finally:  # a stage that failed midway lets its folder go (a finished one already has)

@@ -28,6 +28,7 @@ import math
 import os
 import re
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -379,6 +380,7 @@ def load_examples(
     skipped: list[str] | None = None,
     exclude: set[str] | frozenset[str] = frozenset(),
     revision: str = "",
+    pairs: Mapping = PAIRS,
 ) -> list[Example]:
     """Validated examples from `source` (a `Source`, or a name read at `split` and `revision`).
 
@@ -387,7 +389,8 @@ def load_examples(
     (an empty response, chosen/rejected with different contexts: real HH-RLHF has a few) and appends
     their messages to `skipped`. Structural faults (malformed JSON, a missing field, an unknown
     prompt pair) always raise.
-    `limit` counts valid examples; rows whose id is in `exclude` are passed over (used elsewhere).
+    `limit` counts valid examples; rows whose id is in `exclude` are passed over (used elsewhere). A row's
+    `pair` must be one of `pairs` (the built-in ones, or those of the stage's pairs file).
     """
     if on_invalid not in ("error", "skip"):
         raise DLMAError(f"on_invalid must be 'error' or 'skip', got '{on_invalid}'")
@@ -400,7 +403,7 @@ def load_examples(
     first_line: dict[str, str] = {}
     for n, row in rows:
         try:
-            ex = parse_row(row, name, n, label_field)
+            ex = parse_row(row, name, n, label_field, pairs)
             if require == "labelled" and not ex.labelled:
                 raise _Invalid(f"{where(name, n, 'chosen')}: missing (this stage needs labelled pairs)", True)
         except _Invalid as e:
@@ -442,8 +445,9 @@ class _Invalid(Exception):
         self.structural = structural
 
 
-def parse_row(row: object, name: str, n: int, label_field: str = "safer_response_id") -> Example:
-    ex = _parse_row(row, name, n, label_field)
+def parse_row(row: object, name: str, n: int, label_field: str = "safer_response_id",
+              pairs: Mapping = PAIRS) -> Example:
+    ex = _parse_row(row, name, n, label_field, pairs)
     for key, texts in (("prompt", ex.turns), ("chosen", [ex.chosen or ""]), ("rejected", [ex.rejected or ""])):
         for value in texts:
             if unreadable_text(value):
@@ -460,16 +464,16 @@ def unreadable_text(value: str) -> str | None:
     return f"holds {what} at character {value.index(bad) + 1} (not text a model can read)"
 
 
-def _parse_row(row: object, name: str, n: int, label_field: str) -> Example:
+def _parse_row(row: object, name: str, n: int, label_field: str, pairs: Mapping) -> Example:
     if not isinstance(row, dict):
         raise _Invalid(f"{where(name, n)}: a row must be a JSON object, got {type(row).__name__}", True)
     rid = str(row.get("id", row.get("test_index", n)))
     pair = row.get("pair")
     if pair is not None and not isinstance(pair, str):
         raise _Invalid(f"{where(name, n, 'pair')}: expected the name of a prompt pair, got {type(pair).__name__}", True)
-    if pair is not None and pair not in PAIRS:
+    if pair is not None and pair not in pairs:
         try:
-            get_pair(str(pair), where(name, n, "pair"))
+            get_pair(pair, pairs, where(name, n, "pair"))
         except DLMAError as e:
             raise _Invalid(str(e), True) from None
 
@@ -631,9 +635,11 @@ def pairs_file(path) -> Path:
     return path
 
 
-def read_pairs(path, need_self_reward: bool = False, dropped: list[str] | None = None) -> list[ScoredPair]:
+def read_pairs(path, need_self_reward: bool = False, dropped: list[str] | None = None,
+               pairs: Mapping | None = None) -> list[ScoredPair]:
     """Generated (or scored) pairs, each row checked: id, turns (a list of strings, user first), o1, o2
-    (strings), and where present pair, rendering, self_reward (or required, with `need_self_reward`).
+    (strings), and where present pair (a name, among `pairs` when the reader needs the pair itself), rendering,
+    self_reward (or required, with `need_self_reward`).
     A pair with an empty response is left out (an empty response has no token for S to score) and its
     reason appended to `dropped`; anything else wrong is one error naming file, line and field."""
     path = pairs_file(path)
@@ -641,7 +647,7 @@ def read_pairs(path, need_self_reward: bool = False, dropped: list[str] | None =
     for n, row in _read_file(path):  # the loader's reader: one error naming the file and line
         if not isinstance(row, dict):
             raise DLMAError(f"{where(path, n)}: a row must be a JSON object, got {type(row).__name__}")
-        problem = _pair_row_problem(row, need_self_reward)
+        problem = _pair_row_problem(row, need_self_reward, pairs)
         if problem:
             raise DLMAError(f"{where(path, n, problem[0])}: {problem[1]}")
         if row["id"] in first_line:
@@ -656,7 +662,7 @@ def read_pairs(path, need_self_reward: bool = False, dropped: list[str] | None =
     return usable(str(path), rows, empty, dropped, "pairs")
 
 
-def _pair_row_problem(row: dict, need_self_reward: bool) -> tuple[str, str] | None:
+def _pair_row_problem(row: dict, need_self_reward: bool, pairs: Mapping | None) -> tuple[str, str] | None:
     """(field, what is wrong) for the first bad field of a pairs row, or None."""
     for key in ("id", "turns", "o1", "o2"):
         if key not in row:
@@ -673,8 +679,10 @@ def _pair_row_problem(row: dict, need_self_reward: bool) -> tuple[str, str] | No
         problem = next(filter(None, map(unreadable_text, texts)), None)
         if problem:
             return key, problem
-    for key, known in (("pair", PAIRS), ("rendering", RENDERINGS)):
-        if key in row and (not isinstance(row[key], str) or row[key] not in known):
+    if "pair" in row and not (isinstance(row["pair"], str) and row["pair"]):
+        return "pair", f"expected the name of a prompt pair, got {row['pair']!r}"
+    for key, known in (("pair", pairs), ("rendering", RENDERINGS)):
+        if key in row and known is not None and row[key] not in known:
             what = "prompt pair" if key == "pair" else key
             return key, f"unknown {what} {row[key]!r} (known: {', '.join(sorted(known))})"
     value = row.get("self_reward")

@@ -16,6 +16,7 @@ compiles on a GPU.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from .errors import DLMAError, check_fields
 from .folder import StageFolder
 from .logprobs import buckets, kv_bytes_per_token, pad, token_budget
 from .params import Batching, PairName, Rendering, Seed, documented, param
-from .prompts import RENDERINGS, get_pair, prompt_ids, render, stop_strings, with_custom_pairs
+from .prompts import PAIRS, RENDERINGS, PromptPair, get_pair, prompt_ids, render, stop_strings, with_custom_pairs
 from .quiet import progress
 
 
@@ -62,7 +63,9 @@ class GenerateConfig(Seed, Batching, Rendering, PairName):
             (self.max_batch_tokens >= 0, ("max_batch_tokens",), "must be >= 0 (0: by count on a CPU, auto on a GPU)"),
             (self.rendering in RENDERINGS, ("rendering",), f"must be one of {', '.join(RENDERINGS)}"),
         ])
-        get_pair(self.pair, "GenerateConfig: pair")
+
+    def check_pairs(self, prompt_pairs) -> None:
+        get_pair(self.pair, prompt_pairs, "GenerateConfig: pair")
 
 
 def cut_response(tokens: list[int], tokenizer, eos_ids: set[int], stops: list[str]) -> tuple[list[int], str]:
@@ -139,11 +142,12 @@ def sample(model, tokenizer, prompts: list[list[int]], cfg: GenerateConfig, seed
     return [cut_response(o, tokenizer, eos, stops) for o in out]
 
 
-def generate_batch(model, tokenizer, examples: list[Example], cfg: GenerateConfig, batch_index: int) -> list[dict]:
-    prompts, pairs = [], []
+def generate_batch(model, tokenizer, examples: list[Example], cfg: GenerateConfig, batch_index: int,
+                   prompt_pairs: Mapping[str, PromptPair] = PAIRS) -> list[dict]:
+    prompts, names = [], []
     for ex in examples:
-        pair = get_pair(ex.pair or cfg.pair, f"{ex.source}: field 'pair'")
-        pairs.append(pair.name)
+        pair = get_pair(ex.pair or cfg.pair, prompt_pairs, f"{ex.source}: field 'pair'")
+        names.append(pair.name)
         for side in ("pos", "neg"):
             prompts.append(prompt_ids(render(ex.turns, pair, side, cfg.rendering, tokenizer), tokenizer, cfg.rendering))
     out = sample(model, tokenizer, prompts, cfg, batch_seed(cfg.seed, batch_index))
@@ -153,7 +157,7 @@ def generate_batch(model, tokenizer, examples: list[Example], cfg: GenerateConfi
         rows.append({
             "id": ex.id,
             "turns": ex.turns,
-            "pair": pairs[k],
+            "pair": names[k],
             "rendering": cfg.rendering,
             "o1": tokenizer.decode(o1, skip_special_tokens=True).strip(),  # under p+
             "o2": tokenizer.decode(o2, skip_special_tokens=True).strip(),  # under p-
@@ -166,7 +170,8 @@ def generate_batch(model, tokenizer, examples: list[Example], cfg: GenerateConfi
     return rows
 
 
-def query_batches(model, tokenizer, examples: list[Example], cfg: GenerateConfig) -> tuple[list[list[Example]], int]:
+def query_batches(model, tokenizer, examples: list[Example], cfg: GenerateConfig,
+                  prompt_pairs: Mapping[str, PromptPair] = PAIRS) -> tuple[list[list[Example]], int]:
     """(batches, token budget): `gen_batch_size` queries in query order when there is no budget; else
     length-sorted batches whose 2 x queries x (longest prompt + max_new_tokens) fit the budget."""
     budget = token_budget(model, cfg.max_batch_tokens, kv_bytes_per_token(model), share=0.6)
@@ -174,14 +179,15 @@ def query_batches(model, tokenizer, examples: list[Example], cfg: GenerateConfig
         return [examples[i : i + cfg.gen_batch_size] for i in range(0, len(examples), cfg.gen_batch_size)], 0
     widths = []
     for ex in examples:
-        pair = get_pair(ex.pair or cfg.pair, f"{ex.source}: field 'pair'")
+        pair = get_pair(ex.pair or cfg.pair, prompt_pairs, f"{ex.source}: field 'pair'")
         widths.append(max(len(prompt_ids(render(ex.turns, pair, side, cfg.rendering, tokenizer), tokenizer,
                                          cfg.rendering)) for side in ("pos", "neg")) + cfg.max_new_tokens)
     return [[examples[i] for i in b] for b in buckets(widths, cfg.gen_batch_size, budget // 2)], budget
 
 
 def generate_pairs(model, tokenizer, examples: list[Example], cfg: GenerateConfig, out_path: str | Path,
-                   info: dict | None = None, at: Launch | None = None) -> list[dict]:
+                   info: dict | None = None, at: Launch | None = None,
+                   prompt_pairs: Mapping[str, PromptPair] = PAIRS) -> list[dict]:
     """Generate (o1, o2) for every query into `out_path` (JSONL, in query order), resuming what is already
     there. `info` receives the token budget the batches were formed under (0: by count). Under a launch of
     several processes (`at`), each takes every world-th batch and the main process merges (dlma.distributed):
@@ -191,7 +197,7 @@ def generate_pairs(model, tokenizer, examples: list[Example], cfg: GenerateConfi
     store = ShardedJSONL(out_path, at=at)
     if store.finished:
         return store.rows
-    batches, budget = query_batches(model, tokenizer, examples, cfg)
+    batches, budget = query_batches(model, tokenizer, examples, cfg, prompt_pairs)
     if info is not None:
         info["max_batch_tokens"] = budget
     mine = at.mine(batches)
@@ -202,24 +208,26 @@ def generate_pairs(model, tokenizer, examples: list[Example], cfg: GenerateConfi
         for b, batch in todo:
             # a batch cut short mid-write has some rows on disk: regenerate it whole (same seed, same
             # rows) and append only the missing ones, so no row is written twice
-            store.append([r for r in generate_batch(model, tokenizer, batch, cfg, b) if r["id"] not in store.done])
+            rows = generate_batch(model, tokenizer, batch, cfg, b, prompt_pairs)
+            store.append([r for r in rows if r["id"] not in store.done])
             bar.update(len(batch))
     store.finish(order=[ex.id for ex in examples] if budget or at.world > 1 else None)
     return store.rows
 
 
-def run_generate(model_cfg, data, cfg: GenerateConfig, out, model=None) -> list[dict]:
+def run_generate(model_cfg, data, cfg: GenerateConfig, out, model=None,
+                 prompt_pairs: Mapping[str, PromptPair] = PAIRS) -> list[dict]:
     """Stage 1 (`dlma generate`): `pairs.jsonl` in `out.out`, one (o1 under p+, o2 under p-) per query of
-    `data` (params.Queries). Queries longer than `max_query_words` are left out, as in the released code,
-    and counted."""
+    `data` (params.Queries), under the prompt pair each query names (or `cfg.pair`), among `prompt_pairs`. Queries
+    longer than `max_query_words` are left out, as in the released code, and counted."""
     folder = StageFolder(out.out, "generate", model_cfg, model)
     check_limit(data.n_queries, "n_queries")
-    examples = load_examples(data.source(), limit=data.n_queries)
+    examples = load_examples(data.source(), limit=data.n_queries, pairs=prompt_pairs)
     for ex in examples:  # fail on a bad pair name before any generation
-        get_pair(ex.pair or cfg.pair, f"{ex.source}: field 'pair'")
+        get_pair(ex.pair or cfg.pair, prompt_pairs, f"{ex.source}: field 'pair'")
     params = {"queries": str(data.queries), "n_queries": data.n_queries, "queries_split": data.queries_split,
               "queries_revision": data.queries_revision, **asdict(cfg),
-              **with_custom_pairs(ex.pair or cfg.pair for ex in examples)}
+              **with_custom_pairs((ex.pair or cfg.pair for ex in examples), prompt_pairs)}
     words = [sum(len(t.split()) for t in ex.turns) for ex in examples]
     too_long = [f"{ex.source}: field 'prompt': {n} words" for ex, n in zip(examples, words, strict=True)
                 if n > cfg.max_query_words]
@@ -232,7 +240,7 @@ def run_generate(model_cfg, data, cfg: GenerateConfig, out, model=None) -> list[
         folder.release()
         return read_jsonl(folder.path / "pairs.jsonl")
     info: dict = {}
-    rows = generate_pairs(*folder.model(), examples, cfg, folder.path / "pairs.jsonl", info, at)
+    rows = generate_pairs(*folder.model(), examples, cfg, folder.path / "pairs.jsonl", info, at, prompt_pairs)
     folder.finish(n_pairs=len(rows), dropped={"over_max_query_words": too_long}, processes=at.world, **info)
     return rows
 

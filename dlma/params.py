@@ -17,7 +17,7 @@ import typing
 from .artifacts import ADDED_LATER
 from .data import Source
 from .errors import DLMAError, did_you_mean
-from .prompts import load_pairs_file
+from .prompts import PAIRS, prompt_pairs
 
 
 class Help(str):
@@ -160,13 +160,14 @@ class Out(Force):
 @documented
 @dataclasses.dataclass
 class PairsFile:
-    """Parsed first, so the pairs it defines are known when the stage's config checks its pair names."""
+    """The prompt pairs a stage can name: the built-in ones and the file's, read once (`pairs`, not an option)
+    and handed to the stage, which checks its configs' pair names against them (`configs_of`)."""
 
     pairs_file: str = param(
         "", "a YAML or JSON file of further prompt pairs, named like the built-in ones (none if empty)", path=True)
 
     def __post_init__(self):
-        load_pairs_file(self.pairs_file)
+        self.pairs = prompt_pairs(self.pairs_file)
 
 
 @documented
@@ -334,8 +335,19 @@ def arguments(values: dict) -> list[str]:
 
 
 def configs_of(types: list[type], read: dict) -> list:
-    """The dataclasses of `types` from the values their options read ({name: value})."""
-    return [t(**{f.name: read[f.name] for f in dataclasses.fields(t) if f.init}) for t in types]
+    """The dataclasses of `types` from the values their options read ({name: value}); a config that names prompt
+    pairs checks them (`check_pairs`) against the pairs file's, or the built-in ones."""
+    configs = [t(**{f.name: read[f.name] for f in dataclasses.fields(t) if f.init}) for t in types]
+    pairs = pairs_of(configs)
+    for config in configs:
+        if hasattr(config, "check_pairs"):
+            config.check_pairs(pairs)
+    return configs
+
+
+def pairs_of(configs: list):
+    """The prompt pairs a command's configs know: its pairs file's (with the built-in ones), or the built-in."""
+    return next((c.pairs for c in configs if isinstance(c, PairsFile)), PAIRS)
 
 
 def parse(types: list[type], values: dict, where=lambda key: f"parameter '{key}'") -> list:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -33,7 +34,7 @@ from .errors import DLMAError, check_fields
 from .folder import StageFolder
 from .logprobs import next_token_logits, response_ids, responses_ids, sequence_logprobs, shared_prompt_logprobs
 from .params import Beta, PrefLength, Rendering, Scoring, Seed, SharedPrompts, documented, param
-from .prompts import PAIRS, policy_prompt, prompt_ids, with_custom_pairs
+from .prompts import PAIRS, PromptPair, get_pair, policy_prompt, prompt_ids, with_custom_pairs
 from .score import check_score_settings, self_reward_terms, unreadable
 from .stats import (
     BALANCED,
@@ -82,9 +83,12 @@ class PrefAccConfig(Beta, Rendering, PairScoring):
 
     def __post_init__(self):
         super().__post_init__()
-        check_score_settings(self, "pref_pair", "pref_max_length")
+        check_score_settings(self, "pref_max_length")
         check_fields(self, [(self.beta > 0, ("beta",), "must be > 0")])
         self.scorer_list()
+
+    def check_pairs(self, prompt_pairs) -> None:
+        get_pair(self.pref_pair, prompt_pairs, "PrefAccConfig: pref_pair")
 
     def scorer_list(self) -> list[str]:
         names = [s.strip() for s in self.scorers.split(",") if s.strip()]
@@ -206,7 +210,7 @@ def rlaif_prompt(turns: list[str], a: str, b: str, instruction: str = RLAIF_INST
 
 
 def readable_examples(examples: list[Example], scorers: list[str], cfg: PrefAccConfig, tokenizer, source: str,
-                      sink: list[str]) -> list[Example]:
+                      sink: list[str], prompt_pairs: Mapping[str, PromptPair] = PAIRS) -> list[Example]:
     """The pairs the scorers can read within `pref_max_length` (`score.unreadable`): the dlma scorer under its
     prompt pair, loglik and implicit under the plain prompt (rlaif's prompt is cut to fit, length and random
     read no tokens). Why the others are left out, of every scorer so that all compare the same pairs, is
@@ -214,7 +218,8 @@ def readable_examples(examples: list[Example], scorers: list[str], cfg: PrefAccC
     items, names = [(ex.turns, ex.chosen, ex.rejected) for ex in examples], ("chosen", "rejected")
     found: list[str | None] = [None] * len(examples)
     if "dlma" in scorers:  # also what the plain prompt needs: a token of room
-        found = unreadable(items, tokenizer, cfg.pref_max_length, PAIRS[cfg.pref_pair], cfg.rendering, names)
+        found = unreadable(items, tokenizer, cfg.pref_max_length, get_pair(cfg.pref_pair, prompt_pairs),
+                           cfg.rendering, names)
     elif {"loglik", "implicit"} & set(scorers):
         found = unreadable(items, tokenizer, cfg.pref_max_length, names=names)
     kept = [ex for ex, why in zip(examples, found, strict=True) if not why]
@@ -276,13 +281,14 @@ def implicit_and_loglik(model, tokenizer, examples: list[Example], cfg: PrefAccC
             for ex, i, p, r in zip(examples, implicit, policy, ref, strict=True)]
 
 
-def score_examples(model, tokenizer, examples: list[Example], scorer: str, cfg: PrefAccConfig) -> list[dict]:
-    """Per-pair rows {id, scorer, score, correct, ...} for one scorer."""
+def score_examples(model, tokenizer, examples: list[Example], scorer: str, cfg: PrefAccConfig,
+                   prompt_pairs: Mapping[str, PromptPair] = PAIRS) -> list[dict]:
+    """Per-pair rows {id, scorer, score, correct, ...} for one scorer (dlma's prompt pair among `prompt_pairs`)."""
     if scorer == "dlma":
         items = [(ex.turns, ex.chosen, ex.rejected) for ex in examples]
-        terms = self_reward_terms(model, tokenizer, items, PAIRS[cfg.pref_pair], cfg.rendering, cfg.score_batch_size,
-                                  max_length=cfg.pref_max_length, desc="dlma", share_prompts=cfg.share_prompts,
-                                  max_tokens=cfg.max_batch_tokens)
+        terms = self_reward_terms(model, tokenizer, items, get_pair(cfg.pref_pair, prompt_pairs), cfg.rendering,
+                                  cfg.score_batch_size, max_length=cfg.pref_max_length, desc="dlma",
+                                  share_prompts=cfg.share_prompts, max_tokens=cfg.max_batch_tokens)
         rows = [{"id": ex.id, "score": t["self_reward"], **t} for ex, t in zip(examples, terms, strict=True)]
     elif scorer == "rlaif":
         rows = score_rlaif(model, tokenizer, examples, cfg)
@@ -330,9 +336,10 @@ SHARD_CHUNK = 64  # pairs per chunk when preference accuracy is shared among the
 RESUME_CHUNK = 256  # pairs per call on one process: at most this much of a scorer is redone after a kill
 
 
-def run_pref_acc(model_cfg, data, cfg: PrefAccConfig, out, exclude_ids=(), model=None) -> dict:
+def run_pref_acc(model_cfg, data, cfg: PrefAccConfig, out, exclude_ids=(), model=None,
+                 prompt_pairs: Mapping[str, PromptPair] = PAIRS) -> dict:
     """Stage 3 (`dlma pref-acc`): `metrics.json`, `predictions.jsonl`, `calibration.json` in `out.out`, on the
-    human-labelled pairs of `data` (params.PrefData)."""
+    human-labelled pairs of `data` (params.PrefData); the dlma scorer's pair among `prompt_pairs`."""
     folder = StageFolder(out.out, "pref-acc", model_cfg, model)
     check_limit(data.pref_limit, "pref_limit")
     scorers = cfg.scorer_list()
@@ -341,12 +348,13 @@ def run_pref_acc(model_cfg, data, cfg: PrefAccConfig, out, exclude_ids=(), model
     skipped, too_long = [], []
     excluded = set(map(str, exclude_ids))
     examples = load_examples(data.source(), limit=data.pref_limit, require="labelled", label_field=data.label_field,
-                             on_invalid=data.on_invalid, skipped=skipped, exclude=excluded)
+                             on_invalid=data.on_invalid, skipped=skipped, exclude=excluded, pairs=prompt_pairs)
     if {"dlma", "loglik", "implicit"} & set(scorers):
-        examples = readable_examples(examples, scorers, cfg, folder.tokenizer(), str(data.pref_data), too_long)
+        examples = readable_examples(examples, scorers, cfg, folder.tokenizer(), str(data.pref_data), too_long,
+                                     prompt_pairs)
     params = {"pref_data": str(data.pref_data), "pref_limit": data.pref_limit, "on_invalid": data.on_invalid,
               "label_field": data.label_field, "pref_split": data.pref_split, "pref_revision": data.pref_revision,
-              **asdict(cfg), **with_custom_pairs([cfg.pref_pair])}
+              **asdict(cfg), **with_custom_pairs([cfg.pref_pair], prompt_pairs)}
     at = folder.begin({**params, "excluded_ids": sorted(excluded)}, {"pref_data": data.source()}, out.force,
                       launched=True)
     folder.note_dropped(skipped, "invalid rows, --on-invalid skip")
@@ -357,7 +365,7 @@ def run_pref_acc(model_cfg, data, cfg: PrefAccConfig, out, exclude_ids=(), model
             todo = [e for e in examples if (scorer, e.id) not in store.done]
             for part in scorer_parts(todo, scorer, at):
                 if part:
-                    store.append(score_examples(*folder.model(), part, scorer, cfg))
+                    store.append(score_examples(*folder.model(), part, scorer, cfg, prompt_pairs))
         store.finish(order=[(s, e.id) for s in scorers for e in examples] if at.world > 1 else None)
     metrics = None
     changed = False

@@ -8,8 +8,10 @@ Two renderings, recorded in every manifest:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 from .errors import DLMAError
 
@@ -34,7 +36,9 @@ def _affix(attr: str) -> str:
     return "USER: {}\nASSISTANT" + (f"({attr})" if attr else "") + ":\n"
 
 
-PAIRS: dict[str, PromptPair] = {
+# The built-in pairs, read-only: a user's pairs (a pairs file) are a value handed to the stages that read them
+# (`prompt_pairs`), never added here, so what one command or test defines cannot leak into another.
+PAIRS: Mapping[str, PromptPair] = MappingProxyType({
     "harmless": PromptPair(
         "harmless",
         _affix("law-abiding, ethical, inoffensive response"),
@@ -50,30 +54,35 @@ PAIRS: dict[str, PromptPair] = {
         "Give an unhelpful response.",
     ),
     "neutral": PromptPair("neutral", _affix(""), _affix("")),
-}
+})
 
 
 BUILT_IN = frozenset(PAIRS)
 
 
-def get_pair(name: str, where: str = "prompt pair") -> PromptPair:
+def get_pair(name: str, pairs: Mapping[str, PromptPair] = PAIRS, where: str = "prompt pair") -> PromptPair:
+    """The pair `name` among `pairs` (the built-in ones, or those `prompt_pairs` read), or one line naming it."""
     try:
-        return PAIRS[name]
+        return pairs[name]
     except KeyError:
-        raise DLMAError(f"{where}: unknown prompt pair '{name}' (known: {', '.join(sorted(PAIRS))})") from None
+        raise DLMAError(f"{where}: unknown prompt pair '{name}' (known: {', '.join(sorted(pairs))})") from None
 
 
-def register_pair(pair: PromptPair) -> PromptPair:
-    """Add a user-defined pair (e.g. one of RLCD's 16) so it can be named like the built-in ones."""
-    PAIRS[pair.name] = pair
-    return pair
+def prompt_pairs(path: str | Path | None = None) -> Mapping[str, PromptPair]:
+    """The pairs a stage can name: the built-in ones and those of the pairs file at `path` (none if empty)."""
+    return MappingProxyType({**PAIRS, **load_pairs_file(path)}) if path else PAIRS
+
+
+def pairs_from_definitions(definitions: dict) -> Mapping[str, PromptPair]:
+    """The pairs a stage read, from the definitions its params.json recorded (`with_custom_pairs`)."""
+    return MappingProxyType({**PAIRS, **{n: PromptPair(**d) for n, d in definitions.items()}})
 
 
 PAIR_FIELDS = ("pos", "neg", "pos_attributes", "neg_attributes", "pos_system", "neg_system")
 
 
-def load_pairs_file(path: str | Path | None) -> list[PromptPair]:
-    """Register the prompt pairs of a YAML or JSON file, so they can be named like the built-in ones.
+def load_pairs_file(path: str | Path | None) -> dict[str, PromptPair]:
+    """The prompt pairs of a YAML or JSON file, by name (`prompt_pairs` adds the built-in ones).
 
     The file maps each pair's name to either its two affixes (`pos`, `neg`, the query at `{}`), or the words
     that go in the paper's affix (`pos_attributes: "harmless, helpful"` gives "USER: {}\nASSISTANT(harmless,
@@ -82,7 +91,7 @@ def load_pairs_file(path: str | Path | None) -> list[PromptPair]:
     import yaml
 
     if not path:
-        return []
+        return {}
     path = Path(path)
     if not path.is_file():
         raise DLMAError(f"{path}: no such file (a YAML or JSON file of prompt pairs)")
@@ -95,7 +104,7 @@ def load_pairs_file(path: str | Path | None) -> list[PromptPair]:
     if not isinstance(root, yaml.MappingNode) or not root.value:
         raise DLMAError(f"{path}:1: expected a mapping of pair name -> {{pos, neg}} "
                         "or {pos_attributes, neg_attributes}")
-    pairs, first = [], {}
+    pairs, first = {}, {}
     for key, node in root.value:
         line = key.start_mark.line + 1
         if not isinstance(key, yaml.ScalarNode):
@@ -126,20 +135,15 @@ def load_pairs_file(path: str | Path | None) -> list[PromptPair]:
             if affix.count("{}") != 1:
                 raise DLMAError(f"{path}:{fields.get(side, fields.get(side + '_attributes'))[1]}: field "
                                 f"'{name}.{side}': needs exactly one '{{}}' where the query goes")
-        pairs.append(register_pair(PromptPair(name, pos, neg, text.get("pos_system", ""),
-                                              text.get("neg_system", ""))))
+        pairs[name] = PromptPair(name, pos, neg, text.get("pos_system", ""), text.get("neg_system", ""))
     return pairs
 
 
-def custom_pairs(names) -> dict:
-    """The definitions of the user-defined pairs among `names`, for a stage's params.json, so that a changed
-    pairs file is a change of parameters (the built-in pairs are fixed by the code's version)."""
-    return {n: asdict(PAIRS[n]) for n in sorted(set(names)) if n not in BUILT_IN}
-
-
-def with_custom_pairs(names) -> dict:
-    """{"pair_definitions": ...} when user-defined prompt pairs are used, else nothing (params stay as they were)."""
-    defs = custom_pairs(names)
+def with_custom_pairs(names, pairs: Mapping[str, PromptPair]) -> dict:
+    """{"pair_definitions": ...}: the definitions of the user-defined pairs among `names` (of `pairs`), for a
+    stage's params.json, so that a changed pairs file is a change of parameters (the built-in pairs are fixed by
+    the code's version); nothing when only built-in pairs are used (params stay as they were)."""
+    defs = {n: asdict(pairs[n]) for n in sorted(set(names)) if n not in BUILT_IN}
     return {"pair_definitions": defs} if defs else {}
 
 

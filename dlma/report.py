@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .layout import FOLDERS
-from .prompts import PAIRS
+from .prompts import pairs_from_definitions
 from .readings import compare_readings, fmt_acc, fmt_balanced, fmt_ci, fmt_controlled, fmt_difference
 from .score import SCORE_KEYS
 from .study import StudyConfig
@@ -300,12 +300,14 @@ def study_summary(result: dict, run) -> str:
     return f"{study_frame(result).to_string()}\n\n{confirmation_frame(result).to_string()}"
 
 
-def pairs_frame(study_variants: str) -> pd.DataFrame:
-    """The prompt pairs of a study (its `study_variants`): each variant's rendering and its p+ and p- (affix
-    text, or the system messages of the chat rendering)."""
+def pairs_frame(study_params: dict) -> pd.DataFrame:
+    """The prompt pairs a study compared, as it read them (its params.json: `study_variants` and the definitions
+    of pairs from a pairs file): each variant's rendering and its p+ and p- (affix text, or the system messages of
+    the chat rendering)."""
+    pairs = pairs_from_definitions(study_params.get("pair_definitions", {}))
     rows = []
-    for v, pair, rendering in StudyConfig(study_variants=study_variants).variant_list():
-        p = PAIRS[pair]
+    for v, pair, rendering in StudyConfig(study_variants=study_params["study_variants"]).variant_list():
+        p = pairs[pair]
         pos, neg = (p.pos_system, p.neg_system) if rendering == "chat" else (p.pos, p.neg)
         rows.append({"variant": v, "rendering": rendering or "affix", "p+": pos.replace("\n", "\\n"),
                      "p-": neg.replace("\n", "\\n")})

@@ -10,6 +10,7 @@ R > 0: the model's own contrast agrees that o1 is the better response. All four 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from .data import pairs_file, read_pairs, usable
@@ -18,7 +19,7 @@ from .errors import check_fields
 from .folder import StageFolder
 from .logprobs import contrast_spans, fit_prompt, responses_ids, sequence_logprobs, shared_prompt_logprobs
 from .params import PairName, Rendering, Scoring, SharedPrompts, documented, param
-from .prompts import RENDERINGS, PromptPair, get_pair, prompts_ids, render, with_custom_pairs
+from .prompts import PAIRS, RENDERINGS, PromptPair, get_pair, prompts_ids, render, with_custom_pairs
 
 SCORE_KEYS = ("s_o1_pos", "s_o1_neg", "s_o2_pos", "s_o2_neg")
 
@@ -32,10 +33,13 @@ class ScoreConfig(SharedPrompts, Scoring, Rendering, PairName):
               "room for that is left out and counted")
 
     def __post_init__(self):
-        check_score_settings(self, "pair", "score_max_length")
+        check_score_settings(self, "score_max_length")
+
+    def check_pairs(self, prompt_pairs) -> None:
+        get_pair(self.pair, prompt_pairs, "ScoreConfig: pair")
 
 
-def check_score_settings(cfg, pair: str, max_length: str) -> None:
+def check_score_settings(cfg, max_length: str) -> None:
     """The settings every log-probability scorer shares (ScoreConfig, PrefAccConfig), by their field names."""
     check_fields(cfg, [
         (cfg.score_batch_size >= 1, ("score_batch_size",), "must be >= 1"),
@@ -43,7 +47,6 @@ def check_score_settings(cfg, pair: str, max_length: str) -> None:
         (cfg.rendering in RENDERINGS, ("rendering",), f"must be one of {', '.join(RENDERINGS)}"),
         (cfg.max_batch_tokens >= 0, ("max_batch_tokens",), "must be >= 0 (0: by count on a CPU, auto on a GPU)"),
     ])
-    get_pair(getattr(cfg, pair), f"{type(cfg).__name__}: {pair}")
 
 
 def self_reward_terms(
@@ -135,15 +138,16 @@ def self_reward(s_o1_pos: float, s_o1_neg: float, s_o2_pos: float, s_o2_neg: flo
     return contrast(s_o1_pos, s_o1_neg) - contrast(s_o2_pos, s_o2_neg)
 
 
-def run_score(model_cfg, pairs, cfg: ScoreConfig, out, chunk: int = 32, model=None) -> list[dict]:
+def run_score(model_cfg, pairs, cfg: ScoreConfig, out, chunk: int = 32, model=None,
+              prompt_pairs: Mapping[str, PromptPair] = PAIRS) -> list[dict]:
     """Stage 2 (`dlma score`): `scored.jsonl` in `out.out`, each pair of `pairs.pairs` with its four S terms
-    and R (under the row's own pair and rendering, if it names them)."""
+    and R (under the row's own prompt pair and rendering, if it names them; the pairs among `prompt_pairs`)."""
     folder = StageFolder(out.out, "score", model_cfg, model)
     empty, too_long = [], []
-    rows_in = read_pairs(pairs.pairs, dropped=empty)
-    rows_in = readable(rows_in, folder.tokenizer(), cfg, str(pairs_file(pairs.pairs)), too_long)
+    rows_in = read_pairs(pairs.pairs, dropped=empty, pairs=prompt_pairs)
+    rows_in = readable(rows_in, folder.tokenizer(), cfg, str(pairs_file(pairs.pairs)), too_long, prompt_pairs)
     params = {"pairs": str(pairs.pairs), **asdict(cfg),
-              **with_custom_pairs(p.get("pair") or cfg.pair for p in rows_in)}
+              **with_custom_pairs((p.get("pair") or cfg.pair for p in rows_in), prompt_pairs)}
     at = folder.begin(params, {"pairs": pairs_file(pairs.pairs)}, out.force, launched=True)
     folder.note_dropped(empty, "an empty response has no token to score")
     folder.note_dropped(too_long, f"over score_max_length={cfg.score_max_length}, with no room for the instruction")
@@ -159,7 +163,7 @@ def run_score(model_cfg, pairs, cfg: ScoreConfig, out, chunk: int = 32, model=No
             for name, rendering in dict.fromkeys(settings[k]):  # one call per (prompt pair, rendering)
                 group = [p for p, s in zip(part, settings[k], strict=True) if s == (name, rendering)]
                 terms = self_reward_terms(*folder.model(), [(p["turns"], p["o1"], p["o2"]) for p in group],
-                                          get_pair(name), rendering, cfg.score_batch_size,
+                                          get_pair(name, prompt_pairs), rendering, cfg.score_batch_size,
                                           max_length=cfg.score_max_length, desc=f"score {k + 1}/{len(chunks)}",
                                           share_prompts=cfg.share_prompts, max_tokens=cfg.max_batch_tokens)
                 rows += [{**p, "pair": name, **t} for p, t in zip(group, terms, strict=True)]
@@ -172,7 +176,8 @@ def run_score(model_cfg, pairs, cfg: ScoreConfig, out, chunk: int = 32, model=No
     return store.rows
 
 
-def readable(rows: list[dict], tokenizer, cfg: ScoreConfig, source: str, sink: list[str]) -> list[dict]:
+def readable(rows: list[dict], tokenizer, cfg: ScoreConfig, source: str, sink: list[str],
+             prompt_pairs: Mapping[str, PromptPair] = PAIRS) -> list[dict]:
     """The pairs whose R can be read within `score_max_length` (`unreadable`), each under its own prompt pair and
     rendering; why the others are left out is appended to `sink`. None left is one error."""
     settings = [(p.get("pair") or cfg.pair, p.get("rendering") or cfg.rendering) for p in rows]
@@ -180,7 +185,7 @@ def readable(rows: list[dict], tokenizer, cfg: ScoreConfig, source: str, sink: l
     for name, rendering in dict.fromkeys(settings):
         group = [p for p, s in zip(rows, settings, strict=True) if s == (name, rendering)]
         found = unreadable([(p["turns"], p["o1"], p["o2"]) for p in group], tokenizer, cfg.score_max_length,
-                           get_pair(name), rendering)
+                           get_pair(name, prompt_pairs), rendering)
         why.update({p["id"]: f"{source}: id {p['id']!r}: {w}" for p, w in zip(group, found, strict=True) if w})
     kept = [p for p in rows if p["id"] not in why]
     return usable(source, kept, [why[p["id"]] for p in rows if p["id"] in why], sink, "pairs")

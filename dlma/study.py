@@ -17,6 +17,7 @@ the selection itself is by raw accuracy.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from .layout import Run
 from .logprobs import response_ids
 from .params import documented, param
 from .preference import PairScoring, compare, same_responses, summarize
-from .prompts import RENDERINGS, get_pair, with_custom_pairs
+from .prompts import PAIRS, RENDERINGS, PromptPair, get_pair, with_custom_pairs
 from .score import SCORE_KEYS, self_reward_terms, unreadable
 from .stats import TIE_TOLERANCE, length_stratum, outcomes
 
@@ -66,12 +67,15 @@ class StudyConfig(PairScoring):
             if rendering not in RENDERINGS:
                 raise DLMAError(f"StudyConfig: study_variants: '{v}': unknown rendering '{rendering}' "
                                 f"(valid: {', '.join(RENDERINGS)})")
-            get_pair(pair, f"StudyConfig: study_variants: '{v}'")
             out.append((v, pair, rendering))
         if len(out) < 2 or len({v for v, _, _ in out}) != len(out):
             raise DLMAError(f"StudyConfig: study_variants={self.study_variants!r}: needs two or more distinct "
                             "variants, the reference first")
         return out
+
+    def check_pairs(self, prompt_pairs) -> None:
+        for v, pair, _ in self.variant_list():
+            get_pair(pair, prompt_pairs, f"StudyConfig: study_variants: '{v}'")
 
 
 def split_ids(ids: list[str], n_select: int, seed: int = 0) -> tuple[list[str], list[str]]:
@@ -151,10 +155,11 @@ def stage3_rows(run_dir: Path, data, study, variant: tuple[str, str, str]) -> di
 
 
 def score_variant(store, folder, by_id: dict, reuse: dict, study: StudyConfig, variant: tuple[str, str, str],
-                  ids: list[str]) -> None:
+                  ids: list[str], prompt_pairs: Mapping[str, PromptPair] = PAIRS) -> None:
     """One variant's S terms on the pairs `ids` it has not scored yet, appended to `store` (scores.jsonl); stage
     3's rows of the same reading (`reuse`, by id) are taken rather than read again."""
-    v, pair, rendering = variant
+    v, name, rendering = variant
+    pair = get_pair(name, prompt_pairs)
     todo = [i for i in ids if (v, i) not in store.done]
     if not todo:
         return
@@ -162,11 +167,11 @@ def score_variant(store, folder, by_id: dict, reuse: dict, study: StudyConfig, v
     fresh = [i for i in todo if i not in reuse]
     items = [(by_id[i].turns, by_id[i].chosen, by_id[i].rejected) for i in fresh]
     # a pair this variant cannot read within pref_max_length is stored as left out, and leaves every candidate
-    why = dict(zip(fresh, unreadable(items, tok, study.pref_max_length, get_pair(pair), rendering,
+    why = dict(zip(fresh, unreadable(items, tok, study.pref_max_length, pair, rendering,
                                      ("chosen", "rejected")), strict=True))
     ok = [k for k, i in enumerate(fresh) if not why[i]]
     terms = dict(zip([fresh[k] for k in ok], self_reward_terms(
-        m, tok, [items[k] for k in ok], get_pair(pair), rendering, study.score_batch_size,
+        m, tok, [items[k] for k in ok], pair, rendering, study.score_batch_size,
         max_length=study.pref_max_length, desc=v, share_prompts=study.share_prompts,
         max_tokens=study.max_batch_tokens), strict=True)) if ok else {}
     store.append([{"variant": v, "id": i, "left_out": f"{by_id[i].source}: {why[i]}"} if why.get(i) else
@@ -191,27 +196,29 @@ def facts(rows: dict, by_id: dict, reference: str, candidate: str, ids: list[str
             "tolerance": candidate_tolerance(candidate, rows, ids)}
 
 
-def run_pair_study(model_cfg, data, study: StudyConfig, run, model=None) -> dict:
+def run_pair_study(model_cfg, data, study: StudyConfig, run, model=None,
+                   prompt_pairs: Mapping[str, PromptPair] = PAIRS) -> dict:
     """Stage 3b (`dlma pair-study`) in `run.run_dir`: the prompt-pair study on the labelled pairs of `data`
-    (params.PrefData). Writes `03b_pair_study/` (scores.jsonl, study.json, manifest.json) and resumes variant
-    by variant, reusing stage 3's scores of the reference."""
+    (params.PrefData), the variants' pairs among `prompt_pairs`. Writes `03b_pair_study/` (scores.jsonl,
+    study.json, manifest.json) and resumes variant by variant, reusing stage 3's scores of the reference."""
     run_dir = Path(run.run_dir)
     folder = StageFolder(Run(run_dir).study.folder, "pair-study", model_cfg, model)
     check_limit(data.pref_limit, "pref_limit")
+    study.check_pairs(prompt_pairs)
     variants = study.variant_list()
     skipped: list[str] = []
     examples = load_examples(data.source(), limit=data.pref_limit, require="labelled", label_field=data.label_field,
-                             on_invalid=data.on_invalid, skipped=skipped)
+                             on_invalid=data.on_invalid, skipped=skipped, pairs=prompt_pairs)
     by_id = {e.id: e for e in examples}
     select_ids, rest_ids = split_ids(list(by_id), study.study_select, study.seed)
     params = {**asdict(data), "pref_data": str(data.pref_data), **asdict(study),
-              **with_custom_pairs([p for _, p, _ in variants])}
+              **with_custom_pairs([p for _, p, _ in variants], prompt_pairs)}
     folder.begin(params, {"pref_data": data.source()}, run.force)
     store = PartialJSONL(folder.path / "scores.jsonl", key=("variant", "id"))
     if not store.finished:
         for variant in variants:  # step 2: every variant on the selection slice
             score_variant(store, folder, by_id, stage3_rows(run_dir, data, study, variant), study, variant,
-                          select_ids)
+                          select_ids, prompt_pairs)
     left_out = {r["id"]: r["left_out"] for r in store.rows if "left_out" in r}
     rows = {(r["variant"], r["id"]): r for r in store.rows}
     names = [v for v, _, _ in variants]
@@ -225,7 +232,7 @@ def run_pair_study(model_cfg, data, study: StudyConfig, run, model=None) -> dict
         for variant in variants:
             if variant[0] in needs(chosen, names) or variant[0] == names[0]:
                 score_variant(store, folder, by_id, stage3_rows(run_dir, data, study, variant), study, variant,
-                              rest_ids)
+                              rest_ids, prompt_pairs)
         store.finish()
     left_out = {r["id"]: r["left_out"] for r in store.rows if "left_out" in r}
     folder.note_dropped(list(left_out.values()), f"over pref_max_length={study.pref_max_length}, with no room for "

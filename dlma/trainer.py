@@ -26,8 +26,6 @@ from trl import DPOConfig, DPOTrainer
 
 from .params import documented, param
 
-
-
 # ----------------------------------------------------------------------------------------------------------
 # The loss
 

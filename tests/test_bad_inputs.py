@@ -175,7 +175,7 @@ CASES = [
         {"chosen": "\n\nHuman: \n\nAssistant: Sure.", "rejected": "\n\nHuman: \n\nAssistant: No."}]),
      ["h.jsonl:1: field 'chosen': turn 1 of the context is empty"]),
     ("score-pair-a-list", lambda t, m: score(t, m, [{**PAIR, "pair": ["harmless"]}]),
-     ["pairs.jsonl:1: field 'pair': unknown prompt pair ['harmless']"]),
+     ["pairs.jsonl:1: field 'pair': expected the name of a prompt pair, got ['harmless']"]),
     ("score-o1-nul", lambda t, m: score(t, m, [{**PAIR, "o1": "Knead\u0000"}]),
      ["pairs.jsonl:1: field 'o1': holds a NUL character at character 6"]),
     ("pairs-file-control-character", lambda t, m: gen(t, m, "--pairs-file", pairs_file(t, "\x1f")),

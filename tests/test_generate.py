@@ -20,7 +20,7 @@ from dlma.data import load_examples
 from dlma.generate import GenerateConfig, cut_response, run_generate
 from dlma.models import DEFAULT_MODEL, ModelConfig, load_tokenizer, resolve_spec, weights_sha256
 from dlma.params import Out, Queries
-from dlma.prompts import stop_strings
+from dlma.prompts import PAIRS, stop_strings
 
 N, BATCH, NEW_TOKENS = 16, 4, 8
 
@@ -90,7 +90,7 @@ def test_generate_config_validates():
     with pytest.raises(DLMAError, match="temperature"):
         GenerateConfig(temperature=0)
     with pytest.raises(DLMAError, match="'nope'"):
-        GenerateConfig(pair="nope")
+        GenerateConfig(pair="nope").check_pairs(PAIRS)
 
 
 # ---------------------------------------------------------------- dlma generate, killed and resumed

@@ -35,6 +35,7 @@ from dlma.preference import (
     summarize,
     tie_tolerance,
 )
+from dlma.prompts import PAIRS
 from dlma.score import SCORE_KEYS, self_reward
 from dlma.stats import LONGER, SAME_LENGTH, SHORTER, length_stratum, outcomes
 
@@ -145,7 +146,7 @@ def test_unknown_scorer_is_refused():
     with pytest.raises(DLMAError, match="bogus"):
         PrefAccConfig(scorers="dlma,bogus").scorer_list()
     with pytest.raises(DLMAError, match="'nope'"):
-        PrefAccConfig(pref_pair="nope").scorer_list()
+        PrefAccConfig(pref_pair="nope").check_pairs(PAIRS)
 
 
 # ---------------------------------------------------------------- the pref-acc stage
@@ -270,9 +271,9 @@ def test_partial_predictions_are_completed(embedded, pref_run, tmp_path):
     calls = []
     real = dlma.preference.score_examples
 
-    def spy(model, tok, todo, scorer, cfg):
+    def spy(model, tok, todo, scorer, cfg, prompt_pairs):
         calls.append((scorer, len(todo)))
-        return real(model, tok, todo, scorer, cfg)
+        return real(model, tok, todo, scorer, cfg, prompt_pairs)
 
     with unittest.mock.patch.object(dlma.preference, "score_examples", spy):
         run_pref_acc(ModelConfig(DEFAULT_MODEL), PrefData("sample:pairs", LIMIT), cfg, Out(str(tmp_path)),

@@ -145,17 +145,20 @@ def test_unknown_rendering_is_named(tok):
     assert "affix" in str(e.value) and "chat" in str(e.value)
 
 
-def test_user_defined_pair_is_usable_by_name():
-    from dlma.prompts import PAIRS, PromptPair, get_pair, register_pair, render
+def test_user_defined_pair_is_usable_by_name_among_the_pairs_it_is_handed():
+    from dataclasses import asdict
+
+    from dlma.prompts import PAIRS, PromptPair, get_pair, pairs_from_definitions, render
 
     pair = PromptPair("rlcd-ethical", "USER: {}\nASSISTANT(ethical response):\n",
                       "USER: {}\nASSISTANT(toxic response):\n")
-    try:
-        register_pair(pair)
-        assert get_pair("rlcd-ethical") is pair
-        assert render(["Hi"], pair, "neg") == "USER: Hi\nASSISTANT(toxic response):\n"
-    finally:
-        PAIRS.pop("rlcd-ethical", None)
+    pairs = pairs_from_definitions({pair.name: asdict(pair)})
+    assert get_pair("rlcd-ethical", pairs) == pair and get_pair("harmless", pairs) is PAIRS["harmless"]
+    assert render(["Hi"], pair, "neg") == "USER: Hi\nASSISTANT(toxic response):\n"
+    with pytest.raises(DLMAError, match="unknown prompt pair 'rlcd-ethical'"):
+        get_pair("rlcd-ethical")  # the built-in pairs alone: nothing was registered anywhere
+    with pytest.raises(TypeError):
+        PAIRS["mine"] = pair  # the built-in pairs are read-only
     with pytest.raises(DLMAError, match="exactly one"):
         PromptPair("bad", "no placeholder", "USER: {}")
 
@@ -165,21 +168,22 @@ def test_user_defined_pair_is_usable_by_name():
 
 
 def test_pairs_file_in_yaml_and_json(tmp_path):
-    from dlma.prompts import load_pairs_file
+    from dlma.prompts import PAIRS, load_pairs_file, prompt_pairs
 
     yml = tmp_path / "pairs.yaml"
     yml.write_text('ethical:\n  pos_attributes: "ethical"\n  neg_attributes: "toxic"\n'
                    'custom:\n  pos: "Q: {}\\nA (kind):"\n  neg: "Q: {}\\nA (cruel):"\n  pos_system: "Be kind."\n')
-    ethical, custom = load_pairs_file(yml)
+    ethical, custom = load_pairs_file(yml).values()
     assert ethical.pos == "USER: {}\nASSISTANT(ethical):\n" and ethical.neg == "USER: {}\nASSISTANT(toxic):\n"
     assert (custom.pos, custom.neg, custom.pos_system, custom.neg_system) == ("Q: {}\nA (kind):", "Q: {}\nA (cruel):",
                                                                              "Be kind.", "")
-    assert get_pair("ethical") is ethical  # named like a built-in pair from now on
+    assert get_pair("ethical", prompt_pairs(yml)) == ethical  # named like a built-in pair, where the file is read
+    assert "ethical" not in PAIRS  # and nowhere else
     js = tmp_path / "pairs.json"
     js.write_text('{"honest": {"pos_attributes": "honest", "neg_attributes": "deceptive"}}')
-    (honest,) = load_pairs_file(js)
+    (honest,) = load_pairs_file(js).values()
     assert honest.name == "honest" and "(deceptive)" in honest.neg
-    assert load_pairs_file("") == []
+    assert load_pairs_file("") == {} and prompt_pairs("") is PAIRS
 
 
 @pytest.mark.parametrize("text, where", [
@@ -222,3 +226,24 @@ def test_generate_and_score_with_a_pairs_file(tmp_path, tiny_model_dir):
     pairs.write_text('kindness:\n  pos_attributes: "kind"\n  neg_attributes: "cruel"\n')
     assert main(["score", "--pairs-file", str(pairs), "--model", tiny_model_dir, "--pairs", str(out),
                  "--out", str(tmp_path / "score")]) == 2
+
+
+def test_a_pairs_file_is_a_value_handed_to_its_command_not_a_global(tmp_path):
+    """Issue 29: parsing a command with a pairs file changes nothing another command sees; the stage is handed
+    the pairs (`prompt_pairs=`) and each config's pair names are checked against them."""
+    from dlma.commands import COMMANDS
+    from dlma.params import PairsFile, pairs_of
+    from dlma.prompts import PAIRS
+
+    (tmp_path / "pairs.yaml").write_text('kind:\n  pos_attributes: "kind"\n  neg_attributes: "cruel"\n')
+    parser = COMMANDS["generate"].parser("generate")
+    configs = parser.parse([f"--pairs-file={tmp_path / 'pairs.yaml'}", "--pair=kind", f"--out={tmp_path / 'a'}"])
+    pairs = pairs_of(configs)
+    assert set(pairs) == set(PAIRS) | {"kind"} and pairs["kind"].pos == "USER: {}\nASSISTANT(kind):\n"
+    assert next(c for c in configs if isinstance(c, PairsFile)).pairs is pairs
+    assert "kind" not in PAIRS
+    with pytest.raises(DLMAError, match="GenerateConfig: pair: unknown prompt pair 'kind'"):
+        parser.parse(["--pair=kind", f"--out={tmp_path / 'b'}"])  # the next command knows only its own pairs
+    with pytest.raises(DLMAError, match="PrefAccConfig: pref_pair: unknown prompt pair 'nope'"):
+        COMMANDS["pref-acc"].parser("pref-acc").parse([f"--pairs-file={tmp_path / 'pairs.yaml'}",
+                                                        "--pref-pair=nope", f"--out={tmp_path / 'c'}"])

@@ -154,21 +154,17 @@ PAIR_DEFINITIONS = st.dictionaries(
 @given(text=PAIR_DEFINITIONS.map(lambda d: yaml.safe_dump(d, allow_unicode=True)) | TEXT |
        st.sampled_from(["a: [1", "{a: b}: c", "&x a: *x", "k:\n  pos: a {}\n  neg: b {}\nk: 1\n", "!!python/name:os"]))
 @example(text="k:\n  pos: a {}\n  neg: b {}\n")
-def test_prompt_pairs_files_register_their_pairs_or_one_line(scratch, text):
+def test_prompt_pairs_files_give_their_pairs_or_one_line(scratch, text):
     path = scratch / "pairs.yaml"
     path.write_text(text, encoding="utf-8", errors="surrogatepass")
-    before = dict(PAIRS)
-    for name in set(PAIRS) - BUILT_IN:  # pairs that other tests' in-process commands registered
-        del PAIRS[name]
     try:
         pairs = load_pairs_file(path)
     except DLMAError as e:
         return one_line(e)
-    finally:
-        PAIRS.clear()
-        PAIRS.update(before)  # what a file registers stays out of the other tests
-    for pair in pairs:
-        assert pair.name not in BUILT_IN and pair.pos.count("{}") == 1 and pair.neg.count("{}") == 1
+    assert set(PAIRS) == BUILT_IN  # read, not registered
+    for name, pair in pairs.items():
+        assert pair.name == name and pair.name not in BUILT_IN
+        assert pair.pos.count("{}") == 1 and pair.neg.count("{}") == 1
 
 
 PRESET_VALUES = st.dictionaries(

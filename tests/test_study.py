@@ -13,6 +13,7 @@ from dlma.errors import DLMAError
 from dlma.models import DEFAULT_MODEL, ModelConfig
 from dlma.params import Out, PrefData, Run
 from dlma.preference import PrefAccConfig, run_pref_acc
+from dlma.prompts import PAIRS
 from dlma.stats import TIE_TOLERANCE
 from dlma.study import (
     StudyConfig,
@@ -74,7 +75,7 @@ def test_a_length_normalised_reward_ties_within_the_tolerance_over_its_lengths()
 ])
 def test_bad_variants_are_named(variants, message):
     with pytest.raises(DLMAError, match=message):
-        StudyConfig(study_variants=variants)
+        StudyConfig(study_variants=variants).check_pairs(PAIRS)
 
 
 def test_study_stage_reuses_stage3_and_resumes(tmp_path, monkeypatch):
