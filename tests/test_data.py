@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dlma.artifacts import sha256_file
-from dlma.data import Source, load_examples, source_record
+from dlma.data import Source, load_examples, read_pairs, source_record
 from dlma.errors import DLMAError
 from dlma.prompts import PAIRS
 from dlma.selection import selected_rows
@@ -390,3 +390,17 @@ def test_compressed_json_lines_are_read(tmp_path):
     (tmp_path / "bad.jsonl.xz").write_bytes(b"not xz")
     with pytest.raises(DLMAError, match=r"bad\.jsonl\.xz: not a readable \.xz file"):
         load_examples(tmp_path / "bad.jsonl.xz")
+
+
+def test_generated_pairs_name_a_pair_the_reader_knows_only_when_it_needs_the_pair(tmp_path):
+    """Stage 2 scores each row under the pair it names, so the name must be one it was handed; training and the
+    later stages do not read the pair: a row generated under a pairs file's pair is theirs to read (issue 29)."""
+    row = {"id": "a", "turns": ["Hi?"], "o1": "Hello.", "o2": "Go away.", "pair": "kind", "self_reward": 1.0}
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    assert [r["pair"] for r in read_pairs(path, need_self_reward=True)] == ["kind"]
+    with pytest.raises(DLMAError, match=r"pairs.jsonl:1: field 'pair': unknown prompt pair 'kind'"):
+        read_pairs(path, pairs=PAIRS)
+    path.write_text(json.dumps({**row, "pair": ""}) + "\n")
+    with pytest.raises(DLMAError, match=r"pairs.jsonl:1: field 'pair': expected the name of a prompt pair"):
+        read_pairs(path)
