@@ -73,9 +73,12 @@ class StudyConfig(PairScoring):
                             "variants, the reference first")
         return out
 
-    def check_pairs(self, prompt_pairs) -> None:
-        for v, pair, _ in self.variant_list():
+    def check_pairs(self, prompt_pairs) -> list[tuple[str, str, str]]:
+        """`variant_list()`, each variant's pair found among `prompt_pairs` (or one error naming it)."""
+        variants = self.variant_list()
+        for v, pair, _ in variants:
             get_pair(pair, prompt_pairs, f"StudyConfig: study_variants: '{v}'")
+        return variants
 
 
 def split_ids(ids: list[str], n_select: int, seed: int = 0) -> tuple[list[str], list[str]]:
@@ -198,14 +201,12 @@ def facts(rows: dict, by_id: dict, reference: str, candidate: str, ids: list[str
 
 def run_pair_study(model_cfg, data, study: StudyConfig, run, model=None,
                    prompt_pairs: Mapping[str, PromptPair] = PAIRS) -> dict:
-    """Stage 3b (`dlma pair-study`) in `run.run_dir`: the prompt-pair study on the labelled pairs of `data`
-    (params.PrefData), the variants' pairs among `prompt_pairs`. Writes `03b_pair_study/` (scores.jsonl,
-    study.json, manifest.json) and resumes variant by variant, reusing stage 3's scores of the reference."""
+    """Stage 3b (`dlma pair-study`) in `run.run_dir` on the labelled pairs of `data` (params.PrefData), the variants'
+    pairs among `prompt_pairs`: `03b_pair_study/`, resumed variant by variant, reusing stage 3's scores."""
     run_dir = Path(run.run_dir)
     folder = StageFolder(Run(run_dir).study.folder, "pair-study", model_cfg, model)
     check_limit(data.pref_limit, "pref_limit")
-    study.check_pairs(prompt_pairs)
-    variants = study.variant_list()
+    variants = study.check_pairs(prompt_pairs)
     skipped: list[str] = []
     examples = load_examples(data.source(), limit=data.pref_limit, require="labelled", label_field=data.label_field,
                              on_invalid=data.on_invalid, skipped=skipped, pairs=prompt_pairs)
