@@ -171,16 +171,9 @@ def test_dlma_run_stops_before_its_first_stage_without_the_rows(tmp_path):
 
 
 OUTSIDE = ("../shared", "SPEC", "/work/", "/tmp/", "/root/", "/home/")  # what a reader's clone does not have
-# Published notebooks run before the data came from its source: they name the local copy they read. Each is
-# republished by `dlma run --preset full --publish`; strict, so this list must shrink when one is.
-NOT_YET_REPUBLISHED = {"06_baselines"}
-
-
 @pytest.mark.parametrize("stage", sorted(p.stem for p in (ROOT / "book" / "results").glob("*.ipynb")))
-def test_a_published_notebook_names_no_path_outside_the_repository(stage, request):
+def test_a_published_notebook_names_no_path_outside_the_repository(stage):
     """Anywhere in the file, hidden cells and recorded parameters included: a reader's rerun reads the same."""
-    if stage in NOT_YET_REPUBLISHED:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="run before the data came from its source"))
     cells = json.loads((ROOT / "book" / "results" / f"{stage}.ipynb").read_text(encoding="utf-8"))["cells"]
     text = json.dumps([{k: v for k, v in c.items() if k != "outputs"} for c in cells]) + json.dumps(
         [{k: v for k, v in o.items() if k != "data"} | {"data": {t: v for t, v in o.get("data", {}).items()
