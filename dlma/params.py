@@ -40,9 +40,7 @@ def param(default, help: str, *, path: bool = False, added_in: str = "", kw_only
 
 def required(help: str, **metadata):
     """A parameter without a default (a path the stage cannot do without), declared as `param` declares one."""
-    field = param(None, help, **metadata)
-    field.default = dataclasses.MISSING
-    return field
+    return param(dataclasses.MISSING, help, **metadata)
 
 
 # every parameter, by name, as `documented` saw it declared: its field (in the config that declares it)
