@@ -34,10 +34,19 @@ def stage_records(folder: Path) -> list[Path]:
     """A finished stage folder's records: its JSON and JSONL files (sub-folders' too, stage 4's adapter/params.json
     and train_log.jsonl), not its weights or a training's checkpoints; a stage without weights (3, 3b) is whole
     (every file its manifest lists but the figures, which are redrawn) and can be put back into a run folder.
-    None holds a row of the labelled data: stages 3, 3b and 5 store a pair's id and numbers, and the text they
-    store is the shipped queries' and the model's answers (tests/test_book.py)."""
+    None holds a row of the labelled data: stages 3, 3b and 5 store a pair's id and numbers, the text they store
+    is the shipped queries' and the model's answers, and stage 6's `rlhf` rows, the labelled pairs themselves,
+    are published by their ids only (tests/test_book.py)."""
     return sorted({p for pattern in RECORD_FILES for p in folder.rglob(pattern) if p.name not in NOT_RECORDS
-                   and not any(part.startswith(("checkpoint", ".")) for part in p.relative_to(folder).parts)})
+                   and not any(part.startswith(("checkpoint", ".")) for part in p.relative_to(folder).parts)
+                   and not holds_labelled_rows(p)})
+
+
+def holds_labelled_rows(p: Path) -> bool:
+    """A training set made of the labelled data's rows (stage 6's `rlhf`): its `rows_note.json` beside it names
+    them by id in the committed row list, so the published record is the note, never the rows' text."""
+    note = p.with_name("rows_note.json")
+    return p.name == "train.jsonl" and note.is_file() and "human_pair_ids" in read_json(note)
 
 
 MACHINE_PATHS = ("argv", "model.resolved")  # a manifest's fields that name paths of the machine that ran it

@@ -54,6 +54,21 @@ def test_publishing_copies_each_stages_records_and_replaces_only_that_stages(tmp
     assert (book / "04_train_dlma.ipynb").read_bytes() == (run / "04_train_dlma.ipynb").read_bytes()
 
 
+def test_the_rlhf_methods_labelled_rows_are_published_by_id_only(tmp_path):
+    """Stage 6's `rlhf` trains on the labelled pairs themselves: its rows_note.json (their ids) is a record, its
+    train.jsonl (their text) is not; another method's rows, the model's own answers, are."""
+    stage = tmp_path / "06_baselines"
+    for method, note in (("rlhf", {"human_pair_ids": ["179"], "source": "params/data/x.rows.json"}),
+                         ("rlcd", {}), ("dlma_study", {"study_selected": "norm"})):
+        (stage / method).mkdir(parents=True)
+        (stage / method / "rows_note.json").write_text(json.dumps(note))
+        (stage / method / "train.jsonl").write_text('{"id": "179", "o1": "a labelled answer"}\n')
+    (stage / "manifest.json").write_text("{}")
+    assert [str(p.relative_to(stage)) for p in stage_records(stage)] == [
+        "dlma_study/rows_note.json", "dlma_study/train.jsonl", "manifest.json", "rlcd/rows_note.json",
+        "rlcd/train.jsonl", "rlhf/rows_note.json"]
+
+
 def test_a_rerun_compares_with_the_published_records_as_with_its_run(tmp_path):
     run, book = published_run(tmp_path)
     publish_notebooks(run, ("02_self_reward", "03_preference_accuracy", "04_train_dlma"), book)
