@@ -69,6 +69,13 @@ def test_the_rlhf_methods_labelled_rows_are_published_by_id_only(tmp_path):
         "rlcd/train.jsonl", "rlhf/rows_note.json"]
 
 
+def test_the_published_run_holds_no_training_set_of_labelled_rows():
+    """Read without the rows (a clone with no copy skips the text check below): where a published method trained on
+    the labelled pairs, its note names them by id and their text is not published."""
+    labelled = [p for p in PUBLISHED.rglob("rows_note.json") if json.loads(p.read_text()).get("human_pair_ids")]
+    assert labelled and not [p for p in labelled if p.with_name("train.jsonl").exists()]
+
+
 def test_a_rerun_compares_with_the_published_records_as_with_its_run(tmp_path):
     run, book = published_run(tmp_path)
     publish_notebooks(run, ("02_self_reward", "03_preference_accuracy", "04_train_dlma"), book)
