@@ -328,8 +328,10 @@ def git_commit() -> str | None:
         return None
 
 
-def write_manifest(out_dir: str | Path, stage: str, params: dict, started: float, **extra: Any) -> Path:
-    """`manifest.json`: what ran, on what, with which versions, and the hash of every file it wrote."""
+def write_manifest(out_dir: str | Path, stage: str, params: dict, spans: list, **extra: Any) -> Path:
+    """`manifest.json`: what ran, on what, with which versions, and the hash of every file it wrote. `spans`:
+    the (start, end) unix seconds of each process that worked on the stage (more than one: it was resumed);
+    the wall time is their sum."""
     out_dir = Path(out_dir)
     files = {
         p.name: sha256_file(p)
@@ -343,7 +345,8 @@ def write_manifest(out_dir: str | Path, stage: str, params: dict, started: float
         "machine": machine(),
         "git_commit": git_commit(),
         "argv": sys.argv,
-        "wall_time_s": round(time.time() - started, 2),
+        "wall_time_s": round(sum(end - start for start, end in spans), 2),
+        "spans": [[round(start, 2), round(end, 2)] for start, end in spans],
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "files": files,
         **extra,

@@ -32,7 +32,7 @@ import numpy as np
 from scipy.stats import binomtest
 
 from .alignment import EvalConfig, answered, evaluated_pairs, respond, unused_queries
-from .artifacts import PartialJSONL, check_out, read_json, read_jsonl, write_json, write_jsonl
+from .artifacts import PartialJSONL, check_out, read_json, read_jsonl, write_json, write_json_if_changed, write_jsonl
 from .data import Example, Source, load_examples, read_pairs
 from .errors import DLMAError
 from .folder import StageFolder
@@ -489,8 +489,8 @@ def run_baselines(model_cfg: ModelConfig, study: BaselineConfig, run) -> dict:
                                  pref_cfg.n_bootstrap, pref_cfg.seed,
                                  dict(zip(s.pairs, length_strata(pairs, folder.tokenizer()), strict=True)),
                                  dict(zip(s.pairs, same_responses(pairs), strict=True)), pref_cfg.beta)
-    write_json(s.out / "baselines.json", result)
-    folder.finish(changed=True, methods=s.methods, n_prompts=len(s.prompts), n_pairs=len(s.pairs), training=training)
+    changed = write_json_if_changed(s.out / "baselines.json", result)  # a rerun over the results keeps the manifest
+    folder.finish(changed, methods=s.methods, n_prompts=len(s.prompts), n_pairs=len(s.pairs), training=training)
     return result
 
 

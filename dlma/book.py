@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 from .artifacts import atomic_write, json_text, read_json, sha256_file, write_json
@@ -184,6 +185,24 @@ def duration(seconds: float) -> str:
     return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s" if m else f"{s} s"
 
 
+def spans(manifest: dict) -> list[list[float]]:
+    """The (start, end) unix seconds of each process a manifest records; one ending at `finished_at` for a
+    manifest written before they were kept (2026-12-02), which recorded its last process alone."""
+    if "spans" in manifest:
+        return manifest["spans"]
+    end = datetime.strptime(manifest["finished_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+    return [[end - manifest.get("wall_time_s", 0.0), end]]
+
+
+def covered(spans: list[list[float]]) -> float:
+    """Seconds covered by at least one span: a step inside another's time is not counted twice."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        total += max(0.0, end - max(start, reach))
+        reach = max(reach, end)
+    return total
+
+
 def stage_times(records: Path) -> str:
     """A table of each published stage's wall time, machine, date and commit, as its manifest records them."""
     rows, total = [], 0.0
@@ -192,8 +211,9 @@ def stage_times(records: Path) -> str:
             continue
         m = read_json(records / stage / "manifest.json")
         cpu = m.get("machine", {})
-        # a stage's steps each record theirs: stage 4's split and its training (adapter/), stage 6's methods
-        wall = sum(read_json(p).get("wall_time_s", 0.0) for p in (records / stage).rglob("manifest.json"))
+        # a stage's steps each record theirs: stage 4's split, then its training (adapter/); stage 6's methods,
+        # trained inside the stage's own time: the time some step of the stage was at work
+        wall = covered([span for p in (records / stage).rglob("manifest.json") for span in spans(read_json(p))])
         total += wall
         rows.append(f"| {stage} | {duration(wall)} | {cpu.get('processor', '?')}, {cpu.get('cores', '?')} "
                     f"cores, {m.get('processes', 1)} process(es) | {m['finished_at'][:10]} | "

@@ -11,7 +11,8 @@ back what `begin` wrote. `begin` takes the folder's lock (one writer per folder;
 share it) and records the parameters and the content hash of each input, or refuses a rerun with other ones
 (`artifacts.record_params`). A folder with a manifest ran through: a rerun over it (a notebook over a launch's
 results) reads its outputs and keeps its manifest, and needs no write access (a finished run on a read-only
-disk is read where it lies, with no lock: nobody can write there to race with).
+disk is read where it lies, with no lock: nobody can write there to race with). A stage stopped and resumed
+records every process's time on it (`.times.json` until it finishes, then the manifest's `spans`).
 """
 
 from __future__ import annotations
@@ -22,12 +23,24 @@ import time
 from pathlib import Path
 
 from . import lock
-from .artifacts import check_out, read_json, record_params, sha256_file, write_manifest
+from .artifacts import check_out, read_json, record_params, sha256_file, write_json, write_manifest
 from .data import input_record, resolve_source
 from .distributed import Launch, launch
 from .errors import DLMAError
 
 HINT = "write to another folder, pass --force to redo it, or delete it to start over"
+TIMES_FILE = ".times.json"  # an unfinished stage's earlier processes' spans and this one's start: not an output
+
+
+def earlier_spans(path: Path) -> list[list[float]]:
+    """The (start, end) unix seconds of each process that worked on this unfinished folder before this one: a
+    stopped process's span ends at the last file it wrote, since what it did after that was lost."""
+    times = path / TIMES_FILE
+    if not times.is_file():
+        return []
+    record = read_json(times)
+    written = [p.stat().st_mtime for p in path.rglob("*") if p.is_file() and p.name not in (TIMES_FILE, lock.LOCK_FILE)]
+    return [*record["spans"], [record["started"], max([record["started"], *written])]]
 
 
 def finished_read_only(folder) -> bool:
@@ -47,6 +60,7 @@ class StageFolder:
         self._tokenizer = None
         self._locked = False
         self._made: list[Path] = []  # what begin created (params.json, the folder): taken back if the model fails
+        self.spans: list[list[float]] = []  # earlier processes' time on the stage (a resumed one)
 
     def begin(self, params: dict, inputs: dict | None = None, force: bool = False, launched: bool = False,
               outputs: tuple[str, ...] = ()):
@@ -77,10 +91,14 @@ class StageFolder:
         try:
             if self.at.main:
                 self.inputs = {k: input_record(v) for k, v in (inputs or {}).items()}
+                earlier = earlier_spans(self.path)  # before record_params, which may write params.json anew
                 record_params(self.path, params, HINT, self.inputs, force=force, outputs=outputs)
                 self._made = [p for p in made if p.exists()]
                 if self.done:
                     self.check_outputs()
+                else:
+                    self.spans = [] if force else earlier
+                    write_json(self.path / TIMES_FILE, {"spans": self.spans, "started": self.started})
         except BaseException:  # refused (other parameters, edited results): the folder is not kept locked
             self.release()
             raise
@@ -137,6 +155,7 @@ class StageFolder:
         if params not in made or [p.name for p in self.path.iterdir() if not p.name.startswith(".")] != [params.name]:
             return
         params.unlink()
+        (self.path / TIMES_FILE).unlink(missing_ok=True)
         if self.path in made:  # made by begin: its lock file goes with it (held: nobody else holds it now)
             (self.path / lock.LOCK_FILE).unlink(missing_ok=True)
             try:
@@ -154,15 +173,16 @@ class StageFolder:
 
     def finish(self, changed: bool = False, **extra) -> None:
         """manifest.json (unless the folder had one and no output `changed`: a rerun keeps its times and
-        process count), then the lock is let go."""
+        process count), with the time of every process that worked on the stage, then the lock is let go."""
         if self.at.main and (changed or not self.done):
             from .models import model_fingerprint  # deferred: models loads torch
 
             model = {"model": model_fingerprint(self.model_cfg)} if self.model_cfg is not None else {}
             launch_info = {"processes": self.at.world} if self.at.world > 1 else {}  # a stage may pass its own
             inputs = {"inputs": self.inputs} if self.inputs else {}  # each data file read, with its hash
-            write_manifest(self.path, self.stage, self.params, self.started, **model, **inputs,
-                           **{**launch_info, **extra})
+            write_manifest(self.path, self.stage, self.params, [*self.spans, [self.started, time.time()]],
+                           **model, **inputs, **{**launch_info, **extra})
+            (self.path / TIMES_FILE).unlink(missing_ok=True)
         self.at.barrier()
         self.release()
 

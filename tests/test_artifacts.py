@@ -97,7 +97,7 @@ def test_write_manifest_lists_file_hashes(tmp_path):
     (tmp_path / "metrics.json").write_text("{}\n")
     (tmp_path / ".hidden.tmp").write_text("x")
     (tmp_path / "sub").mkdir()
-    write_manifest(tmp_path, "generate", {"seed": 3}, started=0.0, extra_field=7)
+    write_manifest(tmp_path, "generate", {"seed": 3}, [[100.0, 160.5], [200.0, 230.25]], extra_field=7)
     m = json.loads((tmp_path / "manifest.json").read_text())
     assert m["files"] == {
         "metrics.json": hashlib.sha256(b"{}\n").hexdigest(),
@@ -108,9 +108,11 @@ def test_write_manifest_lists_file_hashes(tmp_path):
     # the processor: 4-bit results depended on it before models.portable_4bit, and its speed always does
     assert m["machine"]["arch"] and m["machine"]["processor"] not in ("", "unknown") and m["machine"]["cores"] >= 1
     assert isinstance(m["machine"]["avx512_bf16"], bool)
-    assert m["wall_time_s"] > 0 and m["finished_at"].endswith("Z")
+    # a resumed stage's time is every process's: the sum of their spans, which are kept
+    assert m["wall_time_s"] == 90.75 and m["spans"] == [[100.0, 160.5], [200.0, 230.25]]
+    assert m["finished_at"].endswith("Z")
     # a rewrite does not hash the manifest itself
-    write_manifest(tmp_path, "generate", {"seed": 3}, started=0.0)
+    write_manifest(tmp_path, "generate", {"seed": 3}, [[0.0, 1.0]])
     assert "manifest.json" not in json.loads((tmp_path / "manifest.json").read_text())["files"]
 
 

@@ -208,6 +208,10 @@ def test_stage6_trains_every_method_on_the_same_budget_judges_and_resumes(run_to
     monkeypatch.setattr(dlma.train, "train_dlma", lambda *a, **k: pytest.fail("retrained"))
     run_baselines(ModelConfig(tiny_model_dir, device="cpu"), BaselineConfig(methods), Run(str(run)))
     assert (out / "baselines.json").read_bytes() == first
+    # a rerun over the finished results (its notebook re-executed) keeps the manifest: its times, machine and commit
+    manifest = (out / "manifest.json").read_bytes()
+    run_baselines(ModelConfig(tiny_model_dir, device="cpu"), BaselineConfig(methods), Run(str(run)))
+    assert (out / "manifest.json").read_bytes() == manifest
 
 
 def test_stage6_refuses_what_it_cannot_compare(run_to_stage5, tiny_model_dir):

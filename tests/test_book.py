@@ -125,6 +125,25 @@ def test_publishing_writes_the_stage_times_its_manifests_record_into_the_books_p
     assert "stale" not in text
 
 
+def test_a_stages_time_counts_its_steps_once_and_every_process_of_a_resumed_one(tmp_path):
+    """Stage 4's training runs after its split (their times add up); stage 6's methods train inside the stage's
+    own time (counted once); a resumed stage's processes each count, the time between them not."""
+    from dlma.book import stage_times
+
+    def manifest(path: Path, spans: list) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "manifest.json").write_text(json.dumps(
+            {"spans": spans, "wall_time_s": sum(e - s for s, e in spans), "finished_at": "2026-12-02T11:00:00Z"}))
+
+    manifest(tmp_path / "04_train_dlma", [[1000.0, 1001.0]])
+    manifest(tmp_path / "04_train_dlma" / "adapter", [[1005.0, 1065.0]])
+    manifest(tmp_path / "06_baselines", [[2000.0, 2100.0], [5000.0, 5020.0]])  # stopped, resumed an hour later
+    manifest(tmp_path / "06_baselines" / "rlcd" / "adapter", [[2010.0, 2040.0]])
+    table = stage_times(tmp_path)
+    assert "| 04_train_dlma | 1 min 01 s |" in table and "| 06_baselines | 2 min 00 s |" in table
+    assert "| all 2 | 3 min 01 s |" in table
+
+
 def test_the_reproducing_pages_stage_times_are_the_published_manifests():
     from dlma.book import stage_times
 
@@ -141,7 +160,7 @@ def test_a_stage_without_weights_is_published_whole_and_resumes_from_its_records
     run, book = published_run(tmp_path)
     stage = run / "03_preference_accuracy"
     (stage / "preference_accuracy.png").write_bytes(b"\x89PNG figure")
-    write_manifest(stage, "pref-acc", {"beta": 0.1}, 0.0)
+    write_manifest(stage, "pref-acc", {"beta": 0.1}, [[0.0, 1.0]])
     publish_notebooks(run, ("03_preference_accuracy",), book)
     records = book / RECORDS / "03_preference_accuracy"
     listed = json.loads((stage / "manifest.json").read_text())["files"]

@@ -111,6 +111,35 @@ def test_a_finished_folder_edited_by_hand_is_refused_and_force_redoes_it(tmp_pat
     assert split(tmp_path, out) == 0
 
 
+def test_a_resumed_stage_records_every_process_up_to_its_last_result_and_force_starts_over(tmp_path):
+    import os
+
+    from dlma.folder import TIMES_FILE, StageFolder
+
+    out = tmp_path / "s"
+    first = StageFolder(out, "score")
+    first.begin({"x": 1})
+    assert json.loads((out / TIMES_FILE).read_text()) == {"spans": [], "started": first.started}
+    (out / "scores.partial.jsonl").write_text("{}\n")  # its last result, then it is killed (no finish)
+    now = time.time()  # as if it had started 100 s ago and written its last result 40 s ago
+    (out / TIMES_FILE).write_text(json.dumps({"spans": [], "started": now - 100}))
+    for name in ("params.json", "scores.partial.jsonl"):
+        os.utime(out / name, (now - 100 if name == "params.json" else now - 40,) * 2)
+    first.release()
+
+    second = StageFolder(out, "score")
+    second.begin({"x": 1})
+    second.finish()
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["spans"][0] == [round(now - 100, 2), round(now - 40, 2)] and len(m["spans"]) == 2
+    assert 60 <= m["wall_time_s"] < 70  # the killed process's 60 s and this one's moment, not the 40 s between
+    assert not (out / TIMES_FILE).exists() and TIMES_FILE not in m["files"]
+    third = StageFolder(out, "score")
+    third.begin({"x": 1}, force=True)
+    third.finish()
+    assert len(json.loads((out / "manifest.json").read_text())["spans"]) == 1
+
+
 def test_written_files_take_the_umask_like_any_other_file(tmp_path):
     import os
 
