@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -32,10 +32,7 @@ from .prompts import policy_prompt
 from .quiet import progress
 from .trainer import DLMAConfig, DLMALoss, DLMATrainer, margin_problem
 
-# The fields TrainConfig shares with TRL's DPOConfig and SFTConfig, under TRL's names: passed as they are.
-TRL_FIELDS = ("learning_rate", "optim", "lr_scheduler_type", "warmup_steps", "num_train_epochs",
-              "per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "gradient_checkpointing",
-              "seed", "logging_steps", "report_to")
+MAPPED = ("save_steps",)  # declared by TRL too, but TrainConfig's 0 means no checkpoints: make_trainer maps it
 
 
 @documented
@@ -221,6 +218,14 @@ def load_base(model_cfg: ModelConfig, cfg: TrainConfig):
     return model, tokenizer
 
 
+def trl_fields(sft_config) -> list[str]:
+    """TrainConfig's fields that both TRL configs declare (DPOConfig's, through DLMAConfig, and SFTConfig's: one
+    budget for either objective), handed to TRL under their names; a parameter added under a TRL name is passed
+    with no other change. The loss's fields (beta, gamma, ...) are DPO's alone: make_trainer passes them."""
+    both = {f.name for f in fields(DLMAConfig)} & {f.name for f in fields(sft_config)}
+    return [f.name for f in fields(TrainConfig) if f.name in both and f.name not in MAPPED]
+
+
 def make_trainer(model, tokenizer, dataset, cfg: TrainConfig, checkpoints: Path, device: str, compute_dtype,
                  sft: bool):
     """TRL's trainer for the objective: DLMATrainer (DPO with the DLMA margin) or SFTTrainer (context
@@ -235,7 +240,7 @@ def make_trainer(model, tokenizer, dataset, cfg: TrainConfig, checkpoints: Path,
                   "disable_dropout": False})
     args = (SFTConfig if sft else DLMAConfig)(
         output_dir=str(checkpoints), **loss_args,
-        **{f: getattr(cfg, f) for f in TRL_FIELDS}, disable_tqdm=not progress(),
+        **{f: getattr(cfg, f) for f in trl_fields(SFTConfig)}, disable_tqdm=not progress(),
         save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 1,
         bf16=compute_dtype == torch.bfloat16, fp16=False,
         # under DDP: only LoRA weights train, and every one of them gets a gradient at every step

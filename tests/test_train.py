@@ -356,3 +356,15 @@ def test_train_config_defaults():
     assert (cfg.beta, cfg.gamma, cfg.margin_clip, cfg.weighting) == (0.1, 0.2, (-40.0, 40.0), False)
     assert cfg.qlora and cfg.optim == "adamw_torch" and (cfg.lora_r, cfg.lora_alpha) == (8, 16)
     assert TrainConfig(margin_low=-20, margin_high=20).margin_clip == (-20.0, 20.0)
+
+
+def test_the_fields_handed_to_trl_are_those_both_its_configs_declare():
+    """One budget for DPO and SFT, by TRL's names; the loss's fields go to DPO alone, save_steps is mapped."""
+    from trl import SFTConfig
+
+    from dlma.train import trl_fields
+
+    assert trl_fields(SFTConfig) == [
+        "seed", "learning_rate", "optim", "lr_scheduler_type", "warmup_steps", "num_train_epochs",
+        "per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "gradient_checkpointing",
+        "logging_steps", "report_to"]
