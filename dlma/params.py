@@ -289,15 +289,21 @@ def argument_parser(types: list[type], prog: str | None = None, description: str
     from transformers.hf_argparser import string_to_bool  # deferred: as above
 
     class OneLineParser(HfArgumentParser):
+        argv: list[str] = []
+
         def error(self, message: str):
-            hint = ""
+            options = [s for a in self._actions for s in a.option_strings]
+            stray = [a.split("=")[0] for a in self.argv if a.startswith("--") and a.split("=")[0] not in options]
             if message.startswith("unrecognized arguments:"):  # argparse's "did you mean" came in Python 3.12
-                options = [s for a in self._actions for s in a.option_strings]
-                hint = did_you_mean(message.split(":", 1)[1].split()[0].split("=")[0], options, quote="")
-            self.exit(2, f"{self.prog}: error: {message}{hint} (see {self.prog} --help)\n")
+                message += did_you_mean(message.split(":", 1)[1].split()[0].split("=")[0], options, quote="")
+            elif stray:  # argparse names a missing required option first: a misspelt one may be why, so it leads
+                message = (f"unrecognized arguments: {' '.join(stray)}{did_you_mean(stray[0], options, quote='')}; "
+                           f"and {message}")
+            self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
         def parse(self, argv: list[str]) -> list:
             """The dataclasses from a command line; an unknown or misspelt option is one line, exit status 2."""
+            self.argv = list(argv)  # (abbreviations are off: an option is known by its whole name)
             return configs_of(self.dataclass_types, vars(self.parse_args(argv)))
 
     class Help(argparse.ArgumentDefaultsHelpFormatter):

@@ -201,6 +201,18 @@ def test_a_misspelt_option_is_one_line_with_the_nearest(name, capsys):
     assert len(err.splitlines()) == 1 and f"dlma {name}: error:" in err and "did you mean" in err, err
 
 
+def test_a_misspelt_option_leads_when_a_required_one_is_missing_too(capsys):
+    """argparse says `--out` is required first; the misspelt option may be why, so it is named first."""
+    from dlma.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--n-querys", "3"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "dlma generate: error: unrecognized arguments: --n-querys (did you mean --n-queries?); and the following "
+        "arguments are required: --out (see dlma generate --help)")
+
+
 def test_an_unknown_command_is_one_line_with_the_nearest(capsys):
     from dlma.cli import main
 
