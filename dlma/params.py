@@ -293,7 +293,8 @@ def argument_parser(types: list[type], prog: str | None = None, description: str
 
         def error(self, message: str):
             options = [s for a in self._actions for s in a.option_strings]
-            stray = [a.split("=")[0] for a in self.argv if a.startswith("--") and a.split("=")[0] not in options]
+            named = [a.split("=")[0] for a in self.argv if a.startswith("--") and a != "--"]  # "--": options end
+            stray = [a for a in named if a not in options]
             if message.startswith("unrecognized arguments:"):  # argparse's "did you mean" came in Python 3.12
                 message += did_you_mean(message.split(":", 1)[1].split()[0].split("=")[0], options, quote="")
             elif stray:  # argparse names a missing required option first: a misspelt one may be why, so it leads
