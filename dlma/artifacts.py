@@ -328,6 +328,9 @@ def git_commit() -> str | None:
         return None
 
 
+FINISHED_AT = "%Y-%m-%dT%H:%M:%SZ"  # a manifest's finish time, UTC
+
+
 def write_manifest(out_dir: str | Path, stage: str, params: dict, spans: list, **extra: Any) -> Path:
     """`manifest.json`: what ran, on what, with which versions, and the hash of every file it wrote. `spans`:
     the (start, end) unix seconds of each process that worked on the stage (more than one: it was resumed);
@@ -347,7 +350,7 @@ def write_manifest(out_dir: str | Path, stage: str, params: dict, spans: list, *
         "argv": sys.argv,
         "wall_time_s": round(sum(end - start for start, end in spans), 2),
         "spans": [[round(start, 2), round(end, 2)] for start, end in spans],
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "finished_at": time.strftime(FINISHED_AT, time.gmtime()),
         "files": files,
         **extra,
     }

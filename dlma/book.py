@@ -11,7 +11,7 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .artifacts import atomic_write, json_text, read_json, sha256_file, write_json
+from .artifacts import FINISHED_AT, atomic_write, json_text, read_json, sha256_file, write_json
 from .checked import MARK
 from .commands import STAGES, notebook_fields
 from .errors import DLMAError
@@ -190,14 +190,14 @@ def spans(manifest: dict) -> list[list[float]]:
     manifest written before they were kept (2026-12-02), which recorded its last process alone."""
     if "spans" in manifest:
         return manifest["spans"]
-    end = datetime.strptime(manifest["finished_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+    end = datetime.strptime(manifest["finished_at"], FINISHED_AT).replace(tzinfo=timezone.utc).timestamp()
     return [[end - manifest.get("wall_time_s", 0.0), end]]
 
 
-def covered(spans: list[list[float]]) -> float:
-    """Seconds covered by at least one span: a step inside another's time is not counted twice."""
+def covered(intervals: list[list[float]]) -> float:
+    """Seconds covered by at least one interval: a step inside another's time is not counted twice."""
     total, reach = 0.0, float("-inf")
-    for start, end in sorted(spans):
+    for start, end in sorted(intervals):
         total += max(0.0, end - max(start, reach))
         reach = max(reach, end)
     return total

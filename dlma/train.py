@@ -218,11 +218,13 @@ def load_base(model_cfg: ModelConfig, cfg: TrainConfig):
     return model, tokenizer
 
 
-def trl_fields(sft_config) -> list[str]:
+def trl_fields() -> list[str]:
     """TrainConfig's fields that both TRL configs declare (DPOConfig's, through DLMAConfig, and SFTConfig's: one
     budget for either objective), handed to TRL under their names; a parameter added under a TRL name is passed
     with no other change. The loss's fields (beta, gamma, ...) are DPO's alone: make_trainer passes them."""
-    both = {f.name for f in fields(DLMAConfig)} & {f.name for f in fields(sft_config)}
+    from trl import SFTConfig  # where make_trainer takes it from
+
+    both = {f.name for f in fields(DLMAConfig)} & {f.name for f in fields(SFTConfig)}
     return [f.name for f in fields(TrainConfig) if f.name in both and f.name not in MAPPED]
 
 
@@ -240,7 +242,7 @@ def make_trainer(model, tokenizer, dataset, cfg: TrainConfig, checkpoints: Path,
                   "disable_dropout": False})
     args = (SFTConfig if sft else DLMAConfig)(
         output_dir=str(checkpoints), **loss_args,
-        **{f: getattr(cfg, f) for f in trl_fields(SFTConfig)}, disable_tqdm=not progress(),
+        **{f: getattr(cfg, f) for f in trl_fields()}, disable_tqdm=not progress(),
         save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 1,
         bf16=compute_dtype == torch.bfloat16, fp16=False,
         # under DDP: only LoRA weights train, and every one of them gets a gradient at every step

@@ -171,6 +171,8 @@ def test_dlma_run_stops_before_its_first_stage_without_the_rows(tmp_path):
 
 
 OUTSIDE = ("../shared", "SPEC", "/work/", "/tmp/", "/root/", "/home/")  # what a reader's clone does not have
+
+
 @pytest.mark.parametrize("stage", sorted(p.stem for p in (ROOT / "book" / "results").glob("*.ipynb")))
 def test_a_published_notebook_names_no_path_outside_the_repository(stage):
     """Anywhere in the file, hidden cells and recorded parameters included: a reader's rerun reads the same."""
